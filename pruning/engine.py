@@ -1,0 +1,484 @@
+"""The pruned-generation engine: vision pass, pruning stages, layer-by-layer prefill, decode loop.
+
+This is the one file that knows transformers' internals. It drives a stock
+``LlavaForConditionalGeneration`` module by module (vision tower, projector, embeddings, decoder
+layers, norm, LM head) and never patches a class. Batch size 1.
+
+Data flow for one request::
+
+    image, question ── processor ──> pixel_values, input_ids (one <image> id per visual token)
+    vision_pass:   vision tower -> patch features at vision_feature_layer (N, Dv)
+                   + the [CLS] query's attention row at every ViT layer (L_v, H_v, N), from forward hooks
+                     on q_proj / k_proj that detach themselves (no eager attention needed)
+    stage before:  strategy.select_before_llm -> kept patch indices (or merged features), spatial order
+    embeddings:    [prefix text | projector(kept features) | question text], position_ids
+                   ("keep": original positions; "rearrange": contiguous)
+    prefill:       decoder layers one by one with a DynamicCache; at layer k a stage-"llm" strategy drops
+                   image rows (hidden states, positions and hence rotary cos/sin shrink; layers < k keep
+                   their full cache). The last prompt token's attention row at layer k-1 is computed
+                   from its query and the cached keys by a hook on that layer's self_attn.
+    decode:        one token at a time over the per-layer cache (lengths differ per layer), greedy or
+                   temperature/top-p with a seed, until EOS or max_new_tokens.
+    trace:         optional; records per layer the attention of each generating query over
+                   system / image / question / generated tokens and the attention each patch receives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import cost
+from .model import LoadedModel
+from .strategies import LLMContext, Selection, Strategy, VisionContext
+
+SEGMENTS = ("system", "image", "question", "generated")
+
+
+@dataclass
+class Prepared:
+    """Processor output for one (image, question)."""
+
+    pixel_values: torch.Tensor  # (1, 3, H, W)
+    input_ids: torch.Tensor  # (S_full,) with N image placeholder ids
+    image_start: int  # index of the first image placeholder
+    n_image: int  # N, placeholders = visual tokens before pruning
+
+
+@dataclass
+class PrefillState:
+    """Everything the decode loop needs, plus what the prefill did."""
+
+    cache: object  # transformers DynamicCache, per-layer lengths may differ
+    logits: torch.Tensor  # (V,) next-token logits after the prompt
+    next_positions: list[int]  # per layer: position id of the next token
+    layer_tokens: list[torch.Tensor]  # per layer: full-prompt index of every cached row
+    kept_before: list[int]  # patch indices entering the LLM
+    kept_final: list[int]  # patch indices still present in the last layer
+    tokens_per_layer: list[int]
+    image_tokens_per_layer: list[int]
+    hidden_states: torch.Tensor | None = None  # (S_last, D) final-normed prefill hidden states
+
+
+@dataclass
+class Result:
+    """Plain values only: what the app, the CLI and the benchmark consume."""
+
+    answer: str
+    strategy: str
+    params: dict
+    visual_tokens: int  # before pruning
+    visual_tokens_kept: int  # entering the LLM
+    tokens_per_layer: list[int]  # prefill sequence length per LLM layer
+    image_tokens_per_layer: list[int]
+    kept: list[int]  # patch indices entering the LLM, row-major
+    kept_final: list[int]  # patch indices present in the last LLM layer
+    grid: list[int]  # [rows, cols]
+    generated_tokens: list[int]
+    timings: dict  # vision_ms, prefill_ms, decode_ms_per_token, total_ms (median of repeats, untraced)
+    tflops: dict  # vision, prefill, decode_per_token, total (estimates from real token counts)
+    kv_cache_bytes: int  # after prefill + decode, from the cache's tensors
+    kv_cache_bytes_per_layer: list[int]
+    peak_memory_bytes: int | None  # CUDA: max allocated; CPU: None (not measured per run)
+    device: str
+    trace: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _causal_mask(n: int, dtype, device) -> torch.Tensor:
+    """Additive causal mask (1, 1, n, n) for eager attention, which applies none of its own."""
+    m = torch.full((n, n), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+    return m[None, None]
+
+
+def _attention_module_fns(attn):
+    """``apply_rotary_pos_emb`` and ``repeat_kv`` from the module that defines the attention class."""
+    mod = sys.modules[type(attn).__module__]
+    return mod.apply_rotary_pos_emb, mod.repeat_kv
+
+
+def last_query_attention(attn, hidden_states, position_embeddings, keys) -> torch.Tensor:
+    """Attention probabilities (H, L) of the last row of ``hidden_states`` over ``keys`` (1, KV, L, hd).
+
+    ``hidden_states`` is the (normed) input of ``attn``; keys are the cached, rotated keys of the
+    layer including the row itself, so the last query sees every key (causality holds).
+    """
+    apply_rotary, repeat_kv = _attention_module_fns(attn)
+    h = hidden_states[:, -1:]  # (1, 1, D)
+    q = attn.q_proj(h).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, H, 1, hd)
+    cos, sin = position_embeddings
+    q, _ = apply_rotary(q, q, cos[:, -1:], sin[:, -1:])
+    k = repeat_kv(keys, attn.num_key_value_groups)  # (1, H, L, hd)
+    scores = (q.float() @ k.float().transpose(2, 3)) * attn.scaling  # (1, H, 1, L)
+    return scores.softmax(-1)[0, :, 0]  # (H, L)
+
+
+@contextlib.contextmanager
+def record_last_query_attention(layers, indices, store: dict):
+    """Forward hooks on ``layers[i].self_attn`` for i in ``indices`` that append the last query's
+    attention row (H, L) to ``store[i]`` on every call; removed on exit."""
+    handles = []
+
+    def make_hook(i):
+        def hook(module, args, kwargs, output):
+            cache = kwargs.get("past_key_values")
+            keys = cache.layers[module.layer_idx].keys
+            store.setdefault(i, []).append(
+                last_query_attention(module, kwargs["hidden_states"], kwargs["position_embeddings"], keys).detach()
+            )
+        return hook
+
+    try:
+        for i in indices:
+            handles.append(layers[i].self_attn.register_forward_hook(make_hook(i), with_kwargs=True))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def record_cls_attention(vision_layers, store: list):
+    """Hooks on each ViT layer's q_proj / k_proj that compute the [CLS] query's attention row
+    (H, T) from the projections the layer computes anyway; removed on exit."""
+    handles = []
+    qs: dict[int, torch.Tensor] = {}
+
+    def q_hook(i):
+        def hook(module, args, output):
+            qs[i] = output[0, 0]  # (D,) the [CLS] query
+        return hook
+
+    def k_hook(i, attn):
+        def hook(module, args, output):
+            keys = output[0]  # (T, D)
+            heads = attn.num_heads
+            q = qs.pop(i).view(heads, -1).float()  # (H, hd)
+            k = keys.view(keys.shape[0], heads, -1).float()  # (T, H, hd)
+            scores = torch.einsum("hd,thd->ht", q, k) * attn.scale
+            store.append(scores.softmax(-1).detach())  # (H, T)
+        return hook
+
+    try:
+        for i, layer in enumerate(vision_layers):
+            attn = layer.self_attn
+            handles.append(attn.q_proj.register_forward_hook(q_hook(i)))
+            handles.append(attn.k_proj.register_forward_hook(k_hook(i, attn)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Engine:
+    """Runs one loaded LLaVA with pruning strategies. Stateless between requests."""
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self.model = lm.model
+        self.geometry = lm.geometry
+        llava = self.model.model
+        self.vision_tower = llava.vision_tower
+        self.projector = llava.multi_modal_projector
+        self.language_model = llava.language_model
+        self.layers = self.language_model.layers
+        self.embed_tokens = self.language_model.embed_tokens
+        self.norm = self.language_model.norm
+        self.rotary_emb = self.language_model.rotary_emb
+        self.lm_head = self.model.lm_head
+        self.image_token_id = self.model.config.image_token_id
+        self.attn_impl = self.language_model.config._attn_implementation
+        if self.attn_impl not in ("sdpa", "eager"):
+            raise ValueError(f"attention implementation {self.attn_impl!r} is not supported: use 'sdpa' or 'eager'")
+        self.llm_shape = cost.llm_shape(self.model.config.text_config)
+        self.vision_shape = cost.vision_shape(self.model.config)
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = lm.processor.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        # CLIPVisionModel holds its encoder directly in transformers 5.x (older releases: .vision_model)
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        if not hasattr(tower, "encoder"):
+            raise ValueError(f"vision tower {type(self.vision_tower).__name__} has no encoder layers")
+        self.vision_layers = tower.encoder.layers
+        self.vision_dtype = tower.embeddings.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    # ---------------------------------------------------------------- inputs
+    def prepare(self, image, question: str) -> Prepared:
+        """Run the processor; check the image placeholders form one contiguous span of N ids."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL image, got {type(image).__name__}")
+        prompt = self.lm.prompt(question)
+        inputs = self.lm.processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
+        ids = inputs["input_ids"][0]
+        where = (ids == self.image_token_id).nonzero().flatten()
+        n = self.geometry.n_patches
+        if where.numel() != n or (where.numel() and where[-1] - where[0] + 1 != n):
+            raise ValueError(f"prompt holds {where.numel()} image placeholder ids, expected one span of {n}")
+        return Prepared(
+            pixel_values=inputs["pixel_values"].to(self.device, self.vision_dtype),
+            input_ids=ids.to(self.device), image_start=int(where[0]), n_image=n,
+        )
+
+    # ---------------------------------------------------------------- vision
+    @torch.no_grad()
+    def vision_pass(self, prepared: Prepared, seed: int = 0) -> VisionContext:
+        """Patch features at vision_feature_layer and the [CLS] attention row at every ViT layer."""
+        rows: list[torch.Tensor] = []
+        g = self.geometry
+        recorder = record_cls_attention(self.vision_layers, rows) if g.has_cls else contextlib.nullcontext()
+        with recorder:
+            out = self.vision_tower(prepared.pixel_values, output_hidden_states=True, return_dict=True)
+        feats = out.hidden_states[g.vision_feature_layer][0]  # (T, Dv)
+        if g.has_cls:
+            cls_feature, patches = feats[0], feats[1:]  # "default" drops [CLS]
+            cls_attention = torch.stack(rows)[:, :, 1:]  # (L_v, H, N): [CLS] row over patch keys
+        else:
+            cls_feature, patches, cls_attention = None, feats, None
+        return VisionContext(
+            patch_features=patches, cls_attention=cls_attention, cls_feature=cls_feature,
+            rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed),
+        )
+
+    # ---------------------------------------------------------------- prefill
+    def _rotary(self, h: torch.Tensor, positions: torch.Tensor):
+        return self.rotary_emb(h, positions[None])
+
+    @torch.no_grad()
+    def prefill(self, prepared: Prepared, vision: VisionContext, strategy: Strategy,
+                trace_store: dict | None = None, keep_hidden: bool = False) -> PrefillState:
+        ids, a, n = prepared.input_ids, prepared.image_start, prepared.n_image
+        dev = self.device
+        # stage "before LLM"
+        selection = strategy.select_before_llm(vision) if strategy.stage == "before" else None
+        if selection is None:
+            selection = Selection(torch.arange(n))
+        idx = selection.indices
+        _check_indices(idx, n, strategy.name)
+        feats = selection.features if selection.features is not None else vision.patch_features[idx.to(dev)]
+        image_embeds = self.projector(feats.to(dev))  # (U, D)
+        text_embeds = self.embed_tokens(ids)  # (S_full, D)
+        h = torch.cat([text_embeds[:a], image_embeds.to(text_embeds.dtype), text_embeds[a + n:]])[None]  # (1, S, D)
+        full_index = torch.cat([torch.arange(a), a + idx, torch.arange(a + n, ids.shape[0])]).to(dev)  # (S,)
+        positions = full_index.clone() if strategy.positions == "keep" else torch.arange(h.shape[1], device=dev)
+        is_image = (full_index >= a) & (full_index < a + n)
+
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        n_layers = len(self.layers)
+        k_drop = strategy.layer if strategy.stage == "llm" else None
+        if k_drop is not None and not 1 <= k_drop < n_layers:
+            raise ValueError(f"layer={k_drop}: stage 'llm' needs 1 <= layer < {n_layers} (the model's depth)")
+        probe: dict = {}
+        probe_layers = [k_drop - 1] if (k_drop is not None and strategy.needs_attention_row
+                                        and trace_store is None) else []
+        cos_sin = self._rotary(h, positions)
+        mask = _causal_mask(h.shape[1], h.dtype, dev) if self.attn_impl == "eager" else None
+        layer_tokens, next_positions, tokens_per_layer, image_per_layer = [], [], [], []
+        with contextlib.ExitStack() as stack:
+            if trace_store is not None:
+                stack.enter_context(record_last_query_attention(self.layers, range(n_layers), trace_store))
+                probe = trace_store
+            elif probe_layers:
+                stack.enter_context(record_last_query_attention(self.layers, probe_layers, probe))
+            for layer_idx, layer in enumerate(self.layers):
+                if layer_idx == k_drop:
+                    image_rows = is_image.nonzero().flatten()
+                    row = probe[k_drop - 1][-1] if (strategy.needs_attention_row and probe) else None
+                    ctx = LLMContext(layer=k_drop, hidden_states=h[0], attention_row=row, image_rows=image_rows,
+                                     patch_indices=full_index[image_rows] - a, vision=vision)
+                    keep_img = strategy.select_in_llm(ctx)
+                    if keep_img is not None:
+                        _check_indices(keep_img, image_rows.shape[0], strategy.name)
+                        keep = torch.ones_like(is_image)
+                        keep[image_rows] = False
+                        keep[image_rows[keep_img.to(dev)]] = True
+                        rows = keep.nonzero().flatten()
+                        h, full_index, is_image = h[:, rows], full_index[rows], is_image[rows]
+                        positions = (positions[rows] if strategy.positions == "keep"
+                                     else torch.arange(rows.shape[0], device=dev))
+                        cos_sin = self._rotary(h, positions)
+                        if mask is not None:
+                            mask = mask[:, :, rows][:, :, :, rows]
+                h = layer(h, attention_mask=mask, position_embeddings=cos_sin, past_key_values=cache, use_cache=True)
+                layer_tokens.append(full_index)
+                next_positions.append(int(positions[-1]) + 1)
+                tokens_per_layer.append(h.shape[1])
+                image_per_layer.append(int(is_image.sum()))
+            h = self.norm(h)
+        logits = self.lm_head(h[:, -1])[0].float()  # (V,)
+        kept_final = (full_index[is_image] - a).tolist()
+        return PrefillState(
+            cache=cache, logits=logits, next_positions=next_positions, layer_tokens=layer_tokens,
+            kept_before=idx.tolist(), kept_final=kept_final, tokens_per_layer=tokens_per_layer,
+            image_tokens_per_layer=image_per_layer, hidden_states=h[0] if keep_hidden else None,
+        )
+
+    # ---------------------------------------------------------------- decode
+    @torch.no_grad()
+    def decode(self, state: PrefillState, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               seed: int = 0, trace_store: dict | None = None) -> list[int]:
+        """Generate up to ``max_new_tokens`` tokens from the prefill state (the first comes from the
+        prefill logits). Greedy when ``temperature == 0``."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
+        pick = _sampler(temperature, top_p, seed)
+        dev = self.device
+        logits = state.logits
+        tokens: list[int] = []
+        positions = list(state.next_positions)
+        recorder = (record_last_query_attention(self.layers, range(len(self.layers)), trace_store)
+                    if trace_store is not None else contextlib.nullcontext())
+        with recorder:
+            while True:
+                token = pick(logits)
+                tokens.append(token)
+                if token in self.eos_ids or len(tokens) >= max_new_tokens:
+                    break
+                h = self.embed_tokens(torch.tensor([[token]], device=dev))  # (1, 1, D)
+                rotary: dict[int, tuple] = {}
+                for layer_idx, layer in enumerate(self.layers):
+                    p = positions[layer_idx]
+                    if p not in rotary:
+                        rotary[p] = self._rotary(h, torch.tensor([p], device=dev))
+                    h = layer(h, attention_mask=None, position_embeddings=rotary[p], past_key_values=state.cache,
+                              use_cache=True)
+                positions = [p + 1 for p in positions]
+                logits = self.lm_head(self.norm(h)[:, -1])[0].float()
+        return tokens
+
+    # ---------------------------------------------------------------- one request
+    def _timed_run(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict):
+        dev = str(self.device)
+        with cost.Stopwatch(dev) as sw_v:
+            vision = self.vision_pass(prepared, seed=strategy.seed)
+        with cost.Stopwatch(dev) as sw_p:
+            state = self.prefill(prepared, vision, strategy)
+        with cost.Stopwatch(dev) as sw_d:
+            tokens = self.decode(state, max_new_tokens, **sampling)
+        steps = max(len(tokens) - 1, 1)  # forward passes in the decode loop
+        timings = {"vision_ms": sw_v.ms, "prefill_ms": sw_p.ms, "decode_ms_per_token": sw_d.ms / steps,
+                   "total_ms": sw_v.ms + sw_p.ms + sw_d.ms}
+        return timings, (state, tokens)
+
+    def run(self, image, question: str, strategy: Strategy, max_new_tokens: int = 16, repeats: int = 1,
+            warmup: int = 1, trace: bool = False, temperature: float = 0.0, top_p: float = 1.0,
+            seed: int = 0) -> Result:
+        """Answer ``question`` about ``image`` with ``strategy``; timings are the median of ``repeats``
+        untraced runs after ``warmup`` runs. With ``trace``, one more (untimed) traced run fills
+        ``Result.trace``."""
+        prepared = self.prepare(image, question)
+        sampling = dict(temperature=temperature, top_p=top_p, seed=seed)
+        if str(self.device).startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        timings, (state, tokens) = cost.repeat_timed(
+            lambda: self._timed_run(prepared, strategy, max_new_tokens, sampling), repeats, warmup)
+        peak = torch.cuda.max_memory_allocated() if str(self.device).startswith("cuda") else None
+        trace_dict = self.trace(prepared, strategy, max_new_tokens, sampling) if trace else None
+        return self._result(prepared, strategy, state, tokens, timings, peak, trace_dict)
+
+    def trace(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict) -> dict:
+        """A traced run: per LLM layer, how the generating queries' attention splits over the segments,
+        and the mean attention (over heads and generating queries) each patch receives."""
+        vision = self.vision_pass(prepared, seed=strategy.seed)
+        store: dict = {}
+        state = self.prefill(prepared, vision, strategy, trace_store=store)
+        tokens = self.decode(state, max_new_tokens, trace_store=store, **sampling)
+        return summarize_trace(store, state.layer_tokens, prepared, self.geometry.n_patches, len(tokens))
+
+    def _result(self, prepared, strategy, state: PrefillState, tokens, timings, peak, trace_dict) -> Result:
+        tokenizer = self.lm.processor.tokenizer
+        answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        kv_layers = cost.kv_cache_bytes(state.cache)
+        # decode FLOPs are reported for the first decoded token (cache = prompt + 1 per layer)
+        kv_lengths = [n + 1 for n in state.tokens_per_layer]
+        tf_vision = cost.vision_flops(self.vision_shape, len(state.kept_before)) / 1e12
+        tf_prefill = cost.prefill_flops(self.llm_shape, state.tokens_per_layer) / 1e12
+        tf_decode = cost.decode_token_flops(self.llm_shape, kv_lengths) / 1e12
+        steps = max(len(tokens) - 1, 0)
+        return Result(
+            answer=answer, strategy=strategy.name, params=strategy.params(),
+            visual_tokens=prepared.n_image, visual_tokens_kept=len(state.kept_before),
+            tokens_per_layer=state.tokens_per_layer, image_tokens_per_layer=state.image_tokens_per_layer,
+            kept=state.kept_before, kept_final=state.kept_final, grid=[self.geometry.rows, self.geometry.cols],
+            generated_tokens=tokens, timings=timings,
+            tflops={"vision": tf_vision, "prefill": tf_prefill, "decode_per_token": tf_decode,
+                    "total": tf_vision + tf_prefill + steps * tf_decode},
+            kv_cache_bytes=sum(kv_layers), kv_cache_bytes_per_layer=kv_layers, peak_memory_bytes=peak,
+            device=str(self.device), trace=trace_dict,
+        )
+
+
+def summarize_trace(store: dict, layer_tokens: list[torch.Tensor], prepared: Prepared, n_patches: int,
+                    n_generated: int) -> dict:
+    """Turn raw attention rows into plain per-layer summaries.
+
+    A generating query is the last prompt token (it produces the first answer token) and each decode
+    step's input. Its attention over cache rows is split by what each row holds: the prompt before the
+    image ("system"), image tokens, the question after the image, generated tokens.
+    """
+    a, n, s_full = prepared.image_start, prepared.n_image, prepared.input_ids.shape[0]
+    shares, patch_attention = [], []
+    for layer_idx, index in enumerate(layer_tokens):
+        rows = store.get(layer_idx, [])  # the last prompt row (prefill), then one row per decode step
+        seg_sum = torch.zeros(4)
+        patch_sum = torch.zeros(n_patches)
+        index = index.cpu()
+        for step, row in enumerate(rows):
+            row = row.mean(0).cpu()  # (L,) mean over heads
+            full = torch.cat([index, s_full + torch.arange(row.shape[0] - index.shape[0])])
+            seg = torch.where(full < a, 0, torch.where(full < a + n, 1, torch.where(full < s_full, 2, 3)))
+            seg_sum += torch.zeros(4).index_add_(0, seg, row)
+            img = seg == 1
+            patch_sum.index_add_(0, full[img] - a, row[img])
+        count = max(len(rows), 1)
+        shares.append(dict(zip(SEGMENTS, (seg_sum / count).tolist())))
+        patch_attention.append((patch_sum / count).tolist())
+    return {"segments": list(SEGMENTS), "attention_share": shares, "patch_attention": patch_attention,
+            "queries": n_generated}
+
+
+def _check_indices(idx: torch.Tensor, n: int, name: str) -> None:
+    if idx.dim() != 1:
+        raise ValueError(f"strategy {name!r} returned indices of shape {tuple(idx.shape)}, expected 1-D")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"strategy {name!r} returned indices outside [0, {n})")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise ValueError(f"strategy {name!r} returned indices that are not unique and ascending (spatial order)")
+
+
+def _sampler(temperature: float, top_p: float, seed: int):
+    """Greedy argmax, or transformers' temperature / top-p warpers and a seeded multinomial draw."""
+    if temperature == 0:
+        return lambda logits: int(logits.argmax())
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p))
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(logits):
+        scores = warpers(None, logits[None].cpu())
+        probs = scores.softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    return pick
+
+
+__all__ = ["Engine", "Result", "Prepared", "PrefillState", "summarize_trace", "last_query_attention",
+           "record_last_query_attention", "record_cls_attention"]

@@ -1,0 +1,161 @@
+"""Load a LLaVA model (local directory or hub id), optionally in 4-bit, with its processor and geometry.
+
+The same code path loads ``llava-hf/llava-1.5-7b-hf`` by name (where a hub is reachable) and a local
+directory such as the embedded model or a test fixture: ``LlavaForConditionalGeneration.from_pretrained``
+and ``AutoProcessor.from_pretrained``, safetensors only, never ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# LLaVA-1.5's conversation format, used when the processor ships no chat template.
+DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+
+
+class ModelLoadError(ValueError):
+    """The model directory / id cannot be loaded as a LLaVA model; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where visual tokens come from: the patch grid and the vision layers that score it."""
+
+    image_size: int  # square input side in pixels
+    patch_size: int  # ViT patch side in pixels
+    rows: int  # patch grid rows
+    cols: int  # patch grid cols
+    has_cls: bool  # the vision tower prepends a [CLS] token
+    vision_feature_layer: int  # hidden_states index that feeds the projector (-2 for LLaVA-1.5)
+    select_strategy: str  # "default" drops [CLS] from the features, "full" keeps all
+    vision_layers: int  # ViT depth
+    llm_layers: int  # LLM depth
+
+    @property
+    def n_patches(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def feature_layer_index(self) -> int:
+        """0-based index of the ViT layer whose output feeds the LLM (hidden_states[0] are embeddings)."""
+        n = self.vision_layers + 1
+        return (self.vision_feature_layer % n) - 1
+
+
+@dataclass
+class LoadedModel:
+    """A loaded LLaVA: model, processor, geometry and how it was loaded."""
+
+    model: object  # LlavaForConditionalGeneration
+    processor: object  # LlavaProcessor
+    geometry: Geometry
+    device: str
+    dtype: object  # torch dtype of activations
+    load_in_4bit: bool
+    source: str  # directory or hub id
+
+    def prompt(self, question: str) -> str:
+        """The full prompt string (with one ``<image>`` placeholder) for a single-turn question."""
+        return build_prompt(self.processor, question)
+
+
+def build_prompt(processor, question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("question is empty: give a non-empty text question")
+    if getattr(processor, "chat_template", None):
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return DEFAULT_PROMPT.format(question=question)
+
+
+def geometry_from_config(config) -> Geometry:
+    """Read the patch grid geometry from a ``LlavaConfig``; raise for layouts the engine cannot prune."""
+    vc = config.vision_config
+    if not isinstance(config.vision_feature_layer, int):
+        raise ModelLoadError(
+            f"vision_feature_layer={config.vision_feature_layer!r}: only a single int feature layer is supported"
+        )
+    has_cls = vc.model_type in ("clip_vision_model",)
+    strategy = config.vision_feature_select_strategy
+    if strategy not in ("default", "full"):
+        raise ModelLoadError(f"vision_feature_select_strategy={strategy!r}: expected 'default' or 'full'")
+    if has_cls and strategy != "default":
+        raise ModelLoadError("a [CLS] vision tower with vision_feature_select_strategy='full' is not supported")
+    side = vc.image_size // vc.patch_size
+    return Geometry(
+        image_size=vc.image_size, patch_size=vc.patch_size, rows=side, cols=side, has_cls=has_cls,
+        vision_feature_layer=config.vision_feature_layer, select_strategy=strategy,
+        vision_layers=vc.num_hidden_layers, llm_layers=config.text_config.num_hidden_layers,
+    )
+
+
+def _check_local_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {str(path)!r} is not a directory")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelLoadError(f"model directory {str(path)!r} has no config.json")
+    try:
+        model_type = json.loads(cfg.read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg} is not valid JSON: {e}") from e
+    if model_type != "llava":
+        raise ModelLoadError(f"{cfg} has model_type={model_type!r}, not a LLaVA config ('llava')")
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"model directory {str(path)!r} holds no .safetensors weights")
+
+
+def load_model(name_or_path: str, load_in_4bit: bool = False, device: str | None = None,
+               attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load model + processor from a local directory or a hub id.
+
+    ``load_in_4bit`` quantizes the linear layers with bitsandbytes nf4 + double quantization
+    (compute dtype bf16 on CUDA, fp32 on CPU). ``device`` defaults to CUDA when available.
+    """
+    import torch
+    from transformers import AutoProcessor, BitsAndBytesConfig, LlavaForConditionalGeneration
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ModelLoadError(f"device={device!r}: expected 'cpu' or 'cuda[:N]'")
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ModelLoadError(f"attn_implementation={attn_implementation!r}: expected 'sdpa' or 'eager'")
+    path = Path(name_or_path).expanduser()
+    is_local = path.exists() or name_or_path.startswith((".", "/", "~"))
+    if is_local:
+        _check_local_dir(path)
+        source = str(path)
+    else:
+        if name_or_path.count("/") != 1:
+            raise ModelLoadError(
+                f"{name_or_path!r} is neither an existing directory nor a hub id of the form 'owner/name'"
+            )
+        source = name_or_path
+    on_cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    kwargs = dict(use_safetensors=True, trust_remote_code=False, attn_implementation=attn_implementation)
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+        kwargs["dtype"] = dtype
+    else:
+        kwargs["dtype"] = torch.float16 if on_cuda else torch.float32
+        dtype = kwargs["dtype"]
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(source, **kwargs)
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load {source!r}: {str(e).splitlines()[0]}") from e
+    if not load_in_4bit:
+        model = model.to(device)
+    model.eval()
+    geometry = geometry_from_config(model.config)
+    return LoadedModel(model=model, processor=processor, geometry=geometry, device=device, dtype=dtype,
+                       load_in_4bit=load_in_4bit, source=source)

@@ -1,0 +1,138 @@
+"""The strategy interface: a dataclass of hyper-parameters with up to two pure hooks.
+
+A strategy never holds the model. The engine hands each hook the tensors it needs and applies what
+the hook returns:
+
+- ``select_before_llm(ctx: VisionContext) -> Selection | None``: which patches (or merged features)
+  enter the LLM; ``None`` keeps all.
+- ``select_in_llm(ctx: LLMContext) -> Tensor | None``: at LLM layer ``layer``, which of the image rows
+  still present survive into layers ``>= layer``; ``None`` keeps all.
+
+``stage`` says which hook the engine calls ("before" or "llm"); ``positions`` says how position ids
+are assigned after pruning ("keep": each token keeps its original position, "rearrange": contiguous).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+
+STAGES = ("before", "llm")
+POSITIONS = ("keep", "rearrange")
+
+
+@dataclass
+class VisionContext:
+    """What the vision pass produced for one image (batch size 1)."""
+
+    patch_features: torch.Tensor  # (N, Dv) vision features at vision_feature_layer, [CLS] removed
+    cls_attention: torch.Tensor | None  # (L_v, H_v, N) [CLS] query's attention to each patch, every ViT layer
+    cls_feature: torch.Tensor | None  # (Dv,) [CLS] hidden state at vision_feature_layer
+    rows: int  # patch grid rows
+    cols: int  # patch grid cols
+    generator: torch.Generator  # seeded by the strategy's seed, for reproducible randomness
+
+    @property
+    def n_patches(self) -> int:
+        return self.patch_features.shape[0]
+
+
+@dataclass
+class LLMContext:
+    """The state at LLM layer ``layer`` just before it runs (batch size 1)."""
+
+    layer: int  # k: rows dropped here are absent from layers >= k
+    hidden_states: torch.Tensor  # (S, D) input of layer k (output of layer k-1)
+    attention_row: torch.Tensor | None  # (H, S) last prompt token's attention at layer k-1, if requested
+    image_rows: torch.Tensor  # (M,) sequence rows that hold image tokens
+    patch_indices: torch.Tensor  # (M,) the patch each of those rows came from
+    vision: VisionContext
+
+
+@dataclass
+class Selection:
+    """Patches that enter the LLM, in spatial (row-major) order."""
+
+    indices: torch.Tensor  # (U,) patch indices, unique, ascending; a merged token's representative patch
+    features: torch.Tensor | None = None  # (U, Dv) merged features replacing patch_features[indices]
+
+    def __post_init__(self):
+        self.indices = torch.as_tensor(self.indices, dtype=torch.long)
+        if self.features is not None and self.features.shape[0] != self.indices.shape[0]:
+            raise ValueError(f"Selection has {self.indices.shape[0]} indices but {self.features.shape[0]} features")
+
+
+@dataclass
+class Strategy:
+    """Base class. Subclasses set ``name`` and implement the hook(s) of the stages they support."""
+
+    name: ClassVar[str] = ""
+    stages: ClassVar[tuple[str, ...]] = ("before",)  # stages this strategy implements
+    needs_attention_row: ClassVar[bool] = False  # stage "llm": wants the attention row at layer k-1
+
+    keep: int | None = None  # visual tokens to keep; None: all (or the strategy's own default)
+    stage: str = "before"  # "before" the LLM or inside it ("llm")
+    layer: int = 2  # k for stage "llm": rows dropped before layer k runs
+    positions: str = "keep"  # position ids after pruning: "keep" (original) or "rearrange" (contiguous)
+    seed: int = 0  # for strategies with randomness
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage={self.stage!r}: expected one of {STAGES}")
+        if self.stage not in self.stages:
+            raise ValueError(f"strategy {self.name!r} has no stage {self.stage!r}; it supports {self.stages}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions={self.positions!r}: expected one of {POSITIONS}")
+        if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 0):
+            raise ValueError(f"keep={self.keep!r}: expected a non-negative integer")
+        if not isinstance(self.layer, int) or self.layer < 1:
+            raise ValueError(f"layer={self.layer!r}: expected an integer >= 1 (stage 'llm' needs layer k-1)")
+
+    def params(self) -> dict:
+        """Hyper-parameters as plain values (for results and JSON)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def budget(self, available: int) -> int:
+        """Number of tokens to keep out of ``available``; ``keep`` larger than available keeps all."""
+        return available if self.keep is None else min(self.keep, available)
+
+    def select_before_llm(self, ctx: VisionContext) -> Selection | None:
+        return None
+
+    def select_in_llm(self, ctx: LLMContext) -> torch.Tensor | None:
+        return None
+
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: add ``cls`` under ``cls.name``; a second class with the same name is refused."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"a strategy named {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str, **params) -> Strategy:
+    """Instantiate the strategy ``name``; parameters left as None take the strategy's defaults."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; valid strategies: {', '.join(available())}")
+    cls = _REGISTRY[name]
+    valid = {f.name for f in fields(cls)}
+    unknown = set(params) - valid
+    if unknown:
+        raise ValueError(f"strategy {name!r} has no parameter(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    return cls(**{k: v for k, v in params.items() if v is not None})
+
+
+__all__ = ["Strategy", "Selection", "VisionContext", "LLMContext", "register", "get_strategy", "available",
+           "STAGES", "POSITIONS"]

@@ -1,0 +1,153 @@
+"""Build small random-init LLaVA checkpoints on disk, offline.
+
+Tests (and, later, the embedded-model trainer) need a directory that
+``LlavaForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` load exactly
+like ``llava-hf/llava-1.5-7b-hf``: safetensors weights, a config, a BPE tokenizer with an ``<image>``
+token, a CLIP image processor and a chat template. Nothing here touches a model hub.
+
+Two geometries are predefined:
+- ``tiny``: 30 px images, patch 6 (5x5 = 25 visual tokens), the size transformers' own LLaVA tests use;
+- ``llava15``: LLaVA-1.5's geometry (336 px, patch 14, 24x24 = 576 visual tokens, [CLS] token,
+  ``vision_feature_layer=-2``, ``vision_feature_select_strategy="default"``) with narrow widths.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+LLAVA15_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'user' %} {% else %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# A small corpus so the BPE merges cover ordinary English; the model is random, so any text works.
+_CORPUS = (
+    "user assistant what is the colour of the circle square triangle star red green blue yellow "
+    "purple orange how many objects are there is there a left right above below of in on yes no "
+    "describe this image picture photo one two three four five the a an and or which shape where"
+).split()
+
+
+@dataclass(frozen=True)
+class ToyGeometry:
+    """Shape of a random LLaVA; widths are small so CPU tests run in seconds."""
+
+    image_size: int = 30  # pixels, square
+    patch_size: int = 6  # ViT patch size
+    vision_hidden: int = 32  # ViT width
+    vision_layers: int = 4  # ViT depth (vision_feature_layer=-2 needs at least 2)
+    vision_heads: int = 4
+    text_hidden: int = 32  # Llama width
+    text_layers: int = 4  # Llama depth
+    text_heads: int = 4
+    text_kv_heads: int = 2  # < text_heads exercises grouped-query attention
+    text_intermediate: int = 64  # Llama MLP width
+    vocab_size: int = 320  # BPE vocabulary incl. special tokens
+
+
+GEOMETRIES = {
+    "tiny": ToyGeometry(),
+    "llava15": ToyGeometry(
+        image_size=336, patch_size=14, vision_hidden=32, vision_layers=4, vision_heads=2,
+        text_hidden=64, text_layers=6, text_heads=4, text_kv_heads=4, text_intermediate=128,
+    ),
+}
+
+
+def build_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained on a tiny corpus, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([" ".join(_CORPUS)] * 4, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def build_processor(geometry: ToyGeometry, tokenizer, chat_template: str | None = LLAVA15_CHAT_TEMPLATE):
+    """CLIP image processor + tokenizer, expanding ``<image>`` to one id per visual token."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    size = geometry.image_size
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        do_center_crop=True, do_resize=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=geometry.patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=chat_template,
+    )
+
+
+def build_config(geometry: ToyGeometry, tokenizer):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    g = geometry
+    vision = CLIPVisionConfig(
+        hidden_size=g.vision_hidden, intermediate_size=4 * g.vision_hidden, num_hidden_layers=g.vision_layers,
+        num_attention_heads=g.vision_heads, image_size=g.image_size, patch_size=g.patch_size,
+        projection_dim=g.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=g.text_hidden, intermediate_size=g.text_intermediate,
+        num_hidden_layers=g.text_layers, num_attention_heads=g.text_heads, num_key_value_heads=g.text_kv_heads,
+        max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_seq_length=(g.image_size // g.patch_size) ** 2, tie_word_embeddings=False,
+    )
+    return config
+
+
+def build_random_llava(out_dir: str | Path, geometry: ToyGeometry | str = "tiny", seed: int = 0,
+                       chat_template: str | None = LLAVA15_CHAT_TEMPLATE) -> Path:
+    """Write a random-init LLaVA (weights, config, tokenizer, processor) to ``out_dir``; return the path."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    if isinstance(geometry, str):
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"unknown geometry {geometry!r}; choose one of {sorted(GEOMETRIES)}")
+        geometry = GEOMETRIES[geometry]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(geometry.vocab_size)
+    processor = build_processor(geometry, tokenizer, chat_template)
+    config = build_config(geometry, tokenizer)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    # Random init gives near-uniform logits; a larger lm_head spread makes greedy decoding decisive,
+    # so parity tests compare real choices rather than near-ties.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "toy_geometry.json").write_text(json.dumps(geometry.__dict__, indent=1))
+    return out
