@@ -80,14 +80,18 @@ def decode_token_flops(s: LLMShape, kv_lengths: list[int]) -> int:
     return sum(llm_layer_flops(s, 1, n) for n in kv_lengths) + 2 * s.hidden * s.vocab
 
 
-def vision_flops(v: VisionShape, projected_tokens: int) -> int:
-    """Patch embedding, every ViT layer over all tokens, and the 2-layer MLP projector on the kept tokens."""
+def vision_flops(v: VisionShape) -> int:
+    """Patch embedding and every ViT layer over all tokens (the projector is counted in the prefill)."""
     n_patch = v.n_tokens - 1 if v.n_tokens > 1 else v.n_tokens
     embed = 2 * n_patch * v.channels * v.patch_size ** 2 * v.hidden
     t, d = v.n_tokens, v.hidden
     layer = 2 * t * d * d * 4 + 2 * 2 * t * t * d + 2 * 2 * t * d * v.intermediate
-    projector = 2 * projected_tokens * (d * v.projector_out + v.projector_out * v.projector_out)
-    return embed + v.layers * layer + projector
+    return embed + v.layers * layer
+
+
+def projector_flops(v: VisionShape, projected_tokens: int) -> int:
+    """LLaVA's 2-layer MLP projector on the tokens that enter the LLM."""
+    return 2 * projected_tokens * (v.hidden * v.projector_out + v.projector_out * v.projector_out)
 
 
 def kv_cache_bytes(cache) -> list[int]:

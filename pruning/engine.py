@@ -78,8 +78,9 @@ class Result:
     kept_final: list[int]  # patch indices present in the last LLM layer
     grid: list[int]  # [rows, cols]
     generated_tokens: list[int]
-    timings: dict  # vision_ms, prefill_ms, decode_ms_per_token, total_ms (median of repeats, untraced)
-    tflops: dict  # vision, prefill, decode_per_token, total (estimates from real token counts)
+    timings: dict  # vision_ms (ViT + [CLS] rows), prefill_ms (selection, projector, LLM), decode_ms_per_token,
+    #                total_ms: medians of untraced repeats
+    tflops: dict  # vision (ViT), prefill (projector + LLM + LM head), decode_per_token, total (estimates)
     kv_cache_bytes: int  # after prefill + decode, from the cache's tensors
     kv_cache_bytes_per_layer: list[int]
     peak_memory_bytes: int | None  # CUDA: max allocated; CPU: None (not measured per run)
@@ -406,8 +407,9 @@ class Engine:
         kv_layers = cost.kv_cache_bytes(state.cache)
         # decode FLOPs are reported for the first decoded token (cache = prompt + 1 per layer)
         kv_lengths = [n + 1 for n in state.tokens_per_layer]
-        tf_vision = cost.vision_flops(self.vision_shape, len(state.kept_before)) / 1e12
-        tf_prefill = cost.prefill_flops(self.llm_shape, state.tokens_per_layer) / 1e12
+        tf_vision = cost.vision_flops(self.vision_shape) / 1e12
+        tf_prefill = (cost.projector_flops(self.vision_shape, len(state.kept_before))
+                      + cost.prefill_flops(self.llm_shape, state.tokens_per_layer)) / 1e12
         tf_decode = cost.decode_token_flops(self.llm_shape, kv_lengths) / 1e12
         steps = max(len(tokens) - 1, 0)
         return Result(

@@ -44,21 +44,21 @@ class ToyGeometry:
 
     image_size: int = 30  # pixels, square
     patch_size: int = 6  # ViT patch size
-    vision_hidden: int = 32  # ViT width
+    vision_hidden: int = 64  # ViT width (bitsandbytes 4-bit on CPU needs in_features % 64 == 0)
     vision_layers: int = 4  # ViT depth (vision_feature_layer=-2 needs at least 2)
     vision_heads: int = 4
-    text_hidden: int = 32  # Llama width
+    text_hidden: int = 64  # Llama width (a multiple of 64, like vision_hidden)
     text_layers: int = 4  # Llama depth
     text_heads: int = 4
     text_kv_heads: int = 2  # < text_heads exercises grouped-query attention
-    text_intermediate: int = 64  # Llama MLP width
+    text_intermediate: int = 128  # Llama MLP width
     vocab_size: int = 320  # BPE vocabulary incl. special tokens
 
 
 GEOMETRIES = {
     "tiny": ToyGeometry(),
     "llava15": ToyGeometry(
-        image_size=336, patch_size=14, vision_hidden=32, vision_layers=4, vision_heads=2,
+        image_size=336, patch_size=14, vision_hidden=64, vision_layers=4, vision_heads=2,
         text_hidden=64, text_layers=6, text_heads=4, text_kv_heads=4, text_intermediate=128,
     ),
 }

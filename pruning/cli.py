@@ -1,0 +1,112 @@
+"""Command line: ``python -m pruning ask ...`` answers one question about one image with one strategy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pruning", description="PruneScope: visual-token pruning in LLaVA")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ask = sub.add_parser("ask", help="answer a question about an image with a pruning strategy")
+    ask.add_argument("--model", required=True, help="local LLaVA directory or hub id (e.g. llava-hf/llava-1.5-7b-hf)")
+    ask.add_argument("--image", required=True, help="path to an image file")
+    ask.add_argument("--question", required=True)
+    ask.add_argument("--strategy", default="none", help="pruning strategy name (default: none)")
+    ask.add_argument("--keep", type=_positive_int, help="visual tokens to keep")
+    ask.add_argument("--layer", type=_positive_int, help="prune inside the LLM before layer K (implies --stage llm)")
+    ask.add_argument("--stage", choices=["before", "llm"], help="where the strategy prunes")
+    ask.add_argument("--positions", choices=["keep", "rearrange"], help="position ids after pruning")
+    ask.add_argument("--seed", type=_positive_int, help="seed of the strategy's randomness")
+    ask.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load in 4-bit (bitsandbytes nf4)")
+    ask.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ask.add_argument("--max-new-tokens", type=_positive_int, default=16)
+    ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ask.add_argument("--top-p", type=float, default=1.0)
+    ask.add_argument("--repeats", type=_positive_int, default=1, help="timed runs; timings are their median")
+    ask.add_argument("--warmup", type=_positive_int, default=1, help="untimed runs before the timed ones")
+    ask.add_argument("--trace", action="store_true", help="also record per-layer attention (untimed run)")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def result_json(result) -> dict:
+    """The ``--json`` schema: a stable subset of ``Result`` (plus the trace when asked)."""
+    out = {
+        "answer": result.answer, "strategy": result.strategy, "params": result.params,
+        "visual_tokens": result.visual_tokens, "visual_tokens_kept": result.visual_tokens_kept,
+        "tokens_per_layer": result.tokens_per_layer, "image_tokens_per_layer": result.image_tokens_per_layer,
+        "kept": result.kept, "kept_final": result.kept_final, "grid": result.grid, "timings": result.timings,
+        "tflops": result.tflops, "kv_cache_bytes": result.kv_cache_bytes,
+        "kv_cache_bytes_per_layer": result.kv_cache_bytes_per_layer, "peak_memory_bytes": result.peak_memory_bytes,
+        "device": result.device,
+    }
+    if result.trace is not None:
+        out["trace"] = result.trace
+    return out
+
+
+def _ask(args) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from .engine import Engine
+    from .model import load_model
+    from .strategies import get_strategy
+
+    stage = args.stage or ("llm" if args.layer is not None else None)
+    strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage,
+                            positions=args.positions, seed=args.seed)
+    if not os.path.isfile(args.image):
+        raise ValueError(f"image {args.image!r} does not exist")
+    try:
+        image = Image.open(args.image)
+        image.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {args.image!r}: {e}") from e
+    lm = load_model(args.model, load_in_4bit=args.load_in_4bit, device=args.device)
+    engine = Engine(lm)
+    result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                        warmup=args.warmup, trace=args.trace, temperature=args.temperature, top_p=args.top_p)
+    if args.json:
+        print(json.dumps(result_json(result)))
+    else:
+        t = result.timings
+        print(result.answer)
+        print(f"[{result.strategy}] visual tokens {result.visual_tokens} -> {result.visual_tokens_kept} entering the "
+              f"LLM, {result.image_tokens_per_layer[-1]} in the last layer | vision {t['vision_ms']:.1f} ms, "
+              f"prefill {t['prefill_ms']:.1f} ms, decode {t['decode_ms_per_token']:.1f} ms/token | "
+              f"{result.tflops['total']:.4g} TFLOPs | KV cache {result.kv_cache_bytes / 2**20:.2f} MiB",
+              file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        if args.command == "ask":
+            return _ask(args)
+    except (ValueError, FileNotFoundError) as e:  # ModelLoadError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
