@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--warmup", type=_positive_int, default=1, help="untimed runs before the timed ones")
     ask.add_argument("--trace", action="store_true", help="also record per-layer attention (untimed run)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
+
+    toy = sub.add_parser("build-toy", help="write a random-init LLaVA checkpoint (for tests and timing)")
+    toy.add_argument("--geometry", default="llava15", choices=["tiny", "llava15"])
+    toy.add_argument("--out", required=True, help="directory to write")
+    toy.add_argument("--seed", type=_positive_int, default=0)
+
+    check = sub.add_parser("flopcheck", help="compare the FLOPs estimate with torch's FlopCounterMode")
+    check.add_argument("--model", required=True)
+    check.add_argument("--image", help="image path (default: a random-noise image)")
+    check.add_argument("--question", default="What is in the image?")
+    check.add_argument("--keep", default="all,128,64", help="comma-separated budgets before the LLM ('all' = none)")
+    check.add_argument("--json", action="store_true")
     return parser
 
 
@@ -59,9 +71,21 @@ def result_json(result) -> dict:
     return out
 
 
-def _ask(args) -> int:
+def load_image(path: str):
+    """Open an image file; a missing or unreadable file is a ValueError naming it."""
     from PIL import Image, UnidentifiedImageError
 
+    if not os.path.isfile(path):
+        raise ValueError(f"image {path!r} does not exist")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path!r}: {e}") from e
+    return image
+
+
+def _ask(args) -> int:
     from .engine import Engine
     from .model import load_model
     from .strategies import get_strategy
@@ -69,13 +93,7 @@ def _ask(args) -> int:
     stage = args.stage or ("llm" if args.layer is not None else None)
     strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage,
                             positions=args.positions, seed=args.seed)
-    if not os.path.isfile(args.image):
-        raise ValueError(f"image {args.image!r} does not exist")
-    try:
-        image = Image.open(args.image)
-        image.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {args.image!r}: {e}") from e
+    image = load_image(args.image)
     lm = load_model(args.model, load_in_4bit=args.load_in_4bit, device=args.device)
     engine = Engine(lm)
     result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
@@ -93,6 +111,43 @@ def _ask(args) -> int:
     return 0
 
 
+def _build_toy(args) -> int:
+    from .toy import build_random_llava
+
+    path = build_random_llava(args.out, args.geometry, seed=args.seed)
+    print(path)
+    return 0
+
+
+def _flopcheck(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .cost import flop_check
+    from .engine import Engine
+    from .model import load_model
+    from .strategies import get_strategy
+
+    image = load_image(args.image) if args.image else Image.fromarray(
+        np.random.RandomState(0).randint(0, 255, (256, 256, 3), dtype=np.uint8))
+    # eager attention: FlopCounterMode does not count torch's CPU SDPA kernel
+    engine = Engine(load_model(args.model, device="cpu", attn_implementation="eager"))
+    rows = []
+    for budget in args.keep.split(","):
+        budget = budget.strip()
+        strategy = get_strategy("none") if budget == "all" else get_strategy("random", keep=int(budget))
+        for stage, estimate, counted in flop_check(engine, image, args.question, strategy):
+            rows.append({"keep": budget, "stage": stage, "estimate": estimate, "counted": counted,
+                         "ratio": estimate / counted})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'keep':>5} {'stage':>8} {'estimate':>14} {'FlopCounterMode':>16} {'ratio':>6}")
+        for r in rows:
+            print(f"{r['keep']:>5} {r['stage']:>8} {r['estimate']:>14,} {r['counted']:>16,} {r['ratio']:>6.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -102,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "ask":
             return _ask(args)
+        if args.command == "build-toy":
+            return _build_toy(args)
+        if args.command == "flopcheck":
+            return _flopcheck(args)
     except (ValueError, FileNotFoundError) as e:  # ModelLoadError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

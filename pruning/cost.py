@@ -149,3 +149,32 @@ def repeat_timed(fn: Callable[[], dict], repeats: int, warmup: int = 1) -> tuple
         timings, value = fn()
         runs.append(timings)
     return median_of(runs), value
+
+
+def flop_check(engine, image, question: str, strategy) -> list[tuple[str, int, int]]:
+    """(stage, estimated FLOPs, FlopCounterMode FLOPs) for vision, prefill and one decode step.
+
+    Run it on a model loaded with eager attention: FlopCounterMode does not count CPU SDPA kernels.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def counted(fn):
+        with FlopCounterMode(display=False) as counter:
+            out = fn()
+        return counter.get_total_flops(), out
+
+    prepared = engine.prepare(image, question)
+    vision_counted, vision = counted(lambda: engine.vision_pass(prepared))
+    prefill_counted, state = counted(lambda: engine.prefill(prepared, vision, strategy))
+    decode_counted, tokens = counted(lambda: engine.decode(state, max_new_tokens=2))
+    if len(tokens) != 2:  # EOS first: no decode forward pass happened
+        decode_counted = None
+    rows = [
+        ("vision", vision_flops(engine.vision_shape), vision_counted),
+        ("prefill", projector_flops(engine.vision_shape, len(state.kept_before))
+         + prefill_flops(engine.llm_shape, state.tokens_per_layer), prefill_counted),
+    ]
+    if decode_counted is not None:
+        rows.append(("decode", decode_token_flops(engine.llm_shape, [n + 1 for n in state.tokens_per_layer]),
+                     decode_counted))
+    return rows
