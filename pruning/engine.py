@@ -363,6 +363,14 @@ class Engine:
         return tokens
 
     # ---------------------------------------------------------------- one request
+    def generate(self, image, question: str, strategy: Strategy, max_new_tokens: int = 16,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> tuple[str, PrefillState]:
+        """Untimed: the decoded answer and the prefill state (for evaluations and sweeps)."""
+        prepared = self.prepare(image, question)
+        state = self.prefill(prepared, self.vision_pass(prepared, seed=strategy.seed), strategy)
+        tokens = self.decode(state, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        return self.lm.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip(), state
+
     def _timed_run(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict):
         dev = str(self.device)
         with cost.Stopwatch(dev) as sw_v:

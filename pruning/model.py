@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The embedded default model, trained by `python -m pruning.shapes.train` and shipped with the project.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+
 # LLaVA-1.5's conversation format, used when the processor ships no chat template.
 DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 

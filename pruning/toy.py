@@ -28,7 +28,8 @@ LLAVA15_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+# "</s>" is not id 2: CLIP's text model treats eos_token_id == 2 as its legacy "highest id is EOS" rule.
+SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "<image>", "</s>"]
 
 # A small corpus so the BPE merges cover ordinary English; the model is random, so any text works.
 _CORPUS = (
@@ -64,8 +65,9 @@ GEOMETRIES = {
 }
 
 
-def build_tokenizer(vocab_size: int):
-    """A byte-level BPE tokenizer trained on a tiny corpus, wrapped as a transformers fast tokenizer."""
+def build_tokenizer(vocab_size: int, corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer trained on ``corpus`` (default: a few English words), wrapped as a
+    transformers fast tokenizer with ``<s>`` prepended, ``</s>`` as EOS and ``<image>`` as image token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -76,7 +78,7 @@ def build_tokenizer(vocab_size: int):
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator([" ".join(_CORPUS)] * 4, trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else [" ".join(_CORPUS)] * 4, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
@@ -89,15 +91,18 @@ def build_tokenizer(vocab_size: int):
 
 def build_processor(geometry: ToyGeometry, tokenizer, chat_template: str | None = LLAVA15_CHAT_TEMPLATE):
     """CLIP image processor + tokenizer, expanding ``<image>`` to one id per visual token."""
+    return make_llava_processor(geometry.image_size, geometry.patch_size, tokenizer, chat_template)
+
+
+def make_llava_processor(size: int, patch_size: int, tokenizer, chat_template: str | None = LLAVA15_CHAT_TEMPLATE):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
-    size = geometry.image_size
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size},
         do_center_crop=True, do_resize=True,
     )
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=geometry.patch_size,
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=chat_template,
     )

@@ -1,0 +1,1 @@
+"""The synthetic shapes world and the training of the embedded model."""

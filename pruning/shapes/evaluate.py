@@ -1,0 +1,174 @@
+"""Measure the embedded model on held-out scenes: accuracy, [CLS] attention, pruning sanity, speed.
+
+    python -m pruning.shapes.evaluate --model assets/model --n 1000 [--4bit] [--json]
+
+- accuracy: greedy exact match on ``n`` held-out questions (the same number per type; seeds from
+  ``world.HELD_OUT_SEED`` on, never used in training), through the same engine the app uses;
+- [CLS] attention: share of the top-25% patches by the penultimate layer's [CLS] attention (mean over
+  heads, VTC-CLS eq. 2) that cover object pixels, against the share of all patches that do (chance);
+  also for the K=3 layer ensemble (VTC-CLS eq. 9, mean);
+- pruning sanity on colour / shape questions: keeping only the patches that do not touch the asked-about
+  object vs only the object's patches (original positions);
+- speed: model load time and one answer (prefill + decoding) on this machine, median of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..engine import Engine
+from ..model import load_model
+from ..strategies import Selection, Strategy, get_strategy
+from . import world
+
+
+@dataclass
+class FixedPatches(Strategy):
+    """Keep an explicit set of patches (for analyses; not a registered strategy)."""
+
+    name = "fixed-patches"
+    patches: tuple = ()
+
+    def select_before_llm(self, ctx):
+        return Selection(torch.tensor(sorted(set(self.patches)), dtype=torch.long))
+
+
+def accuracy(engine: Engine, n: int, progress: bool = True) -> dict:
+    pairs = world.heldout_questions(n)
+    none = get_strategy("none")
+    hits: dict[str, list[int]] = {}
+    modes: dict[str, list[int]] = {}
+    wrong = []
+    for scene, q in tqdm(pairs, desc="accuracy", disable=not progress, mininterval=5):
+        answer, _ = engine.generate(scene.image, q.text, none, max_new_tokens=3)
+        ok = int(answer == q.answer)
+        hits.setdefault(q.type, []).append(ok)
+        if q.negative_mode:
+            modes.setdefault(q.negative_mode, []).append(ok)
+        if not ok and len(wrong) < 20:
+            wrong.append({"seed": scene.seed, "question": q.text, "expected": q.answer, "got": answer})
+    per_type = {t: float(np.mean(v)) for t, v in hits.items()}
+    return {"n": len(pairs), "overall": float(np.mean([x for v in hits.values() for x in v])), "per_type": per_type,
+            "exist_negatives": {m: float(np.mean(v)) for m, v in modes.items()}, "examples_wrong": wrong}
+
+
+def cls_attention(engine: Engine, n_scenes: int = 300) -> dict:
+    g = engine.geometry
+    layer = g.feature_layer_index  # the penultimate ViT layer (vision_feature_layer = -2)
+    shares, shares_k3, chance = [], [], []
+    for i in range(n_scenes):
+        scene = world.make_scene(world.HELD_OUT_SEED + 500_000 + i, image_size=g.image_size)
+        ctx = engine.vision_pass(engine.prepare(scene.image, "Describe the image."))
+        covered = scene.patch_coverage(g.patch_size) > 0
+        top = max(1, g.n_patches // 4)
+        s = ctx.cls_attention[layer].mean(0)  # (N,) eq. 2
+        s3 = ctx.cls_attention[layer - 2: layer + 1].mean(1).mean(0)  # eq. 9, K=3, E=avg
+        shares.append(covered[s.topk(top).indices.numpy()].mean())
+        shares_k3.append(covered[s3.topk(top).indices.numpy()].mean())
+        chance.append(covered.mean())
+    return {"scenes": n_scenes, "layer": layer, "top25_on_objects": float(np.mean(shares)),
+            "top25_on_objects_k3": float(np.mean(shares_k3)), "chance": float(np.mean(chance)),
+            "ratio": float(np.mean(shares) / np.mean(chance))}
+
+
+def pruning_sanity(engine: Engine, n_per_type: int = 150) -> dict:
+    g = engine.geometry
+    out = {}
+    for qtype in ("colour", "shape"):
+        pairs = world.heldout_questions(n_per_type, seed0=world.HELD_OUT_SEED + 700_000, types=(qtype,))
+        res = {"object_only": [], "without_object": [], "full": []}
+        for scene, q in pairs:
+            cov = scene.patch_coverage(g.patch_size, list(q.objects))
+            obj = np.flatnonzero(cov > 0).tolist()
+            rest = np.flatnonzero(cov == 0).tolist()
+            for key, patches in (("object_only", obj), ("without_object", rest), ("full", None)):
+                s = get_strategy("none") if patches is None else FixedPatches(patches=tuple(patches))
+                answer, _ = engine.generate(scene.image, q.text, s, max_new_tokens=3)
+                res[key].append(int(answer == q.answer))
+        out[qtype] = {k: float(np.mean(v)) for k, v in res.items()}
+        out[qtype]["chance"] = 1 / (len(world.COLOUR_NAMES) if qtype == "colour" else len(world.SHAPES))
+    return out
+
+
+def speed(model_dir: str, load_in_4bit: bool, repeats: int = 20) -> dict:
+    loads = []
+    for _ in range(3):
+        t = time.perf_counter()
+        lm = load_model(model_dir, load_in_4bit=load_in_4bit, device="cpu")
+        loads.append((time.perf_counter() - t) * 1000)
+    engine = Engine(lm)
+    scene = world.make_scene(world.HELD_OUT_SEED + 1)
+    r = engine.run(scene.image, "How many objects are there?", get_strategy("none"), max_new_tokens=3,
+                   repeats=repeats, warmup=2)
+    return {"load_ms": statistics.median(loads), "answer_ms": r.timings["total_ms"], "timings": r.timings,
+            "tokens": len(r.generated_tokens)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pruning.shapes.evaluate", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="model directory (default: the embedded model)")
+    ap.add_argument("--n", type=int, default=1000, help="held-out questions")
+    ap.add_argument("--4bit", dest="load_in_4bit", action="store_true")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: accuracy,cls,pruning,speed")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    from ..model import DEFAULT_MODEL_DIR
+
+    model_dir = args.model or str(DEFAULT_MODEL_DIR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    skip = set(filter(None, args.skip.split(",")))
+    engine = Engine(load_model(model_dir, load_in_4bit=args.load_in_4bit, device="cpu"))
+    report = {"model": model_dir, "4bit": args.load_in_4bit}
+    if "accuracy" not in skip:
+        report["accuracy"] = accuracy(engine, args.n)
+    if "cls" not in skip:
+        report["cls_attention"] = cls_attention(engine)
+    if "pruning" not in skip:
+        report["pruning"] = pruning_sanity(engine)
+    if "speed" not in skip:
+        report["speed"] = speed(model_dir, args.load_in_4bit)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print(report)
+    return 0
+
+
+def _print(r: dict) -> None:
+    print(f"model {r['model']} ({'4-bit nf4' if r['4bit'] else 'float32'})")
+    if "accuracy" in r:
+        a = r["accuracy"]
+        print(f"accuracy on {a['n']} held-out questions: overall {a['overall']:.1%}")
+        for t, v in a["per_type"].items():
+            print(f"  {t:<9} {v:.1%}")
+        print("  existence negatives: " + ", ".join(f"{m} {v:.1%}" for m, v in a["exist_negatives"].items()))
+    if "cls_attention" in r:
+        c = r["cls_attention"]
+        print(f"[CLS] attention, ViT layer {c['layer']} (penultimate): top-25% patches on objects "
+              f"{c['top25_on_objects']:.1%} vs chance {c['chance']:.1%} ({c['ratio']:.2f}x); K=3 ensemble "
+              f"{c['top25_on_objects_k3']:.1%}")
+    if "pruning" in r:
+        for t, v in r["pruning"].items():
+            print(f"pruning, {t} questions: all patches {v['full']:.1%}, only the object's patches "
+                  f"{v['object_only']:.1%}, all but the object's patches {v['without_object']:.1%} "
+                  f"(chance {v['chance']:.1%})")
+    if "speed" in r:
+        s = r["speed"]
+        print(f"speed: load {s['load_ms']:.0f} ms, one answer ({s['tokens']} tokens) {s['answer_ms']:.1f} ms "
+              f"(vision {s['timings']['vision_ms']:.1f}, prefill {s['timings']['prefill_ms']:.1f}, decode "
+              f"{s['timings']['decode_ms_per_token']:.1f} ms/token)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
