@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pruning", description="PruneScope: visual-token pruning in LLaVA")
     sub = parser.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="answer a question about an image with a pruning strategy")
-    ask.add_argument("--model", required=True, help="local LLaVA directory or hub id (e.g. llava-hf/llava-1.5-7b-hf)")
+    ask.add_argument("--model", help="local LLaVA directory or hub id (e.g. llava-hf/llava-1.5-7b-hf); "
+                     "default: the embedded model in assets/model")
     ask.add_argument("--image", required=True, help="path to an image file")
     ask.add_argument("--question", required=True)
     ask.add_argument("--strategy", default="none", help="pruning strategy name (default: none)")
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=_positive_int, default=0)
 
     check = sub.add_parser("flopcheck", help="compare the FLOPs estimate with torch's FlopCounterMode")
-    check.add_argument("--model", required=True)
+    check.add_argument("--model", help="default: the embedded model")
     check.add_argument("--image", help="image path (default: a random-noise image)")
     check.add_argument("--question", default="What is in the image?")
     check.add_argument("--keep", default="all,128,64", help="comma-separated budgets before the LLM ('all' = none)")
@@ -85,6 +86,17 @@ def load_image(path: str):
     return image
 
 
+def resolve_model(model: str | None) -> str:
+    """``--model`` or, when absent, the embedded model shipped in assets/model."""
+    from .model import DEFAULT_MODEL_DIR
+
+    if model:
+        return model
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        raise ValueError(f"no --model given and the embedded model is missing at {DEFAULT_MODEL_DIR}")
+    return str(DEFAULT_MODEL_DIR)
+
+
 def _ask(args) -> int:
     from .engine import Engine
     from .model import load_model
@@ -94,7 +106,7 @@ def _ask(args) -> int:
     strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage,
                             positions=args.positions, seed=args.seed)
     image = load_image(args.image)
-    lm = load_model(args.model, load_in_4bit=args.load_in_4bit, device=args.device)
+    lm = load_model(resolve_model(args.model), load_in_4bit=args.load_in_4bit, device=args.device)
     engine = Engine(lm)
     result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                         warmup=args.warmup, trace=args.trace, temperature=args.temperature, top_p=args.top_p)
@@ -131,7 +143,7 @@ def _flopcheck(args) -> int:
     image = load_image(args.image) if args.image else Image.fromarray(
         np.random.RandomState(0).randint(0, 255, (256, 256, 3), dtype=np.uint8))
     # eager attention: FlopCounterMode does not count torch's CPU SDPA kernel
-    engine = Engine(load_model(args.model, device="cpu", attn_implementation="eager"))
+    engine = Engine(load_model(resolve_model(args.model), device="cpu", attn_implementation="eager"))
     rows = []
     for budget in args.keep.split(","):
         budget = budget.strip()

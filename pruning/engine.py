@@ -144,9 +144,10 @@ def record_last_query_attention(layers, indices, store: dict):
 
 
 @contextlib.contextmanager
-def record_cls_attention(vision_layers, store: list):
+def record_cls_attention(vision_layers, store: list, keys_store: dict | None = None):
     """Hooks on each ViT layer's q_proj / k_proj that compute the [CLS] query's attention row
-    (H, T) from the projections the layer computes anyway; removed on exit."""
+    (H, T) from the projections the layer computes anyway; removed on exit. ``keys_store[i]`` receives
+    layer i's keys (T, D) for the layers it lists."""
     handles = []
     qs: dict[int, torch.Tensor] = {}
 
@@ -158,6 +159,8 @@ def record_cls_attention(vision_layers, store: list):
     def k_hook(i, attn):
         def hook(module, args, output):
             keys = output[0]  # (T, D)
+            if keys_store is not None and i in keys_store:
+                keys_store[i] = keys.detach()
             heads = attn.num_heads
             q = qs.pop(i).view(heads, -1).float()  # (H, hd)
             k = keys.view(keys.shape[0], heads, -1).float()  # (T, H, hd)
@@ -238,7 +241,9 @@ class Engine:
         """Patch features at vision_feature_layer and the [CLS] attention row at every ViT layer."""
         rows: list[torch.Tensor] = []
         g = self.geometry
-        recorder = record_cls_attention(self.vision_layers, rows) if g.has_cls else contextlib.nullcontext()
+        keys = {g.feature_layer_index: None}
+        recorder = (record_cls_attention(self.vision_layers, rows, keys) if g.has_cls
+                    else contextlib.nullcontext())
         with recorder:
             out = self.vision_tower(prepared.pixel_values, output_hidden_states=True, return_dict=True)
         feats = out.hidden_states[g.vision_feature_layer][0]  # (T, Dv)
@@ -247,8 +252,12 @@ class Engine:
             cls_attention = torch.stack(rows)[:, :, 1:]  # (L_v, H, N): [CLS] row over patch keys
         else:
             cls_feature, patches, cls_attention = None, feats, None
+        patch_keys = keys[g.feature_layer_index]
+        if patch_keys is not None and g.has_cls:
+            patch_keys = patch_keys[1:]
         return VisionContext(
             patch_features=patches, cls_attention=cls_attention, cls_feature=cls_feature,
+            feature_layer=g.feature_layer_index, patch_keys=patch_keys,
             rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed),
         )
 
@@ -279,7 +288,7 @@ class Engine:
 
         cache = DynamicCache()
         n_layers = len(self.layers)
-        k_drop = strategy.layer if strategy.stage == "llm" else None
+        k_drop = strategy.llm_layer(n_layers) if strategy.stage == "llm" else None
         if k_drop is not None and not 1 <= k_drop < n_layers:
             raise ValueError(f"layer={k_drop}: stage 'llm' needs 1 <= layer < {n_layers} (the model's depth)")
         probe: dict = {}

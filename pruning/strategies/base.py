@@ -33,6 +33,24 @@ class VisionContext:
     rows: int  # patch grid rows
     cols: int  # patch grid cols
     generator: torch.Generator  # seeded by the strategy's seed, for reproducible randomness
+    feature_layer: int = -1  # 0-based ViT layer whose output feeds the LLM (the penultimate for LLaVA-1.5)
+    patch_keys: torch.Tensor | None = None  # (N, Dv) the feature layer's attention keys of the patches
+
+    def cls_scores(self, k_layers: int = 1, ensemble: str = "avg") -> torch.Tensor:
+        """VTC-CLS eq. 2 and 9: [CLS] attention averaged over heads, in the ``k_layers`` layers ending at the
+        feature layer, combined by ``ensemble`` (avg, max, min). Shape (N,)."""
+        if self.cls_attention is None:
+            raise ValueError("this vision tower has no [CLS] token: [CLS]-attention strategies cannot run")
+        if not 1 <= k_layers <= self.feature_layer + 1:
+            raise ValueError(f"k_layers={k_layers}: expected 1..{self.feature_layer + 1}")
+        per_layer = self.cls_attention[self.feature_layer - k_layers + 1: self.feature_layer + 1].mean(1)  # (K, N)
+        if ensemble == "avg":
+            return per_layer.mean(0)
+        if ensemble == "max":
+            return per_layer.max(0).values
+        if ensemble == "min":
+            return per_layer.min(0).values
+        raise ValueError(f"ensemble={ensemble!r}: expected 'avg', 'max' or 'min'")
 
     @property
     def n_patches(self) -> int:
@@ -74,7 +92,7 @@ class Strategy:
 
     keep: int | None = None  # visual tokens to keep; None: all (or the strategy's own default)
     stage: str = "before"  # "before" the LLM or inside it ("llm")
-    layer: int = 2  # k for stage "llm": rows dropped before layer k runs
+    layer: int | None = 2  # k for stage "llm": rows dropped before layer k runs
     positions: str = "keep"  # position ids after pruning: "keep" (original) or "rearrange" (contiguous)
     seed: int = 0  # for strategies with randomness
 
@@ -87,7 +105,7 @@ class Strategy:
             raise ValueError(f"positions={self.positions!r}: expected one of {POSITIONS}")
         if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 0):
             raise ValueError(f"keep={self.keep!r}: expected a non-negative integer")
-        if not isinstance(self.layer, int) or self.layer < 1:
+        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 1):
             raise ValueError(f"layer={self.layer!r}: expected an integer >= 1 (stage 'llm' needs layer k-1)")
 
     def params(self) -> dict:
@@ -98,11 +116,21 @@ class Strategy:
         """Number of tokens to keep out of ``available``; ``keep`` larger than available keeps all."""
         return available if self.keep is None else min(self.keep, available)
 
+    def llm_layer(self, n_layers: int) -> int:
+        """The LLM layer k where stage "llm" drops rows (a strategy may derive it from the depth)."""
+        return self.layer
+
     def select_before_llm(self, ctx: VisionContext) -> Selection | None:
         return None
 
     def select_in_llm(self, ctx: LLMContext) -> torch.Tensor | None:
         return None
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest scores, in ascending (spatial) order."""
+    k = min(k, scores.shape[0])
+    return scores.topk(k).indices.sort().values
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

@@ -1,0 +1,46 @@
+"""VTC-CLS (Wang et al., "[CLS] Token Tells Everything Needed for Training-free Efficient MLLMs").
+
+Sec. 3.1 eq. 1-2: the [CLS] query's attention over the patches, averaged over heads; Sec. 3.3 eq. 9: an
+ensemble E (avg by default, max, min) of that score over the K layers ending at the penultimate one
+(the layer whose output LLaVA feeds the LLM). Rule: keep the top-U patches by the ensembled score, in
+spatial order. Stage "before" (default) prunes before the LLM; stage "llm" drops the same patches'
+rows inside the LLM before layer ``layer`` (Table 6 follows FastV and prunes after the 2nd layer).
+
+Choices the paper leaves open: positions default to "rearrange" (contiguous ids, what the authors'
+code does); the score is the softmax row over all keys restricted to the patches (the [CLS]-to-[CLS]
+weight is dropped, not renormalised; renormalising would not change the ranking).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import LLMContext, Selection, Strategy, VisionContext, register, top_indices
+
+
+@register
+@dataclass
+class VTCCLS(Strategy):
+    name = "vtc-cls"
+    stages = ("before", "llm")
+
+    positions: str = "rearrange"
+    k_layers: int = 3  # K in eq. 9
+    ensemble: str = "avg"  # E in eq. 9: avg, max or min
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ensemble not in ("avg", "max", "min"):
+            raise ValueError(f"ensemble={self.ensemble!r}: expected 'avg', 'max' or 'min'")
+        if self.k_layers < 1:
+            raise ValueError(f"k_layers={self.k_layers}: expected >= 1")
+
+    def select_before_llm(self, ctx: VisionContext) -> Selection:
+        scores = ctx.cls_scores(self.k_layers, self.ensemble)  # (N,)
+        return Selection(top_indices(scores, self.budget(ctx.n_patches)))
+
+    def select_in_llm(self, ctx: LLMContext) -> torch.Tensor:
+        scores = ctx.vision.cls_scores(self.k_layers, self.ensemble)[ctx.patch_indices]  # (M,)
+        return top_indices(scores, self.budget(scores.shape[0]))
