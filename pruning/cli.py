@@ -47,6 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--out", required=True, help="directory to write")
     toy.add_argument("--seed", type=_positive_int, default=0)
 
+    cal = sub.add_parser("calibrate", help="choose VTW's withdrawal layer by the KL rule (eq. 6, Algorithm 1)")
+    cal.add_argument("--model", help="default: the embedded model")
+    cal.add_argument("--strategy", default="vtw", choices=["vtw"])
+    cal.add_argument("--eta", type=float, default=0.003)
+    cal.add_argument("--samples", type=_positive_int, default=20)
+    cal.add_argument("--min-layer", type=_positive_int, default=5, help="smallest K tried (the paper: 5)")
+    cal.add_argument("--questions", default="shapes", help="'shapes' (held-out) or a JSONL file")
+    cal.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="accuracy / cost sweep over strategies x budgets")
+    bench.add_argument("--model", help="default: the embedded model")
+    bench.add_argument("--strategies", default="all", help="'all' or comma-separated names")
+    bench.add_argument("--keep", default="192,128,64", help="budgets: counts or fractions of the grid")
+    bench.add_argument("--questions", default="shapes", help="'shapes' (held-out) or a JSONL file")
+    bench.add_argument("--n", type=_positive_int, default=200, help="questions (split evenly over types)")
+    bench.add_argument("--4bit", dest="load_in_4bit", action="store_true")
+    bench.add_argument("--json", action="store_true")
+
     check = sub.add_parser("flopcheck", help="compare the FLOPs estimate with torch's FlopCounterMode")
     check.add_argument("--model", help="default: the embedded model")
     check.add_argument("--image", help="image path (default: a random-noise image)")
@@ -160,6 +178,37 @@ def _flopcheck(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from .bench import calibrate_vtw, load_samples
+    from .engine import Engine
+    from .model import load_model
+
+    engine = Engine(load_model(resolve_model(args.model)))
+    result = calibrate_vtw(engine, load_samples(args.questions, args.samples), eta=args.eta,
+                           min_layer=args.min_layer)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result["kl_per_layer"].items():
+            print(f"K={k:>3}  KL={v:.5f}")
+        chosen = result["k"]
+        print(f"chosen K = {chosen}" if chosen is not None else
+              f"no K >= {args.min_layer} has KL < {args.eta}: withdrawal is not lossless on this sample")
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import load_samples, markdown_table, parse_budgets, sweep
+    from .engine import Engine
+    from .model import load_model
+
+    engine = Engine(load_model(resolve_model(args.model), load_in_4bit=args.load_in_4bit))
+    budgets = parse_budgets(args.keep, engine.geometry.n_patches)
+    rows = sweep(engine, load_samples(args.questions, args.n), args.strategies, budgets)
+    print(json.dumps(rows) if args.json else markdown_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -173,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             return _build_toy(args)
         if args.command == "flopcheck":
             return _flopcheck(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
+        if args.command == "bench":
+            return _bench(args)
     except (ValueError, FileNotFoundError) as e:  # ModelLoadError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

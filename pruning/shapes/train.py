@@ -15,6 +15,8 @@ Stages (each saves a checkpoint under ``--work``; a finished stage is skipped on
 4. ``projector``: LLaVA's stage 1, feature alignment: only the ``mlp2x_gelu`` projector trains, on
    image -> caption, with the vision tower and the LLM frozen.
 5. ``instruct``: LLaVA's stage 2: projector + LLM train on the questions (and captions), vision frozen.
+   Besides the five evaluated question types, training asks where one named object is ("Is the red
+   circle on the left or the right?"): a stepping stone to the relative-position questions.
    All questions about one image are packed in one sequence: each question attends to the image prefix and
    to itself only (a 4-D mask), and its position ids restart after the image, so each packed question
    sees exactly what a single question sees at inference.
@@ -136,7 +138,7 @@ def corpus_texts(cfg: TrainConfig, n_scenes: int = 3000) -> list[str]:
     texts = []
     for sc in scenes_for(range(n_scenes), cfg):
         texts.append(sc.caption)
-        for t in world.QUESTION_TYPES:
+        for t in world.QUESTION_TYPES:  # (the tokenizer of the shipped run saw these types only)
             texts += [f"USER: \n{q.text} ASSISTANT: {q.answer}" for q in world.questions_for(sc, t, rng)]
     texts.append(f"USER: \n{CAPTION_PROMPT} ASSISTANT:")
     return texts
@@ -156,6 +158,18 @@ def patch_labels(scene, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.nd
         centre[take] = (o.cx / cfg.image_size, o.cy / cfg.image_size)
         best = np.maximum(best, np.where(take, cov, best))
     return cls, centre, cls != n_bg
+
+
+def caption_batch(tok, captions: list[str], max_len: int):
+    """Captions for the CLIP text encoder: <s> caption </s>, right-padded. CLIP pools at the first
+    ``eos_token_id``, so every row must end with </s> (kept even when a caption is truncated)."""
+    rows = [tok(c).input_ids[:max_len - 1] + [tok.eos_token_id] for c in captions]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    return type("Batch", (), {"input_ids": ids, "attention_mask": mask})
 
 
 # ----------------------------------------------------------------------------- models
@@ -268,8 +282,7 @@ def stage_vision(cfg: TrainConfig, work: Path, log: Log):
         single = cfg.single_object_start * (1 - 0.9 * min(1.0, step / total))
         scenes = scenes_for(seeds.take(cfg.batch_vision), cfg, single)
         pixels = to_pixels([s.image for s in scenes])
-        text = tok([s.caption for s in scenes], padding=True, truncation=True, max_length=cfg.text_max_len,
-                   return_tensors="pt")
+        text = caption_batch(tok, [s.caption for s in scenes], cfg.text_max_len)
         out = clip(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels,
                    return_loss=True, output_hidden_states=True)
         vis = out.vision_model_output
@@ -419,7 +432,7 @@ def _qa_items(scenes, rng, caption_prob: float):
     items, types = [], []
     for s in scenes:
         qa, tt = [], []
-        for t in world.QUESTION_TYPES:
+        for t in world.QUESTION_TYPES + world.TRAINING_ONLY_TYPES:
             cands = world.questions_for(s, t, rng)
             if t == "exist":
                 chosen = cands  # a yes and a no (balanced)
@@ -549,7 +562,9 @@ its synthetic world; on real images or other questions its answers are meaningle
    penultimate layer's patches (pair class or background per patch, covering object's centre).
 3. **Text-only pretraining of the Llama decoder** on captions (stands in for Vicuna's pretraining).
 4. LLaVA stage 1: projector only, on image -> caption.
-5. LLaVA stage 2: projector + LLM on the questions (and captions), vision frozen; questions packed per image.
+5. LLaVA stage 2: projector + LLM on the questions (and captions), vision frozen; questions packed per image;
+   an extra training-only question type ("Is the red circle on the left or the right?") helps the
+   relative-position questions.
 
 The CLIP model (vision + text halves, with projections) is in `clip/`: IVTP uses its text half.
 Measured accuracy and the training log are in the project's docs (`docs/embedded-model.md`, `train.log`).

@@ -37,6 +37,8 @@ COLOUR_NAMES = tuple(COLOURS)
 SIZES = {"small": 10, "large": 15}  # radius in pixels (+-1 jitter)
 NUMBERS = ("one", "two", "three", "four", "five")
 QUESTION_TYPES = ("colour", "shape", "exist", "count", "position")
+# asked in training only, as a stepping stone to "position": where one named object is in the picture
+TRAINING_ONLY_TYPES = ("where",)
 NEGATIVE_MODES = ("random", "popular", "adversarial")
 MIN_GAP = 12  # pixels between centres for a left/right or above/below question
 HELD_OUT_SEED = 1_000_000_000
@@ -247,7 +249,18 @@ def questions_for(scene: Scene, qtype: str, rng: np.random.Generator) -> list[Qu
                     out.append(Question("position", f"Is the {a.name} above or below the {b.name}?",
                                         "above" if a.cy < b.cy else "below", (i, j)))
         return out
-    raise ValueError(f"unknown question type {qtype!r}: expected one of {QUESTION_TYPES}")
+    if qtype == "where":
+        half = scene.image.width / 2
+        out = []
+        for i, o in enumerate(objs):
+            if abs(o.cx - half) >= MIN_GAP:
+                out.append(Question("where", f"Is the {o.name} on the left or the right?",
+                                    "left" if o.cx < half else "right", (i,)))
+            if abs(o.cy - half) >= MIN_GAP:
+                out.append(Question("where", f"Is the {o.name} at the top or the bottom?",
+                                    "top" if o.cy < half else "bottom", (i,)))
+        return out
+    raise ValueError(f"unknown question type {qtype!r}: expected one of {QUESTION_TYPES + TRAINING_ONLY_TYPES}")
 
 
 def answer_vocabulary() -> list[str]:

@@ -1,0 +1,174 @@
+"""Accuracy-vs-budget sweep and VTW calibration over a question set.
+
+Question sets: ``shapes`` (the embedded model's held-out questions, seeds never used in training) or a
+JSONL file with one object per line: ``{"image": PATH, "question": TEXT, "answer": TEXT[, "type": TEXT]}``
+(image paths relative to the file). Answers are compared case-insensitively after stripping spaces and
+a final period.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import cost
+from .strategies import available, get_strategy
+
+
+@dataclass
+class Sample:
+    image: object  # PIL image
+    question: str
+    answer: str
+    type: str = "all"
+
+
+def load_samples(source: str, n: int) -> list[Sample]:
+    if source == "shapes":
+        from .shapes import world
+
+        return [Sample(s.image, q.text, q.answer, q.type) for s, q in world.heldout_questions(n)]
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"question set {source!r} is neither 'shapes' nor an existing JSONL file")
+    from .cli import load_image
+
+    out = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image_path = path.parent / row["image"]
+            out.append(Sample(load_image(str(image_path)), row["question"], str(row["answer"]),
+                              row.get("type", "all")))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object with image, question, answer ({e})") from e
+        if len(out) >= n:
+            break
+    if not out:
+        raise ValueError(f"{path} holds no questions")
+    return out
+
+
+def normalise(text: str) -> str:
+    return text.strip().rstrip(".").strip().lower()
+
+
+def parse_budgets(spec: str, n_patches: int) -> list[int]:
+    """'192,128,64' or '0.33,0.22' (fractions of the grid) -> token counts."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"budget {part!r} is neither a count nor a fraction") from None
+        count = round(value * n_patches) if 0 < value < 1 or "." in part else int(value)
+        if not 0 <= count <= n_patches:
+            raise ValueError(f"budget {part!r} gives {count} tokens, outside 0..{n_patches}")
+        out.append(count)
+    return out
+
+
+def configs(strategies: str, budgets: list[int]) -> list[tuple[str, dict]]:
+    """(label, strategy params) rows: every selection strategy at every budget; FastV at every budget;
+    VTW once (it keeps no budget); vtc-cls and random with both position modes."""
+    names = [s for s in available() if s != "none"] if strategies == "all" else [s.strip() for s in strategies.split(",")]
+    rows = [("none", {"name": "none"})]
+    for name in names:
+        if name == "none":
+            continue
+        if name == "vtw":
+            rows.append(("vtw", {"name": "vtw"}))
+            continue
+        for b in budgets:
+            rows.append((f"{name}", {"name": name, "keep": b}))
+            if name in ("vtc-cls", "random"):
+                other = "keep" if name == "vtc-cls" else "rearrange"
+                rows.append((f"{name} ({other})", {"name": name, "keep": b, "positions": other}))
+    for _, params in rows:  # fail early on a bad name
+        get_strategy(**params)
+    return rows
+
+
+def evaluate(engine, samples: list[Sample], params: dict, max_new_tokens: int = 4) -> dict:
+    strategy = get_strategy(**params)
+    hits: dict[str, list[int]] = {}
+    prefill_ms, entering, last_layer, tflops = [], [], [], []
+    dev = str(engine.device)
+    for s in samples:
+        prepared = engine.prepare(s.image, s.question)
+        vision = engine.vision_pass(prepared, seed=strategy.seed)
+        with cost.Stopwatch(dev) as sw:
+            state = engine.prefill(prepared, vision, strategy)
+        tokens = engine.decode(state, max_new_tokens)
+        answer = engine.lm.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        hits.setdefault(s.type, []).append(int(normalise(answer) == normalise(s.answer)))
+        prefill_ms.append(sw.ms)
+        entering.append(len(state.kept_before))
+        last_layer.append(state.image_tokens_per_layer[-1])
+        tflops.append((cost.projector_flops(engine.vision_shape, len(state.kept_before))
+                       + cost.prefill_flops(engine.llm_shape, state.tokens_per_layer)) / 1e12)
+    all_hits = [h for v in hits.values() for h in v]
+    return {"name": strategy.name, "params": strategy.params(), "accuracy": sum(all_hits) / len(all_hits),
+            "per_type": {t: sum(v) / len(v) for t, v in sorted(hits.items())},
+            "tokens_entering_llm": statistics.mean(entering), "tokens_last_layer": statistics.mean(last_layer),
+            "prefill_tflops": statistics.mean(tflops), "prefill_ms": statistics.median(prefill_ms)}
+
+
+def sweep(engine, samples: list[Sample], strategies: str, budgets: list[int], progress: bool = True) -> list[dict]:
+    rows = []
+    for label, params in tqdm(configs(strategies, budgets), desc="bench", disable=not progress):
+        row = evaluate(engine, samples, params)
+        row["label"] = label
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    types = sorted({t for r in rows for t in r["per_type"]})
+    head = ["strategy", "keep", "positions", "stage", "overall", *types, "tokens into LLM", "image tokens last layer",
+            "prefill TFLOPs", "prefill ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        p = r["params"]
+        keep = "all" if p.get("keep") is None else str(p["keep"])
+        cells = [r["name"], keep, p["positions"], p["stage"] + (f" (layer {p['layer']})" if p["stage"] == "llm" else ""),
+                 f"{r['accuracy']:.1%}", *[f"{r['per_type'].get(t, float('nan')):.1%}" for t in types],
+                 f"{r['tokens_entering_llm']:.0f}", f"{r['tokens_last_layer']:.0f}", f"{r['prefill_tflops']:.2e}",
+                 f"{r['prefill_ms']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """KL(P || Q) of the two next-token distributions given by logits."""
+    logp, logq = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
+    return float((logp.exp() * (logp - logq)).sum())
+
+
+def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: int = 5,
+                  progress: bool = True) -> dict:
+    """VTW eq. 6 / Algorithm 1: the mean KL between the full model's and the withdrawn model's output
+    distribution (the first answer token) for every withdrawal layer; K = the first layer >= min_layer
+    whose KL is below eta (None when none is)."""
+    n_layers = engine.geometry.llm_layers
+    full = get_strategy("none")
+    kl = {k: [] for k in range(1, n_layers)}
+    for s in tqdm(samples, desc="calibrate", disable=not progress):
+        prepared = engine.prepare(s.image, s.question)
+        vision = engine.vision_pass(prepared)
+        ref = engine.prefill(prepared, vision, full).logits
+        for k in kl:
+            out = engine.prefill(prepared, vision, get_strategy("vtw", layer=k)).logits
+            kl[k].append(kl_divergence(ref, out))
+    mean = {k: statistics.mean(v) for k, v in kl.items()}
+    chosen = next((k for k in sorted(mean) if k >= min_layer and mean[k] < eta), None)
+    return {"k": chosen, "eta": eta, "min_layer": min_layer, "samples": len(samples), "layers": n_layers,
+            "kl_per_layer": {str(k): v for k, v in mean.items()}}
