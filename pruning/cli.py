@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--4bit", dest="load_in_4bit", action="store_true")
     bench.add_argument("--json", action="store_true")
 
+    an = sub.add_parser("analyze", help="the papers' analyses: VTC-CLS Fig. 2, VTW Fig. 4 and 8b (JSON + HTML)")
+    an.add_argument("--model", help="default: the embedded model")
+    an.add_argument("--questions", default="shapes", help="'shapes' (held-out) or a JSONL file")
+    an.add_argument("--samples", type=_positive_int, default=50)
+    an.add_argument("--keep", default="0.22,0.11", help="budgets U for the overlap ratio (counts or fractions)")
+    an.add_argument("--eta", type=float, default=0.003)
+    an.add_argument("--out", default="analysis", help="directory for analysis.json and analysis.html")
+
     check = sub.add_parser("flopcheck", help="compare the FLOPs estimate with torch's FlopCounterMode")
     check.add_argument("--model", help="default: the embedded model")
     check.add_argument("--image", help="image path (default: a random-noise image)")
@@ -209,6 +217,31 @@ def _bench(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from pathlib import Path
+
+    from app.plots import analysis_html  # the CLI composes library and figures; pruning/ itself never plots
+
+    from .analysis import analyze
+    from .bench import load_samples, parse_budgets
+    from .engine import Engine
+    from .model import load_model
+
+    engine = Engine(load_model(resolve_model(args.model)))
+    budgets = parse_budgets(args.keep, engine.geometry.n_patches)
+    result = analyze(engine, load_samples(args.questions, args.samples), budgets, eta=args.eta)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    (out / "analysis.html").write_text(analysis_html(result))
+    c = result["consistency"]
+    for name in c:
+        print(f"{name:>8}: Spearman per layer " + " ".join(f"{v:+.2f}" for v in c[name]["spearman"]))
+    print("image share of attention per layer: " + " ".join(f"{v:.2f}" for v in result["attention_share"]["image"]))
+    print(f"VTW calibrated K = {result['vtw_kl']['k']}; wrote {out / 'analysis.json'} and {out / 'analysis.html'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -226,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             return _calibrate(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "analyze":
+            return _analyze(args)
     except (ValueError, FileNotFoundError) as e:  # ModelLoadError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

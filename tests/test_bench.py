@@ -67,3 +67,30 @@ def test_cli_calibrate_json(model_dirs, capsys):
                  "--eta", "100", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["k"] == 1 and out["layers"] == 4
+
+
+def test_spearman_and_overlap_hand_computed():
+    from pruning.analysis import overlap, spearman
+
+    a = torch.tensor([0.1, 0.4, 0.3, 0.9])
+    assert spearman(a, a * 2 + 1) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # ranks (0,2,1,3) vs (3,1,2,0): d = (-3,1,-1,3), sum d^2 = 20 -> 1 - 6*20/(4*15) = -1.0
+    assert spearman(a, torch.tensor([4., 2, 3, 1])) == pytest.approx(-1.0)
+    assert overlap(a, torch.tensor([0.9, 0.8, 0.0, 0.7]), 2) == 0.5  # top-2 {3,1} vs {0,1}
+
+
+def test_cli_analyze_writes_json_and_html(model_dirs, images, tmp_path, capsys):
+    images[0].save(tmp_path / "a.png")
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps({"image": "a.png", "question": q, "answer": "x"})
+                                                for q in ("what?", "how many?")))
+    out = tmp_path / "an"
+    assert main(["analyze", "--model", str(model_dirs["llava15"]), "--questions", str(tmp_path / "q.jsonl"),
+                 "--samples", "2", "--keep", "64,32", "--out", str(out)]) == 0
+    result = json.loads((out / "analysis.json").read_text())
+    assert set(result["consistency"]) == {"cls_k1", "cls_k2", "cls_k3", "random"}  # 4-layer ViT, feature layer 2
+    assert len(result["consistency"]["cls_k3"]["spearman"]) == 6
+    shares = result["attention_share"]
+    assert all(abs(sum(shares[s][i] for s in shares) - 1) < 1e-4 for i in range(6))
+    html = (out / "analysis.html").read_text()
+    assert html.count("plotly-graph-div") >= 3 and "VTC-CLS Fig. 2" in html
