@@ -104,7 +104,7 @@ def evaluate(engine, samples: list[Sample], params: dict, max_new_tokens: int = 
     dev = str(engine.device)
     for s in samples:
         prepared = engine.prepare(s.image, s.question)
-        vision = engine.vision_pass(prepared, seed=strategy.seed)
+        vision = engine.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
         with cost.Stopwatch(dev) as sw:
             state = engine.prefill(prepared, vision, strategy)
         tokens = engine.decode(state, max_new_tokens)

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object")
 
     toy = sub.add_parser("build-toy", help="write a random-init LLaVA checkpoint (for tests and timing)")
-    toy.add_argument("--geometry", default="llava15", choices=["tiny", "llava15"])
+    toy.add_argument("--geometry", default="llava15", choices=["tiny", "llava15", "deep"])
+    toy.add_argument("--with-clip", action="store_true", help="also write clip/ (a random CLIP text half)")
     toy.add_argument("--out", required=True, help="directory to write")
     toy.add_argument("--seed", type=_positive_int, default=0)
 
@@ -152,7 +153,7 @@ def _ask(args) -> int:
 def _build_toy(args) -> int:
     from .toy import build_random_llava
 
-    path = build_random_llava(args.out, args.geometry, seed=args.seed)
+    path = build_random_llava(args.out, args.geometry, seed=args.seed, with_clip=args.with_clip)
     print(path)
     return 0
 

@@ -80,13 +80,14 @@ def decode_token_flops(s: LLMShape, kv_lengths: list[int]) -> int:
     return sum(llm_layer_flops(s, 1, n) for n in kv_lengths) + 2 * s.hidden * s.vocab
 
 
-def vision_flops(v: VisionShape) -> int:
-    """Patch embedding and every ViT layer over all tokens (the projector is counted in the prefill)."""
+def vision_flops(v: VisionShape, tokens_per_layer: list[int] | None = None) -> int:
+    """Patch embedding and every ViT layer over its real token count (all tokens unless pruned inside the
+    ViT); the projector is counted in the prefill."""
     n_patch = v.n_tokens - 1 if v.n_tokens > 1 else v.n_tokens
     embed = 2 * n_patch * v.channels * v.patch_size ** 2 * v.hidden
-    t, d = v.n_tokens, v.hidden
-    layer = 2 * t * d * d * 4 + 2 * 2 * t * t * d + 2 * 2 * t * d * v.intermediate
-    return embed + v.layers * layer
+    d = v.hidden
+    counts = tokens_per_layer if tokens_per_layer is not None else [v.n_tokens] * v.layers
+    return embed + sum(2 * t * d * d * 4 + 2 * 2 * t * t * d + 2 * 2 * t * d * v.intermediate for t in counts)
 
 
 def projector_flops(v: VisionShape, projected_tokens: int) -> int:
@@ -164,13 +165,13 @@ def flop_check(engine, image, question: str, strategy) -> list[tuple[str, int, i
         return counter.get_total_flops(), out
 
     prepared = engine.prepare(image, question)
-    vision_counted, vision = counted(lambda: engine.vision_pass(prepared))
+    vision_counted, vision = counted(lambda: engine.vision_pass(prepared, strategy=strategy))
     prefill_counted, state = counted(lambda: engine.prefill(prepared, vision, strategy))
     decode_counted, tokens = counted(lambda: engine.decode(state, max_new_tokens=2))
     if len(tokens) != 2:  # EOS first: no decode forward pass happened
         decode_counted = None
     rows = [
-        ("vision", vision_flops(engine.vision_shape), vision_counted),
+        ("vision", vision_flops(engine.vision_shape, vision.vit_tokens), vision_counted),
         ("prefill", projector_flops(engine.vision_shape, len(state.kept_before))
          + prefill_flops(engine.llm_shape, state.tokens_per_layer), prefill_counted),
     ]

@@ -33,7 +33,7 @@ import torch
 
 from . import cost
 from .model import LoadedModel
-from .strategies import LLMContext, Selection, Strategy, VisionContext
+from .strategies import LLMContext, Selection, Strategy, VisionContext, ViTContext
 
 SEGMENTS = ("system", "image", "question", "generated")
 
@@ -46,6 +46,8 @@ class Prepared:
     input_ids: torch.Tensor  # (S_full,) with N image placeholder ids
     image_start: int  # index of the first image placeholder
     n_image: int  # N, placeholders = visual tokens before pruning
+    question: str = ""
+    prompt: str = ""  # the prompt text with one <image> placeholder
 
 
 @dataclass
@@ -61,6 +63,8 @@ class PrefillState:
     tokens_per_layer: list[int]
     image_tokens_per_layer: list[int]
     hidden_states: torch.Tensor | None = None  # (S_last, D) final-normed prefill hidden states
+    notes: list | None = None  # what a strategy could not do as specified (e.g. a fallback it took)
+    vit_tokens: list | None = None  # tokens entering each ViT layer (None: all, no pruning inside the ViT)
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Result:
     peak_memory_bytes: int | None  # CUDA: max allocated; CPU: None (not measured per run)
     device: str
     trace: dict | None = None
+    notes: list | None = None  # fallbacks a strategy took, in words
+    vit_tokens_per_layer: list | None = None  # tokens in each ViT layer (all N+1 unless pruned inside the ViT)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,15 +238,18 @@ class Engine:
             raise ValueError(f"prompt holds {where.numel()} image placeholder ids, expected one span of {n}")
         return Prepared(
             pixel_values=inputs["pixel_values"].to(self.device, self.vision_dtype),
-            input_ids=ids.to(self.device), image_start=int(where[0]), n_image=n,
+            input_ids=ids.to(self.device), image_start=int(where[0]), n_image=n, question=question, prompt=prompt,
         )
 
     # ---------------------------------------------------------------- vision
     @torch.no_grad()
-    def vision_pass(self, prepared: Prepared, seed: int = 0) -> VisionContext:
-        """Patch features at vision_feature_layer and the [CLS] attention row at every ViT layer."""
-        rows: list[torch.Tensor] = []
+    def vision_pass(self, prepared: Prepared, seed: int = 0, strategy: Strategy | None = None) -> VisionContext:
+        """Patch features at vision_feature_layer and the [CLS] attention row at every ViT layer; a
+        strategy that prunes inside the ViT (IVTP) gets the layer-by-layer path instead."""
         g = self.geometry
+        if strategy is not None and strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index):
+            return self._vision_pass_pruned(prepared, seed, strategy)
+        rows: list[torch.Tensor] = []
         keys = {g.feature_layer_index: None}
         recorder = (record_cls_attention(self.vision_layers, rows, keys) if g.has_cls
                     else contextlib.nullcontext())
@@ -259,6 +268,54 @@ class Engine:
             patch_features=patches, cls_attention=cls_attention, cls_feature=cls_feature,
             feature_layer=g.feature_layer_index, patch_keys=patch_keys,
             rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed),
+            cls_final=out.pooler_output[0] if g.has_cls else None,
+        )
+
+    def _vision_pass_pruned(self, prepared: Prepared, seed: int, strategy: Strategy) -> VisionContext:
+        """The ViT layer by layer; after each of the strategy's pruning layers, ``select_in_vit`` picks
+        the patch tokens that go on ([CLS] always stays). Attention maps come from the q/k projections
+        the layers compute anyway (forward hooks, removed on exit)."""
+        g = self.geometry
+        if not g.has_cls:
+            raise ValueError(f"strategy {strategy.name!r} prunes by [CLS] attention: the vision tower has no [CLS]")
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        prune_at = strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index)
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for layer in self.vision_layers:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                handles.append(getattr(layer.self_attn, name).register_forward_hook(
+                    lambda m, a, o, name=name: captured.__setitem__(name, o[0])))
+        try:
+            h = tower.pre_layrnorm(tower.embeddings(prepared.pixel_values))  # (1, T, D)
+            token = torch.arange(h.shape[1], device=h.device)  # 0 = [CLS], p + 1 = patch p
+            group, tokens_per_layer, feats = [], [], None
+            for i, layer in enumerate(self.vision_layers):
+                tokens_per_layer.append(h.shape[1])
+                h = layer(h, attention_mask=None)
+                attn = layer.self_attn
+                t = h.shape[1]
+                q = captured["q_proj"].view(t, attn.num_heads, -1).transpose(0, 1).float()  # (H, T, hd)
+                k = captured["k_proj"].view(t, attn.num_heads, -1).transpose(0, 1).float()
+                group.append(((q @ k.transpose(1, 2)) * attn.scale).softmax(-1).mean(0))  # (T, T)
+                if i == g.feature_layer_index:
+                    feats, feat_token = h[0], token
+                if i in prune_at:
+                    ctx = ViTContext(layer=i, attentions=group, value_norms=captured["v_proj"].float().norm(dim=-1),
+                                     patch_indices=token[1:] - 1, n_patches=g.n_patches, step=prune_at.index(i),
+                                     steps=len(prune_at) + len(strategy.llm_drop_layers(g.llm_layers)))
+                    keep = strategy.select_in_vit(ctx)
+                    _check_indices(keep, t - 1, strategy.name)
+                    sel = torch.cat([torch.zeros(1, dtype=torch.long), 1 + keep.cpu()]).to(h.device)
+                    h, token, group = h[:, sel], token[sel], []
+            cls_final = tower.post_layernorm(h[:, 0])[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        return VisionContext(
+            patch_features=feats[1:], cls_attention=None, cls_feature=feats[0], feature_layer=g.feature_layer_index,
+            rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed), cls_final=cls_final,
+            patch_ids=(feat_token[1:] - 1).cpu(), vit_tokens=tokens_per_layer,
         )
 
     # ---------------------------------------------------------------- prefill
@@ -272,11 +329,16 @@ class Engine:
         dev = self.device
         # stage "before LLM"
         selection = strategy.select_before_llm(vision) if strategy.stage == "before" else None
-        if selection is None:
-            selection = Selection(torch.arange(n))
+        if selection is None:  # everything the vision pass kept (all patches unless pruned inside the ViT)
+            selection = Selection(vision.patch_ids if vision.patch_ids is not None else torch.arange(n))
         idx = selection.indices
         _check_indices(idx, n, strategy.name)
-        feats = selection.features if selection.features is not None else vision.patch_features[idx.to(dev)]
+        if selection.features is not None:
+            feats = selection.features
+        elif vision.patch_ids is not None:  # features are stored for the surviving patches only
+            feats = vision.patch_features
+        else:
+            feats = vision.patch_features[idx.to(dev)]
         image_embeds = self.projector(feats.to(dev))  # (U, D)
         text_embeds = self.embed_tokens(ids)  # (S_full, D)
         h = torch.cat([text_embeds[:a], image_embeds.to(text_embeds.dtype), text_embeds[a + n:]])[None]  # (1, S, D)
@@ -288,12 +350,21 @@ class Engine:
 
         cache = DynamicCache()
         n_layers = len(self.layers)
-        k_drop = strategy.llm_layer(n_layers) if strategy.stage == "llm" else None
-        if k_drop is not None and not 1 <= k_drop < n_layers:
-            raise ValueError(f"layer={k_drop}: stage 'llm' needs 1 <= layer < {n_layers} (the model's depth)")
+        drops = sorted(strategy.llm_drop_layers(n_layers))
+        vit_points = len(strategy.vit_prune_layers(self.geometry.vision_layers, self.geometry.feature_layer_index))
+        for k in drops:
+            if not 1 <= k < n_layers:
+                raise ValueError(f"layer={k}: stage 'llm' needs 1 <= layer < {n_layers} (the model's depth)")
         probe: dict = {}
-        probe_layers = [k_drop - 1] if (k_drop is not None and strategy.needs_attention_row
-                                        and trace_store is None) else []
+        probe_layers = sorted({k - 1 for k in drops}) if strategy.needs_attention_row and trace_store is None else []
+        group: dict = {}
+        live: dict = {}  # what the group recorder needs to know about the current sequence
+        if strategy.needs_group_attention and drops:
+            size = getattr(strategy, "group", 3)
+            group_layers = sorted({i for k in drops for i in range(max(0, k - size), k)})
+            live.update(self._pseudo_setup(prepared, vision, strategy))
+        else:
+            group_layers = []
         cos_sin = self._rotary(h, positions)
         mask = _causal_mask(h.shape[1], h.dtype, dev) if self.attn_impl == "eager" else None
         layer_tokens, next_positions, tokens_per_layer, image_per_layer = [], [], [], []
@@ -303,12 +374,18 @@ class Engine:
                 probe = trace_store
             elif probe_layers:
                 stack.enter_context(record_last_query_attention(self.layers, probe_layers, probe))
+            if group_layers:
+                stack.enter_context(self._record_group_attention(group_layers, live, group))
             for layer_idx, layer in enumerate(self.layers):
-                if layer_idx == k_drop:
+                if layer_idx in drops:
                     image_rows = is_image.nonzero().flatten()
-                    row = probe[k_drop - 1][-1] if (strategy.needs_attention_row and probe) else None
-                    ctx = LLMContext(layer=k_drop, hidden_states=h[0], attention_row=row, image_rows=image_rows,
-                                     patch_indices=full_index[image_rows] - a, vision=vision)
+                    row = probe[layer_idx - 1][-1] if (strategy.needs_attention_row and probe) else None
+                    maps = ([group[i] for i in range(max(0, layer_idx - getattr(strategy, "group", 3)), layer_idx)]
+                            if group_layers else None)
+                    ctx = LLMContext(layer=layer_idx, hidden_states=h[0], attention_row=row, image_rows=image_rows,
+                                     patch_indices=full_index[image_rows] - a, vision=vision,
+                                     step=vit_points + drops.index(layer_idx), steps=vit_points + len(drops),
+                                     group=maps)
                     keep_img = strategy.select_in_llm(ctx)
                     if keep_img is not None:
                         _check_indices(keep_img, image_rows.shape[0], strategy.name)
@@ -322,6 +399,8 @@ class Engine:
                         cos_sin = self._rotary(h, positions)
                         if mask is not None:
                             mask = mask[:, :, rows][:, :, :, rows]
+                if group_layers:
+                    live.update(image_rows=is_image.nonzero().flatten(), positions=positions, full_index=full_index)
                 h = layer(h, attention_mask=mask, position_embeddings=cos_sin, past_key_values=cache, use_cache=True)
                 layer_tokens.append(full_index)
                 next_positions.append(int(positions[-1]) + 1)
@@ -334,7 +413,101 @@ class Engine:
             cache=cache, logits=logits, next_positions=next_positions, layer_tokens=layer_tokens,
             kept_before=idx.tolist(), kept_final=kept_final, tokens_per_layer=tokens_per_layer,
             image_tokens_per_layer=image_per_layer, hidden_states=h[0] if keep_hidden else None,
+            notes=[f"{strategy.name}: {live['note']}; the scoring query is the visual [CLS]"] if live.get("note") else [],
+            vit_tokens=vision.vit_tokens,
         )
+
+    # ---------------------------------------------------------------- IVTP's scoring query in the LLM
+    def _pseudo_setup(self, prepared: Prepared, vision: VisionContext, strategy: Strategy) -> dict:
+        """Relevance of each question token to the image (CLIP text half, IVTP eq. 5-7) and the
+        fallback query (the visual [CLS] through the projector)."""
+        relevance, question_index, note = self.text_relevance(prepared, vision)
+        if vision.cls_feature is None:
+            raise ValueError(f"strategy {strategy.name!r} needs a vision tower with a [CLS] token")
+        fallback = self.projector(vision.cls_feature.to(self.device)[None])[0]
+        return {"relevance": relevance, "question_index": question_index, "fallback": fallback,
+                "strategy": strategy, "note": note}
+
+    @contextlib.contextmanager
+    def _record_group_attention(self, layer_indices, live: dict, out: dict):
+        """Forward hooks on decoder layers: the attention among [image rows + the scoring query] (mean over
+        heads, renormalised over those keys, causal) and the image rows' value norms, into ``out[layer]``."""
+        handles = []
+
+        def hook(module, args, kwargs, output):
+            h_in = args[0] if args else kwargs["hidden_states"]  # (1, S, D) input of the layer
+            attn = module.self_attn
+            apply_rotary, repeat_kv = _attention_module_fns(attn)
+            img, full_index = live["image_rows"], live["full_index"]
+            strategy, relevance = live["strategy"], live["relevance"]
+            rows = None
+            if relevance is not None:
+                text = torch.isin(full_index, live["question_index"]).nonzero().flatten()  # question rows
+                rows = strategy.pseudo_rows(relevance[full_index[text]], text)
+            pseudo = h_in[0, rows].mean(0) if rows is not None and rows.numel() else live["fallback"]
+            normed = module.input_layernorm(torch.cat([h_in[0, img], pseudo[None].to(h_in.dtype)]))  # (M+1, D)
+            pos = live["positions"]
+            pseudo_pos = (pos[img[-1]] + 1) if img.numel() else pos[0]
+            q_pos = torch.cat([pos[img], pseudo_pos[None]])
+            cos, sin = self.rotary_emb(normed[None], q_pos[None])
+            q = attn.q_proj(normed).view(1, -1, attn.config.num_attention_heads, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(normed).view(1, -1, attn.config.num_key_value_heads, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(normed[:-1]).view(-1, attn.config.num_key_value_heads * attn.head_dim)
+            q, k = apply_rotary(q, k, cos, sin)
+            k = repeat_kv(k, attn.num_key_value_groups)
+            scores = (q.float() @ k.float().transpose(2, 3)) * attn.scaling  # (1, H, M+1, M+1)
+            m = scores.shape[-1]
+            causal = torch.ones(m, m, dtype=torch.bool, device=scores.device).tril()
+            probs = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(1)[0]  # (M+1, M+1)
+            out[module.self_attn.layer_idx] = (probs.detach(), v.float().norm(dim=-1).detach())
+
+        try:
+            for i in layer_indices:
+                handles.append(self.layers[i].register_forward_hook(hook, with_kwargs=True))
+            yield out
+        finally:
+            for h in handles:
+                h.remove()
+
+    def text_relevance(self, prepared: Prepared, vision: VisionContext):
+        """Relevance of each question token to the image (IVTP eq. 5-7): cosine between CLIP's image
+        embedding and each CLIP text token, averaged over the CLIP tokens that overlap the LLM token's
+        characters. Returns ((S_full,) relevance with NaN outside the question, (Q,) question token indices,
+        None), or (None, None, reason) when no CLIP text encoder is available."""
+        from .model import load_clip
+
+        clip, note = load_clip(self.lm)
+        if clip is None or vision.cls_final is None:
+            return None, None, note or "no final [CLS] to compare with"
+        model, clip_tok = clip
+        question = prepared.question
+        prompt = prepared.prompt.replace("<image>", "<image>" * prepared.n_image)
+        start = prompt.rfind(question)
+        llm_tok = self.lm.processor.tokenizer
+        enc = llm_tok(prompt, return_offsets_mapping=True, add_special_tokens=True)
+        if len(enc.input_ids) != prepared.input_ids.shape[0] or start < 0:
+            return None, None, "the prompt's character offsets do not line up with the processor's tokens"
+        cenc = clip_tok(question, return_offsets_mapping=True, truncation=True,
+                        max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
+        with torch.no_grad():
+            dev = next(model.parameters()).device
+            tokens = model.text_model(input_ids=cenc.input_ids.to(dev)).last_hidden_state[0]  # (Tc, Dt)
+            text_emb = torch.nn.functional.normalize(model.text_projection(tokens).float(), dim=-1)
+            img_emb = torch.nn.functional.normalize(
+                model.visual_projection(vision.cls_final.to(dev, tokens.dtype)).float(), dim=-1)
+        c = text_emb @ img_emb  # (Tc,) eq. 6
+        spans = cenc.offset_mapping[0].tolist()
+        relevance = torch.full((prepared.input_ids.shape[0],), float("nan"))
+        question_index = []
+        for i, (s0, s1) in enumerate(enc.offset_mapping):
+            if s1 <= start or s0 >= start + len(question) or s1 == s0:
+                continue
+            a0, a1 = s0 - start, s1 - start
+            over = [j for j, (b0, b1) in enumerate(spans) if b1 > a0 and b0 < a1 and b1 > b0]
+            if over:
+                relevance[i] = c[over].mean()  # eq. 7
+                question_index.append(i)
+        return relevance.to(self.device), torch.tensor(question_index, device=self.device), None
 
     # ---------------------------------------------------------------- decode
     @torch.no_grad()
@@ -376,14 +549,14 @@ class Engine:
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> tuple[str, PrefillState]:
         """Untimed: the decoded answer and the prefill state (for evaluations and sweeps)."""
         prepared = self.prepare(image, question)
-        state = self.prefill(prepared, self.vision_pass(prepared, seed=strategy.seed), strategy)
+        state = self.prefill(prepared, self.vision_pass(prepared, seed=strategy.seed, strategy=strategy), strategy)
         tokens = self.decode(state, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         return self.lm.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip(), state
 
     def _timed_run(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict):
         dev = str(self.device)
         with cost.Stopwatch(dev) as sw_v:
-            vision = self.vision_pass(prepared, seed=strategy.seed)
+            vision = self.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
         with cost.Stopwatch(dev) as sw_p:
             state = self.prefill(prepared, vision, strategy)
         with cost.Stopwatch(dev) as sw_d:
@@ -412,7 +585,7 @@ class Engine:
     def trace(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict) -> dict:
         """A traced run: per LLM layer, how the generating queries' attention splits over the segments,
         and the mean attention (over heads and generating queries) each patch receives."""
-        vision = self.vision_pass(prepared, seed=strategy.seed)
+        vision = self.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
         store: dict = {}
         state = self.prefill(prepared, vision, strategy, trace_store=store)
         tokens = self.decode(state, max_new_tokens, trace_store=store, **sampling)
@@ -424,7 +597,7 @@ class Engine:
         kv_layers = cost.kv_cache_bytes(state.cache)
         # decode FLOPs are reported for the first decoded token (cache = prompt + 1 per layer)
         kv_lengths = [n + 1 for n in state.tokens_per_layer]
-        tf_vision = cost.vision_flops(self.vision_shape) / 1e12
+        tf_vision = cost.vision_flops(self.vision_shape, state.vit_tokens) / 1e12
         tf_prefill = (cost.projector_flops(self.vision_shape, len(state.kept_before))
                       + cost.prefill_flops(self.llm_shape, state.tokens_per_layer)) / 1e12
         tf_decode = cost.decode_token_flops(self.llm_shape, kv_lengths) / 1e12
@@ -438,7 +611,8 @@ class Engine:
             tflops={"vision": tf_vision, "prefill": tf_prefill, "decode_per_token": tf_decode,
                     "total": tf_vision + tf_prefill + steps * tf_decode},
             kv_cache_bytes=sum(kv_layers), kv_cache_bytes_per_layer=kv_layers, peak_memory_bytes=peak,
-            device=str(self.device), trace=trace_dict,
+            device=str(self.device), trace=trace_dict, notes=state.notes,
+            vit_tokens_per_layer=state.vit_tokens or [self.vision_shape.n_tokens] * self.vision_shape.layers,
         )
 
 

@@ -162,3 +162,32 @@ def load_model(name_or_path: str, load_in_4bit: bool = False, device: str | None
     geometry = geometry_from_config(model.config)
     return LoadedModel(model=model, processor=processor, geometry=geometry, device=device, dtype=dtype,
                        load_in_4bit=load_in_4bit, source=source)
+
+
+# LLaVA-1.5's vision tower is this CLIP model; IVTP uses its text half.
+LLAVA15_CLIP_ID = "openai/clip-vit-large-patch14-336"
+
+
+def load_clip(lm: LoadedModel):
+    """The CLIP model (vision + text halves) aligned with ``lm``'s vision tower, and its tokenizer:
+    ``<dir>/clip`` for a local model, ``openai/clip-vit-large-patch14-336`` for a hub model. Returns
+    ((model, tokenizer), None), or (None, reason) when it cannot be loaded. Cached on ``lm``."""
+    cached = getattr(lm, "_clip", None)
+    if cached is not None:
+        return cached
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    local = Path(lm.source) / "clip"
+    source = str(local) if local.is_dir() else (LLAVA15_CLIP_ID if not Path(lm.source).exists() else None)
+    if source is None:
+        result = (None, f"no CLIP text encoder: {local} does not exist")
+    else:
+        try:
+            dtype = torch.float32 if lm.device == "cpu" else torch.float16
+            model = CLIPModel.from_pretrained(source, dtype=dtype, use_safetensors=True).to(lm.device).eval()
+            result = ((model, AutoTokenizer.from_pretrained(source)), None)
+        except OSError as e:
+            result = (None, f"no CLIP text encoder: cannot load {source!r} ({str(e).splitlines()[0]})")
+    lm._clip = result
+    return result

@@ -62,6 +62,9 @@ GEOMETRIES = {
         image_size=336, patch_size=14, vision_hidden=64, vision_layers=4, vision_heads=2,
         text_hidden=64, text_layers=6, text_heads=4, text_kv_heads=4, text_intermediate=128,
     ),
+    # deep enough for IVTP's groups of three: a ViT pruning point (after layer 2) before the feature
+    # layer (5), and LLM pruning points at layers 3 and 6
+    "deep": ToyGeometry(image_size=48, patch_size=6, vision_layers=7, text_layers=16),
 }
 
 
@@ -132,8 +135,10 @@ def build_config(geometry: ToyGeometry, tokenizer):
 
 
 def build_random_llava(out_dir: str | Path, geometry: ToyGeometry | str = "tiny", seed: int = 0,
-                       chat_template: str | None = LLAVA15_CHAT_TEMPLATE) -> Path:
-    """Write a random-init LLaVA (weights, config, tokenizer, processor) to ``out_dir``; return the path."""
+                       chat_template: str | None = LLAVA15_CHAT_TEMPLATE, with_clip: bool = False) -> Path:
+    """Write a random-init LLaVA (weights, config, tokenizer, processor) to ``out_dir``; return the path.
+    ``with_clip`` also writes ``clip/``: a CLIP model whose vision half is the LLaVA's vision tower and
+    whose text half is random (what IVTP's relevance needs), with the same tokenizer."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -154,5 +159,16 @@ def build_random_llava(out_dir: str | Path, geometry: ToyGeometry | str = "tiny"
         model.lm_head.weight.mul_(8.0)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+    if with_clip:
+        from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+
+        text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, max_position_embeddings=64, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+        clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=config.vision_config.to_dict(),
+                                    projection_dim=32))
+        clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
+        clip.save_pretrained(out / "clip", safe_serialization=True)
+        tokenizer.save_pretrained(out / "clip")
     (out / "toy_geometry.json").write_text(json.dumps(geometry.__dict__, indent=1))
     return out

@@ -1,8 +1,8 @@
 """Pruning strategies, one per file, all registered in one registry (see base.py)."""
 
-from .base import (POSITIONS, STAGES, LLMContext, Selection, Strategy, VisionContext, available, get_strategy,
-                   register, top_indices)
-from . import evit, fastv, kmeans, none, pooling, prumerge_plus, random, tome, topk_sim, vtc_cls, vtw  # noqa: F401
+from .base import (POSITIONS, STAGES, LLMContext, Selection, Strategy, VisionContext, ViTContext, available,
+                   get_strategy, register, top_indices)
+from . import evit, fastv, ivtp, kmeans, none, pooling, prumerge_plus, random, tome, topk_sim, vtc_cls, vtw  # noqa: F401
 
-__all__ = ["Strategy", "Selection", "VisionContext", "LLMContext", "register", "get_strategy", "available",
+__all__ = ["ViTContext", "Strategy", "Selection", "VisionContext", "LLMContext", "register", "get_strategy", "available",
            "STAGES", "POSITIONS", "top_indices"]

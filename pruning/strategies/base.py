@@ -35,6 +35,9 @@ class VisionContext:
     generator: torch.Generator  # seeded by the strategy's seed, for reproducible randomness
     feature_layer: int = -1  # 0-based ViT layer whose output feeds the LLM (the penultimate for LLaVA-1.5)
     patch_keys: torch.Tensor | None = None  # (N, Dv) the feature layer's attention keys of the patches
+    cls_final: torch.Tensor | None = None  # (Dv,) post-layernorm [CLS] of the last ViT layer (CLIP's image token)
+    patch_ids: torch.Tensor | None = None  # (N',) patches still present after pruning inside the ViT (None: all)
+    vit_tokens: list | None = None  # tokens entering each ViT layer when pruned inside the ViT (None: all)
 
     def cls_scores(self, k_layers: int = 1, ensemble: str = "avg") -> torch.Tensor:
         """VTC-CLS eq. 2 and 9: [CLS] attention averaged over heads, in the ``k_layers`` layers ending at the
@@ -67,6 +70,22 @@ class LLMContext:
     image_rows: torch.Tensor  # (M,) sequence rows that hold image tokens
     patch_indices: torch.Tensor  # (M,) the patch each of those rows came from
     vision: VisionContext
+    step: int = 0  # index of this pruning point among all of the strategy's (ViT points first)
+    steps: int = 1  # the strategy's pruning points, ViT and LLM together
+    group: list | None = None  # needs_group_attention: per layer of the group, (A (M+1, M+1), value norms (M,))
+
+
+@dataclass
+class ViTContext:
+    """Inside the vision tower, after ViT layer ``layer`` (pruning between layers, batch size 1)."""
+
+    layer: int
+    attentions: list  # per layer of the group: (T, T) attention, mean over heads, token 0 = [CLS]
+    value_norms: torch.Tensor  # (T,) norm of each token's value vector in the group's last layer
+    patch_indices: torch.Tensor  # (T-1,) the patch of tokens 1..T-1
+    n_patches: int  # N, the full grid
+    step: int  # index of this pruning point among all of the strategy's (ViT points first)
+    steps: int  # the strategy's pruning points, ViT and LLM together
 
 
 @dataclass
@@ -89,6 +108,7 @@ class Strategy:
     name: ClassVar[str] = ""
     stages: ClassVar[tuple[str, ...]] = ("before",)  # stages this strategy implements
     needs_attention_row: ClassVar[bool] = False  # stage "llm": wants the attention row at layer k-1
+    needs_group_attention: ClassVar[bool] = False  # stage "llm": wants attention maps of a scoring query (IVTP)
 
     keep: int | None = None  # visual tokens to keep; None: all (or the strategy's own default)
     stage: str = "before"  # "before" the LLM or inside it ("llm")
@@ -119,6 +139,21 @@ class Strategy:
     def llm_layer(self, n_layers: int) -> int:
         """The LLM layer k where stage "llm" drops rows (a strategy may derive it from the depth)."""
         return self.layer
+
+    def llm_drop_layers(self, n_layers: int) -> list[int]:
+        """Every LLM layer where stage "llm" drops rows (one by default)."""
+        return [self.llm_layer(n_layers)] if self.stage == "llm" else []
+
+    def vit_prune_layers(self, n_vit_layers: int, feature_layer: int) -> list[int]:
+        """ViT layers after which ``select_in_vit`` prunes tokens (none by default)."""
+        return []
+
+    def select_in_vit(self, ctx: "ViTContext") -> torch.Tensor:
+        raise NotImplementedError(f"strategy {self.name!r} does not prune inside the ViT")
+
+    def pseudo_rows(self, relevance: torch.Tensor | None, text_rows: torch.Tensor) -> torch.Tensor | None:
+        """needs_group_attention: text rows whose mean hidden state is the scoring query (None: visual [CLS])."""
+        return None
 
     def select_before_llm(self, ctx: VisionContext) -> Selection | None:
         return None
@@ -162,5 +197,5 @@ def get_strategy(name: str, **params) -> Strategy:
     return cls(**{k: v for k, v in params.items() if v is not None})
 
 
-__all__ = ["Strategy", "Selection", "VisionContext", "LLMContext", "register", "get_strategy", "available",
+__all__ = ["ViTContext", "Strategy", "Selection", "VisionContext", "LLMContext", "register", "get_strategy", "available",
            "STAGES", "POSITIONS"]
