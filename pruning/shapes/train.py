@@ -75,8 +75,8 @@ class TrainConfig:
     batch_llm: int = 24
     steps: dict = field(default_factory=lambda: {"vision": 6000, "llm_text": 600, "projector": 400,
                                                   "instruct": 8000})
-    minutes: dict = field(default_factory=lambda: {"vision": 22.0, "llm_text": 2.0, "projector": 4.0,
-                                                    "instruct": 70.0})
+    minutes: dict = field(default_factory=lambda: {"vision": 20.0, "llm_text": 2.0, "projector": 4.0,
+                                                    "instruct": 62.0})
     lr: dict = field(default_factory=lambda: {"vision": 1e-3, "llm_text": 2e-3, "projector": 2e-3,
                                                "instruct": 1.5e-3})
     warmup: int = 150

@@ -291,3 +291,29 @@ def heldout_questions(n: int, seed0: int = HELD_OUT_SEED, types: tuple[str, ...]
             out.append((scene, cands[int(rng.integers(len(cands)))]))
             made += 1
     return out
+
+
+def main(argv=None) -> int:
+    """``python -m pruning.shapes.world --seed S --out scene.png``: save a scene, print its caption and questions."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pruning.shapes.world", description=main.__doc__)
+    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--scale", type=int, default=1, help="upscale factor for viewing (nearest neighbour)")
+    args = ap.parse_args(argv)
+    scene = make_scene(args.seed)
+    image = scene.image
+    if args.scale > 1:
+        image = image.resize((image.width * args.scale, image.height * args.scale), Image.NEAREST)
+    image.save(args.out)
+    print(scene.caption)
+    rng = np.random.default_rng(args.seed)
+    for t in QUESTION_TYPES:
+        for q in questions_for(scene, t, rng):
+            print(f"[{t}] {q.text} -> {q.answer}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
