@@ -9,6 +9,7 @@
   also for the K=3 layer ensemble (VTC-CLS eq. 9, mean);
 - pruning sanity on colour / shape questions: keeping only the patches that do not touch the asked-about
   object vs only the object's patches (original positions);
+- feature probe: linear probes reading colour / shape of the covering object off the LLM's input patches;
 - speed: model load time and one answer (prefill + decoding) on this machine, median of repeats.
 """
 
@@ -98,6 +99,43 @@ def pruning_sanity(engine: Engine, n_per_type: int = 150) -> dict:
     return out
 
 
+def feature_probe(engine: Engine, n_train: int = 400, n_test: int = 200, steps: int = 300) -> dict:
+    """Linear probes on the penultimate layer's object patches (the features the LLM receives): how well
+    colour, shape and the colour-shape pair of the covering object can be read off, on held-out scenes."""
+    from .train import TrainConfig, patch_labels
+
+    g = engine.geometry
+    cfg = TrainConfig(image_size=g.image_size, patch_size=g.patch_size)
+
+    def collect(seed0: int, n: int):
+        xs, ys = [], []
+        for i in range(n):
+            scene = world.make_scene(seed0 + i, image_size=g.image_size)
+            ctx = engine.vision_pass(engine.prepare(scene.image, "Describe the image."))
+            labels, _, on_object = patch_labels(scene, cfg)
+            xs.append(ctx.patch_features[torch.from_numpy(on_object)].float())
+            ys.append(torch.from_numpy(labels[on_object]))
+        return torch.cat(xs), torch.cat(ys)
+
+    x_tr, y_tr = collect(world.HELD_OUT_SEED + 800_000, n_train)
+    x_te, y_te = collect(world.HELD_OUT_SEED + 850_000, n_test)
+    mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
+    n_shapes = len(world.SHAPES)
+    out = {"test_patches": int(len(y_te))}
+    for name, fn in (("pair", lambda y: y), ("colour", lambda y: y // n_shapes), ("shape", lambda y: y % n_shapes)):
+        torch.manual_seed(0)
+        head = torch.nn.Linear(x_tr.shape[1], int(fn(y_tr).max()) + 1)
+        opt = torch.optim.Adam(head.parameters(), 1e-2)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(head((x_tr - mu) / sd), fn(y_tr))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out[name] = float((head((x_te - mu) / sd).argmax(1) == fn(y_te)).float().mean())
+    return out
+
+
 def speed(model_dir: str, load_in_4bit: bool, repeats: int = 20) -> dict:
     loads = []
     for _ in range(3):
@@ -117,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="model directory (default: the embedded model)")
     ap.add_argument("--n", type=int, default=1000, help="held-out questions")
     ap.add_argument("--4bit", dest="load_in_4bit", action="store_true")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: accuracy,cls,pruning,speed")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: accuracy,cls,pruning,probe,speed")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     from ..model import DEFAULT_MODEL_DIR
@@ -136,6 +174,8 @@ def main(argv=None) -> int:
         report["cls_attention"] = cls_attention(engine)
     if "pruning" not in skip:
         report["pruning"] = pruning_sanity(engine)
+    if "probe" not in skip:
+        report["feature_probe"] = feature_probe(engine)
     if "speed" not in skip:
         report["speed"] = speed(model_dir, args.load_in_4bit)
     if args.json:
@@ -163,6 +203,10 @@ def _print(r: dict) -> None:
             print(f"pruning, {t} questions: all patches {v['full']:.1%}, only the object's patches "
                   f"{v['object_only']:.1%}, all but the object's patches {v['without_object']:.1%} "
                   f"(chance {v['chance']:.1%})")
+    if "feature_probe" in r:
+        p = r["feature_probe"]
+        print(f"linear probes on object patches ({p['test_patches']} test patches): colour {p['colour']:.1%}, "
+              f"shape {p['shape']:.1%}, colour-shape pair {p['pair']:.1%}")
     if "speed" in r:
         s = r["speed"]
         print(f"speed: load {s['load_ms']:.0f} ms, one answer ({s['tokens']} tokens) {s['answer_ms']:.1f} ms "
