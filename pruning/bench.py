@@ -139,7 +139,7 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         p = r["params"]
         keep = "all" if p.get("keep") is None else str(p["keep"])
-        cells = [r["name"], keep, p["positions"], p["stage"] + (f" (layer {p['layer']})" if p["stage"] == "llm" else ""),
+        cells = [r["name"], keep, p["positions"], p["stage"] + (f" (layer {p['layer']})" if p["stage"] == "llm" and p.get("layer") is not None else ""),
                  f"{r['accuracy']:.1%}", *[f"{r['per_type'].get(t, float('nan')):.1%}" for t in types],
                  f"{r['tokens_entering_llm']:.0f}", f"{r['tokens_last_layer']:.0f}", f"{r['prefill_tflops']:.2e}",
                  f"{r['prefill_ms']:.1f}"]
