@@ -137,7 +137,7 @@ def test_every_strategy_is_registered():
 
 
 @pytest.mark.parametrize("budget", [192, 128, 64])
-@pytest.mark.parametrize("name", SELECTION + ["fastv"])
+@pytest.mark.parametrize("name", SELECTION + ["fastv", "ivtp"])
 def test_end_to_end_on_576_token_model(engines, images, name, budget):
     engine = engines("llava15")
     r = engine.run(images[0], QUESTIONS[0], get_strategy(name, keep=budget), max_new_tokens=3, warmup=0)
@@ -157,7 +157,7 @@ def test_vtw_end_to_end(engines, images):
     assert r.image_tokens_per_layer == [576] * 3 + [0] * 3
 
 
-@pytest.mark.parametrize("name", ["vtc-cls", "random", "topk-sim", "prumerge+", "fastv"])
+@pytest.mark.parametrize("name", SELECTION + ["fastv", "ivtp"])
 def test_full_budget_reproduces_unpruned_answer(engines, images, name):
     engine = engines("llava15")
     ref = engine.run(images[1], QUESTIONS[1], get_strategy("none"), max_new_tokens=6, warmup=0)
@@ -166,3 +166,27 @@ def test_full_budget_reproduces_unpruned_answer(engines, images, name):
         params["positions"] = "keep"
     r = engine.run(images[1], QUESTIONS[1], get_strategy(name, **params), max_new_tokens=6, warmup=0)
     assert r.generated_tokens == ref.generated_tokens
+
+
+@pytest.mark.parametrize("name", SELECTION + ["fastv", "ivtp", "vtw"])
+def test_every_strategy_on_the_embedded_model(name):
+    from pruning.model import DEFAULT_MODEL_DIR, load_model
+    from pruning.engine import Engine
+    from pruning.shapes import world
+
+    engine = _embedded(Engine, load_model, DEFAULT_MODEL_DIR)
+    scene = world.make_scene(world.HELD_OUT_SEED + 3)
+    params = {} if name == "vtw" else {"keep": 36}
+    r = engine.run(scene.image, "How many objects are there?", get_strategy(name, **params), max_new_tokens=3,
+                   warmup=0)
+    assert r.answer and r.visual_tokens == 144 and r.notes == []
+    assert r.image_tokens_per_layer[-1] == (0 if name == "vtw" else 36)  # pooling: 6 x 6 = 36 exactly
+
+
+_EMBEDDED = {}
+
+
+def _embedded(engine_cls, load, path):
+    if "engine" not in _EMBEDDED:
+        _EMBEDDED["engine"] = engine_cls(load(str(path), device="cpu"))
+    return _EMBEDDED["engine"]
