@@ -18,6 +18,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _model_and_questions(parser: argparse.ArgumentParser) -> None:
+    """The options every evaluation command shares."""
+    parser.add_argument("--model", help="default: the embedded model")
+    parser.add_argument("--questions", default="shapes", help="'shapes' (held-out) or a JSONL file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pruning", description="PruneScope: visual-token pruning in LLaVA")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,26 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=_positive_int, default=0)
 
     cal = sub.add_parser("calibrate", help="choose VTW's withdrawal layer by the KL rule (eq. 6, Algorithm 1)")
-    cal.add_argument("--model", help="default: the embedded model")
+    _model_and_questions(cal)
     cal.add_argument("--strategy", default="vtw", choices=["vtw"])
     cal.add_argument("--eta", type=float, default=0.003)
     cal.add_argument("--samples", type=_positive_int, default=20)
     cal.add_argument("--min-layer", type=_positive_int, default=5, help="smallest K tried (the paper: 5)")
-    cal.add_argument("--questions", default="shapes", help="'shapes' (held-out) or a JSONL file")
     cal.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="accuracy / cost sweep over strategies x budgets")
-    bench.add_argument("--model", help="default: the embedded model")
+    _model_and_questions(bench)
     bench.add_argument("--strategies", default="all", help="'all' or comma-separated names")
-    bench.add_argument("--keep", default="192,128,64", help="budgets: counts or fractions of the grid")
-    bench.add_argument("--questions", default="shapes", help="'shapes' (held-out) or a JSONL file")
+    bench.add_argument("--keep", default="0.333,0.222,0.111",
+                       help="budgets: counts or fractions of the grid (default: 192/128/64 of 576, as fractions)")
     bench.add_argument("--n", type=_positive_int, default=200, help="questions (split evenly over types)")
     bench.add_argument("--4bit", dest="load_in_4bit", action="store_true")
     bench.add_argument("--json", action="store_true")
 
     an = sub.add_parser("analyze", help="the papers' analyses: VTC-CLS Fig. 2, VTW Fig. 4 and 8b (JSON + HTML)")
-    an.add_argument("--model", help="default: the embedded model")
-    an.add_argument("--questions", default="shapes", help="'shapes' (held-out) or a JSONL file")
+    _model_and_questions(an)
     an.add_argument("--samples", type=_positive_int, default=50)
     an.add_argument("--keep", default="0.22,0.11", help="budgets U for the overlap ratio (counts or fractions)")
     an.add_argument("--eta", type=float, default=0.003)
