@@ -21,12 +21,13 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_stage_and_a_loadable_export(smoke):
     work, out = smoke
-    for name in ("tokenizer", "clip", "llm_text", "projector", "instruct"):
+    for name in ("tokenizer", "clip", "clip_more", "llm_text", "projector", "instruct"):
         assert (work / name).is_dir(), name
     log = (work / "train.log").read_text()
     for stage in train.STAGES:
         assert f"{stage}: done" in log
     assert "vision step 19 loss" in log and "instruct step 19 loss" in log
+    assert "vision_more step 9 loss" in log and "projector: colour salience after" in log
     assert json.loads((out / "train_config.json").read_text())["llm_layers"] == train.TINY["llm_layers"]
     assert (out / "clip" / "config.json").is_file() and (out / "README.md").is_file()
     engine = Engine(load_model(str(out), device="cpu"))

@@ -34,7 +34,7 @@ COLOURS = {
     "yellow": (235, 215, 40), "purple": (150, 60, 200), "cyan": (40, 205, 215),
 }
 COLOUR_NAMES = tuple(COLOURS)
-SIZES = {"small": 10, "large": 15}  # radius in pixels (+-1 jitter)
+SIZES = {"small": 12, "large": 16}  # radius in pixels (+-1 jitter); an object spans 3-4 patches of 8 px
 NUMBERS = ("one", "two", "three", "four", "five")
 QUESTION_TYPES = ("colour", "shape", "exist", "count", "position")
 # asked in training only, as a stepping stone to "position": where one named object is in the picture
@@ -214,8 +214,9 @@ def _negative(scene: Scene, mode: str, rng: np.random.Generator) -> tuple[str, s
     return pool[int(rng.integers(len(pool)))] if pool else None
 
 
-def questions_for(scene: Scene, qtype: str, rng: np.random.Generator) -> list[Question]:
-    """All candidate questions of one type for a scene (possibly none)."""
+def questions_for(scene: Scene, qtype: str, rng: np.random.Generator, min_gap: float = MIN_GAP) -> list[Question]:
+    """All candidate questions of one type for a scene (possibly none). ``min_gap``: the least distance in
+    pixels between two centres for a position question (training widens it early on, as a curriculum)."""
     objs = scene.objects
     if qtype == "colour":
         shapes = _unique([o.shape for o in objs])
@@ -242,10 +243,10 @@ def questions_for(scene: Scene, qtype: str, rng: np.random.Generator) -> list[Qu
             for j, b in enumerate(objs):
                 if i == j:
                     continue
-                if abs(a.cx - b.cx) >= MIN_GAP:
+                if abs(a.cx - b.cx) >= min_gap:
                     out.append(Question("position", f"Is the {a.name} left or right of the {b.name}?",
                                         "left" if a.cx < b.cx else "right", (i, j)))
-                if abs(a.cy - b.cy) >= MIN_GAP:
+                if abs(a.cy - b.cy) >= min_gap:
                     out.append(Question("position", f"Is the {a.name} above or below the {b.name}?",
                                         "above" if a.cy < b.cy else "below", (i, j)))
         return out
