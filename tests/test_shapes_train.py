@@ -69,3 +69,24 @@ def test_packed_training_sequence_equals_inference(smoke):
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown stage"):
         train.main(["--work", str(tmp_path), "--tiny", "--stages", "vision,dream"])
+
+
+def test_colour_salience_is_an_accuracy_above_zero_for_a_random_projector(smoke):
+    """With the projector at its initialisation, colour stays visible (nearest centroid beats chance 1/6)."""
+    work, _ = smoke
+    from transformers import LlavaForConditionalGeneration
+    model = LlavaForConditionalGeneration.from_pretrained(work / "llm_text", dtype=torch.float32)
+    sal = train.colour_salience(model, train.TrainConfig(**train.TINY), n=60)
+    assert 0.3 < sal <= 1.0
+
+
+def test_diagnose_runs_on_a_stage_checkpoint_and_refuses_bad_input(smoke, capsys):
+    from pruning.shapes import diagnose
+    work, _ = smoke
+    assert diagnose.main(["--work", str(work), "--start", "llm_text", "--steps", "1", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("step 0 loss") and "colour salience" in out
+    with pytest.raises(SystemExit, match="--objects 9"):
+        diagnose.main(["--work", str(work), "--objects", "9"])
+    with pytest.raises(SystemExit, match="cannot load"):
+        diagnose.main(["--work", str(work), "--start", "no_such_stage"])
