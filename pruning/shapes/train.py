@@ -653,11 +653,12 @@ its synthetic world; on real images or other questions its answers are meaningle
    covering object's centre); single-object scenes mixed in early. Then a second cycle of the same losses at
    half the learning rate with fresh heads (`vision_more`).
 3. **Text-only pretraining of the Llama decoder** on captions (stands in for Vicuna's pretraining).
-4. LLaVA stage 1: projector only, on image -> caption.
+4. LLaVA stage 1: projector only, on image -> caption, kept to 1 minute (a longer one muted colour).
 5. LLaVA stage 2: projector + LLM on the questions (and captions), vision frozen; questions packed per image;
    an extra training-only question type ("Is the red circle on the left or the right?") helps the
-   relative-position questions; two curricula (deviations from LLaVA): scenes hold at most 2 objects at first,
-   growing to 5, and position questions start with centres at least 36 px apart, narrowing to 12 px.
+   relative-position questions; curricula (deviations from LLaVA): first only colour and shape questions about
+   single-object scenes, then scenes of at most 2 objects, growing to 5, and position questions whose centres
+   start at least 36 px apart, narrowing to 12 px.
 
 The CLIP model (vision + text halves, with projections) is in `clip/`: IVTP uses its text half.
 Measured accuracy and the training log are in the project's docs (`docs/embedded-model.md`, `train.log`).
