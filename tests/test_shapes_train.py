@@ -90,3 +90,8 @@ def test_diagnose_runs_on_a_stage_checkpoint_and_refuses_bad_input(smoke, capsys
         diagnose.main(["--work", str(work), "--objects", "9"])
     with pytest.raises(SystemExit, match="cannot load"):
         diagnose.main(["--work", str(work), "--start", "no_such_stage"])
+
+
+def test_warm_start_share_is_checked(tmp_path):
+    with pytest.raises(SystemExit, match="--warm-start 1.5"):
+        train.main(["--work", str(tmp_path), "--tiny", "--warm-start", "1.5"])

@@ -713,6 +713,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests")
     ap.add_argument("--minutes", help="per-stage time budgets, e.g. vision=20,instruct=60")
     ap.add_argument("--steps", help="per-stage step counts, e.g. vision=4000")
+    ap.add_argument("--warm-start", type=float, default=None,
+                    help="share of the instruct stage spent on single-object colour/shape questions (default 0.1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
@@ -724,6 +726,10 @@ def main(argv=None) -> int:
             if k not in STAGES:
                 raise SystemExit(f"error: unknown stage {k!r} in {spec!r}; stages: {', '.join(STAGES)}")
             target[k] = float(v) if target is cfg.minutes else int(v)
+    if args.warm_start is not None:
+        if not 0 <= args.warm_start < 1:
+            raise SystemExit(f"error: --warm-start {args.warm_start}: expected a share in [0, 1)")
+        cfg.single_object_phase = args.warm_start
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
