@@ -42,9 +42,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: cannot load {args.work}/{args.start}: {e}")
     torch.manual_seed(0)
     packer = train.Packer(tok, cfg)
-    for p in model.model.vision_tower.parameters():
-        p.requires_grad_(False)
-    params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower")]
+    params = train.trainable_llava_params(model)
     opt = torch.optim.AdamW(params, lr=args.lr)
     rng, seed, t0 = np.random.default_rng(0), 10_000_000, time.time()
     for step in range(args.steps + 1):

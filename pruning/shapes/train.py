@@ -20,9 +20,10 @@ Stages (each saves a checkpoint under ``--work``; a finished stage is skipped on
    image -> caption, with the vision tower and the LLM frozen.
 5. ``instruct``: LLaVA's stage 2: projector + LLM train on the questions (and captions), vision frozen.
    Besides the five evaluated question types, training asks where one named object is ("Is the red
-   circle on the left or the right?"): a stepping stone to the relative-position questions. Two curricula:
-   scenes hold at most ``objects_start`` (2) objects at first, growing to 5 over the first 30% of the stage,
-   and position questions start with centres >= 36 px apart, narrowing to ``world.MIN_GAP`` over 40%.
+   circle on the left or the right?"): a stepping stone to the relative-position questions. Curricula:
+   the first ``single_object_phase`` (10%, ``--warm-start``) asks only colour and shape questions about
+   single-object scenes; then scenes hold at most ``objects_start`` (2) objects, growing to 5 over 30% of the
+   rest, and position questions start with centres >= 36 px apart, narrowing to ``world.MIN_GAP`` over 40%.
    All questions about one image are packed in one sequence: each question attends to the image prefix and
    to itself only (a 4-D mask), and its position ids restart after the image, so each packed question
    sees exactly what a single question sees at inference.
@@ -578,16 +579,22 @@ def first_token_accuracy(model, packer, cfg: TrainConfig, n_scenes: int = 64) ->
     return {t: float(np.mean(v)) for t, v in hits.items()}
 
 
-def stage_instruct(cfg: TrainConfig, work: Path, log: Log):
-    tok, model = _load_llava_parts(cfg, work, "projector")
-    packer = Packer(tok, cfg)
-    seeds = SeedStream(4, cfg.seed)
-    rng = np.random.default_rng(cfg.seed + 4)
+def trainable_llava_params(model) -> list:
+    """LLaVA's stage-2 split: the vision tower frozen, projector + LLM trainable (returned)."""
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower")]
     for p in params:
         p.requires_grad_(True)
+    return params
+
+
+def stage_instruct(cfg: TrainConfig, work: Path, log: Log):
+    tok, model = _load_llava_parts(cfg, work, "projector")
+    packer = Packer(tok, cfg)
+    seeds = SeedStream(4, cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 4)
+    params = trainable_llava_params(model)
     model.train()
     model.model.vision_tower.eval()
 
@@ -739,8 +746,8 @@ def main(argv=None) -> int:
     bad = [s for s in wanted if s not in STAGES]
     if bad:
         raise SystemExit(f"error: unknown stage(s) {bad}; stages: {', '.join(STAGES)}")
-    outputs = {"tokenizer": "tokenizer", "vision": "clip", "vision_more": "clip_more", "llm_text": "llm_text",
-               "projector": "projector", "instruct": "instruct"}
+    outputs = {"tokenizer": "tokenizer", **VISION_OUT, "llm_text": "llm_text", "projector": "projector",
+               "instruct": "instruct"}
     fns = {"tokenizer": stage_tokenizer, "vision": stage_vision,
            "vision_more": lambda c, w, lg: stage_vision(c, w, lg, name="vision_more"),
            "llm_text": stage_llm_text, "projector": stage_projector, "instruct": stage_instruct}
