@@ -15,19 +15,25 @@ from pruning.strategies import get_strategy
 def smoke(tmp_path_factory):
     work = tmp_path_factory.mktemp("train")
     out = work / "export"
-    assert train.main(["--work", str(work), "--tiny", "--export", str(out)]) == 0
+    # LLaVA's order (llm_text, projector, then instruct), so that every stage runs
+    # (and the optional centre loss of instruct_more, off by default, on)
+    assert train.main(["--work", str(work), "--tiny", "--instruct-init", "projector", "--set", "centre_aux=1.0",
+                       "--export", str(out)]) == 0
     return work, out
 
 
 def test_smoke_run_writes_every_stage_and_a_loadable_export(smoke):
     work, out = smoke
-    for name in ("tokenizer", "clip", "clip_more", "llm_text", "projector", "instruct"):
+    for name in ("tokenizer", "clip", "clip_more", "llm_text", "projector", "instruct", "instruct_more"):
         assert (work / name).is_dir(), name
     log = (work / "train.log").read_text()
     for stage in train.STAGES:
         assert f"{stage}: done" in log
     assert "vision step 19 loss" in log and "instruct step 19 loss" in log
     assert "vision_more step 9 loss" in log and "projector: colour salience after" in log
+    # the second stage-2 cycle ran with its auxiliary centre loss, and the export took its weights
+    assert "instruct_more step 9 loss" in log and " centre " in log.split("instruct_more step 9 loss")[1][:200]
+    assert "export: the LLaVA weights come from instruct_more" in log
     assert json.loads((out / "train_config.json").read_text())["llm_layers"] == train.TINY["llm_layers"]
     assert (out / "clip" / "config.json").is_file() and (out / "README.md").is_file()
     engine = Engine(load_model(str(out), device="cpu"))
@@ -95,3 +101,59 @@ def test_diagnose_runs_on_a_stage_checkpoint_and_refuses_bad_input(smoke, capsys
 def test_warm_start_share_is_checked(tmp_path):
     with pytest.raises(SystemExit, match="--warm-start 1.5"):
         train.main(["--work", str(tmp_path), "--tiny", "--warm-start", "1.5"])
+
+
+def test_init_from_export_reruns_the_llava_stages_on_the_exported_vision_tower(smoke, tmp_path):
+    """--init-from takes tokenizer + CLIP from an export and skips the vision stages; the instruct stage can
+    start from a fresh LLM and projector (--instruct-init scratch)."""
+    from transformers import CLIPModel
+
+    _, out = smoke
+    work = tmp_path / "again"
+    assert train.main(["--work", str(work), "--tiny", "--init-from", str(out), "--stages",
+                       "tokenizer,vision,llm_text,projector,instruct", "--instruct-init", "scratch"]) == 0
+    log = (work / "train.log").read_text()
+    assert "init-from: tokenizer and CLIP" in log and "instruct: starts from a fresh LLM and projector" in log
+    assert "llm_text, projector: not run (instruct_init=scratch" in log
+    assert "vision step" not in log and "instruct: done" in log
+    assert not (work / "clip").exists() and not (work / "projector").exists()
+    exported = CLIPModel.from_pretrained(out / "clip", dtype=torch.float32).vision_model.state_dict()
+    seeded = CLIPModel.from_pretrained(work / "clip_more", dtype=torch.float32).vision_model.state_dict()
+    for k, v in exported.items():
+        torch.testing.assert_close(seeded[k], v, atol=0, rtol=0)
+    # the instruct stage trained on that frozen tower: its LLaVA checkpoint holds the same vision weights
+    from transformers import LlavaForConditionalGeneration
+    llava = LlavaForConditionalGeneration.from_pretrained(work / "instruct", dtype=torch.float32)
+    tower = llava.model.vision_tower.state_dict()
+    torch.testing.assert_close(tower["post_layernorm.weight"], exported["post_layernorm.weight"], atol=0, rtol=0)
+
+
+def test_init_from_refuses_a_directory_without_clip(tmp_path):
+    with pytest.raises(SystemExit, match="not an exported model"):
+        train.main(["--work", str(tmp_path / "w"), "--tiny", "--init-from", str(tmp_path)])
+
+
+def test_questions_per_image_follow_the_config():
+    """position_per_image / where_per_image cap how many of those questions an image gets."""
+    import numpy as np
+    scenes = [world.make_scene(s, n_objects=5) for s in range(20)]
+    rng = np.random.default_rng(0)
+    for n_pos, n_where in ((1, 1), (4, 2)):
+        _, types = train._qa_items(scenes, rng, caption_prob=0.0, position_per_image=n_pos,
+                                   where_per_image=n_where)
+        per_image_pos = [t.count("position") for t in types]
+        per_image_where = [t.count("where") for t in types]
+        assert max(per_image_pos) == n_pos and max(per_image_where) == n_where
+
+
+def test_set_overrides_scalar_config_fields_and_refuses_bad_ones(tmp_path):
+    work = tmp_path / "w"
+    assert train.main(["--work", str(work), "--tiny", "--stages", "tokenizer", "--set", "objects_start=2",
+                       "--set", "caption_prob=0.5"]) == 0
+    config_line = next(l for l in (work / "train.log").read_text().splitlines() if " config " in l)
+    config = json.loads(config_line.split(" config ", 1)[1])
+    assert config["objects_start"] == 2 and config["caption_prob"] == 0.5
+    for bad, message in (("no_such_field=1", "scalar TrainConfig field"), ("steps=3", "scalar TrainConfig field"),
+                         ("objects_start=two", "is not a int"), ("objects_start", "expected FIELD=VALUE")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(["--work", str(work), "--tiny", "--set", bad])

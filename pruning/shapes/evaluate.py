@@ -16,10 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,17 +111,21 @@ def feature_probe(engine: Engine, n_train: int = 400, n_test: int = 200, steps: 
     cfg = TrainConfig(image_size=g.image_size, patch_size=g.patch_size)
 
     def collect(seed0: int, n: int):
-        xs, ys = [], []
+        xs, ys, ps, cs = [], [], [], []
         for i in range(n):
             scene = world.make_scene(seed0 + i, image_size=g.image_size)
             ctx = engine.vision_pass(engine.prepare(scene.image, "Describe the image."))
-            labels, _, on_object = patch_labels(scene, cfg)
-            xs.append(ctx.patch_features[torch.from_numpy(on_object)].float())
+            labels, centre, on_object = patch_labels(scene, cfg)
+            sel = torch.from_numpy(on_object)
+            xs.append(ctx.patch_features[sel].float())
+            with torch.no_grad():
+                ps.append(engine.projector(ctx.patch_features[sel]).float())
             ys.append(torch.from_numpy(labels[on_object]))
-        return torch.cat(xs), torch.cat(ys)
+            cs.append(torch.from_numpy(centre[on_object]) * g.image_size)
+        return torch.cat(xs), torch.cat(ys), torch.cat(ps), torch.cat(cs)
 
-    x_tr, y_tr = collect(world.HELD_OUT_SEED + 800_000, n_train)
-    x_te, y_te = collect(world.HELD_OUT_SEED + 850_000, n_test)
+    x_tr, y_tr, p_tr, c_tr = collect(world.HELD_OUT_SEED + 800_000, n_train)
+    x_te, y_te, p_te, c_te = collect(world.HELD_OUT_SEED + 850_000, n_test)
     mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
     n_shapes = len(world.SHAPES)
     out = {"test_patches": int(len(y_te))}
@@ -133,6 +140,14 @@ def feature_probe(engine: Engine, n_train: int = 400, n_test: int = 200, steps: 
             opt.step()
         with torch.no_grad():
             out[name] = float((head((x_te - mu) / sd).argmax(1) == fn(y_te)).float().mean())
+    # where the covering object's centre is: least-squares linear regression, mean absolute error in pixels,
+    # on the vision features and on the projector's output (what the LLM's first layer receives)
+    for name, a_tr, a_te in (("centre_error_px_vision", x_tr, x_te), ("centre_error_px_projected", p_tr, p_te)):
+        ones_tr, ones_te = torch.ones(len(a_tr), 1), torch.ones(len(a_te), 1)
+        w = torch.linalg.lstsq(torch.cat([a_tr, ones_tr], 1).double(), c_tr.double()).solution
+        err = (torch.cat([a_te, ones_te], 1).double() @ w - c_te.double()).abs()
+        out[name] = float(err.mean())
+    out["centre_error_px_predict_mean"] = float((c_te - c_tr.mean(0)).abs().mean())  # no information at all
     return out
 
 
@@ -157,6 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--4bit", dest="load_in_4bit", action="store_true")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: accuracy,cls,pruning,probe,speed")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--save", action="store_true",
+                    help="write the report to MODEL/evaluation.json (4-bit: evaluation-4bit.json) and its summary "
+                         "into the model card (MODEL/README.md, between the <!-- figures --> markers)")
     args = ap.parse_args(argv)
     from ..model import DEFAULT_MODEL_DIR
 
@@ -178,11 +196,39 @@ def main(argv=None) -> int:
         report["feature_probe"] = feature_probe(engine)
     if "speed" not in skip:
         report["speed"] = speed(model_dir, args.load_in_4bit)
+    if args.save:
+        save_report(report, Path(model_dir))
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         _print(report)
     return 0
+
+
+FIGURES_START, FIGURES_END = "<!-- figures -->", "<!-- /figures -->"
+
+
+def save_report(report: dict, model_dir: Path) -> None:
+    """evaluation(-4bit).json in the model directory, and the card's figures block rebuilt from the reports
+    there (float32 first, then 4-bit), so the card always shows what the saved reports say."""
+    name = "evaluation-4bit.json" if report["4bit"] else "evaluation.json"
+    (model_dir / name).write_text(json.dumps(report, indent=1) + "\n")
+    card = model_dir / "README.md"
+    if not card.is_file():
+        return
+    text = card.read_text()
+    if FIGURES_START not in text or FIGURES_END not in text:
+        raise SystemExit(f"error: {card} has no {FIGURES_START} ... {FIGURES_END} block to write the figures into")
+    lines = []
+    for fname in ("evaluation.json", "evaluation-4bit.json"):
+        if (model_dir / fname).is_file():
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                _print(json.loads((model_dir / fname).read_text()))
+            lines += ["```", buf.getvalue().rstrip().replace(str(model_dir), model_dir.name), "```"]
+    head, rest = text.split(FIGURES_START, 1)
+    tail = rest.split(FIGURES_END, 1)[1]
+    card.write_text(head + FIGURES_START + "\n" + "\n".join(lines) + "\n" + FIGURES_END + tail)
 
 
 def _print(r: dict) -> None:
@@ -207,6 +253,10 @@ def _print(r: dict) -> None:
         p = r["feature_probe"]
         print(f"linear probes on object patches ({p['test_patches']} test patches): colour {p['colour']:.1%}, "
               f"shape {p['shape']:.1%}, colour-shape pair {p['pair']:.1%}")
+        if "centre_error_px_vision" in p:
+            print(f"  object centre, linear regression, mean abs error: vision features "
+                  f"{p['centre_error_px_vision']:.1f} px, projected features {p['centre_error_px_projected']:.1f} px "
+                  f"(predicting the mean: {p['centre_error_px_predict_mean']:.1f} px)")
     if "speed" in r:
         s = r["speed"]
         print(f"speed: load {s['load_ms']:.0f} ms, one answer ({s['tokens']} tokens) {s['answer_ms']:.1f} ms "
