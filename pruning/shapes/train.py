@@ -14,19 +14,23 @@ Stages (each saves a checkpoint under ``--work``; a finished stage is skipped on
 2b. ``vision_more``: a second cycle of the same losses from the ``vision`` checkpoint, with fresh heads,
    its own warm-up and cosine at half the learning rate, no single-object scenes; the LLaVA stages build
    on its output (``clip_more``).
-3. ``llm_text``: the Llama decoder learns the language of captions from text alone. Real LLaVA starts from
-   a pretrained LLM (Vicuna); this stage stands in for that pretraining.
+3. ``llm_text``: the Llama decoder learns the language of captions from text alone (stands in for Vicuna).
 4. ``projector``: LLaVA's stage 1, feature alignment: only the ``mlp2x_gelu`` projector trains, on
    image -> caption, with the vision tower and the LLM frozen.
-5. ``instruct``: LLaVA's stage 2: projector + LLM train on the questions (and captions), vision frozen.
-   Besides the five evaluated question types, training asks where one named object is ("Is the red
-   circle on the left or the right?"): a stepping stone to the relative-position questions. Curricula:
-   the first ``single_object_phase`` (10%, ``--warm-start``) asks only colour and shape questions about
-   single-object scenes; then scenes hold at most ``objects_start`` (2) objects, growing to 5 over 30% of the
-   rest, and position questions start with centres >= 36 px apart, narrowing to ``world.MIN_GAP`` over 40%.
-   All questions about one image are packed in one sequence: each question attends to the image prefix and
-   to itself only (a 4-D mask), and its position ids restart after the image, so each packed question
-   sees exactly what a single question sees at inference.
+   Stages 3 and 4 run only with ``--instruct-init projector``. The default recipe (``instruct_init="scratch"``,
+   a deviation from LLaVA) skips them: on this toy the projector-only stage muted colour in the projected
+   features and the instruct stage started worse from it (docs/embedded-model.md).
+5. ``instruct``: LLaVA's stage 2: projector + LLM train on the questions (5% of images also get their caption),
+   vision frozen, 8 images a step. Besides the five evaluated question types, training asks where one named
+   object is ("Is the red circle on the left or the right?"): a stepping stone to the relative-position
+   questions. Curricula: the first ``single_object_phase`` (8%, ``--warm-start``) asks only colour and shape
+   questions about single-object scenes; then scenes hold at most ``objects_start`` (2) objects, growing to 5
+   over 25% of the rest, and position questions start with centres >= 36 px apart, narrowing to
+   ``world.MIN_GAP`` over 40%. All questions about one image are packed in one sequence: each question attends
+   to the image prefix and to itself only (a 4-D mask), and its position ids restart after the image, so each
+   packed question sees exactly what a single question sees at inference.
+6. ``instruct_more``: a second stage-2 cycle from the ``instruct`` checkpoint: the full mix, no curricula, its
+   own warm-up and cosine at half the learning rate (optional auxiliary centre loss, ``centre_aux``, off).
 
 ``--minutes`` gives each stage a time budget (stages stop at whichever of steps / minutes comes first);
 every stage logs to ``<work>/train.log``. ``--export`` writes the shipped directory: a LLaVA checkpoint
