@@ -157,3 +157,8 @@ def test_set_overrides_scalar_config_fields_and_refuses_bad_ones(tmp_path):
                          ("objects_start=two", "is not a int"), ("objects_start", "expected FIELD=VALUE")):
         with pytest.raises(SystemExit, match=message):
             train.main(["--work", str(work), "--tiny", "--set", bad])
+
+
+def test_instruct_more_without_an_instruct_checkpoint_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="run --stages instruct first"):
+        train.main(["--work", str(tmp_path), "--tiny", "--stages", "instruct_more"])

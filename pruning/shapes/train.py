@@ -670,10 +670,10 @@ def stage_instruct(cfg: TrainConfig, work: Path, log: Log):
 def stage_instruct_more(cfg: TrainConfig, work: Path, log: Log):
     """A second stage-2 cycle from the ``instruct`` checkpoint: the full question mix (no curricula), its own
     warm-up and cosine at half the learning rate, and the auxiliary centre loss on the projector's output."""
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    tok = AutoTokenizer.from_pretrained(work / "tokenizer")
-    model = LlavaForConditionalGeneration.from_pretrained(work / "instruct", dtype=torch.float32)
+    if not (work / "instruct").is_dir():
+        raise SystemExit(f"error: instruct_more continues the instruct stage, but {work / 'instruct'} does not exist; "
+                         "run --stages instruct first")
+    tok, model = _load_llava_parts(cfg, work, "instruct")
     packer = Packer(tok, cfg)
     seeds = SeedStream(6, cfg.seed)
     rng = np.random.default_rng(cfg.seed + 6)
