@@ -154,7 +154,8 @@ def test_set_overrides_scalar_config_fields_and_refuses_bad_ones(tmp_path):
     config = json.loads(config_line.split(" config ", 1)[1])
     assert config["objects_start"] == 2 and config["caption_prob"] == 0.5
     for bad, message in (("no_such_field=1", "scalar TrainConfig field"), ("steps=3", "scalar TrainConfig field"),
-                         ("objects_start=two", "is not a int"), ("objects_start", "expected FIELD=VALUE")):
+                         ("objects_start=two", "is not a int"), ("objects_start", "expected FIELD=VALUE"),
+                         ("instruct_init=vicuna", "expected 'projector' or 'scratch'")):
         with pytest.raises(SystemExit, match=message):
             train.main(["--work", str(work), "--tiny", "--set", bad])
 
