@@ -22,6 +22,13 @@ def test_accuracy_report_counts_every_type_and_the_negative_modes(engine):
     assert set(report["exist_negatives"]) <= set(world.NEGATIVE_MODES) and report["exist_negatives"]
     for wrong in report["examples_wrong"]:
         assert wrong["got"] != wrong["expected"]
+    # the split by number of objects covers every question once and agrees with the per-type accuracy
+    split = report["per_type_by_objects"]
+    assert sum(n for d in split.values() for _, n in d.values()) == 10
+    for t, d in split.items():
+        assert all(1 <= int(k) <= 5 for k in d)
+        weighted = sum(acc * n for acc, n in d.values()) / sum(n for _, n in d.values())
+        assert weighted == pytest.approx(report["per_type"][t])
 
 
 def test_pruning_sanity_keeps_the_full_answer_when_nothing_is_pruned(engine):
@@ -52,3 +59,13 @@ def test_save_refuses_a_card_without_the_figures_block(tmp_path):
     (model / "README.md").write_text("# a card without markers\n")
     with pytest.raises(SystemExit, match="no <!-- figures -->"):
         evaluate.main(["--model", str(model), "--n", "5", "--skip", "cls,pruning,probe,speed", "--save"])
+
+
+def test_types_restricts_the_accuracy_part_and_refuses_bad_input(capsys):
+    assert evaluate.main(["--n", "6", "--types", "position", "--skip", "cls,pruning,probe,speed", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"]["n"] == 6 and list(report["accuracy"]["per_type"]) == ["position"]
+    with pytest.raises(SystemExit, match="--types 'colour,size'"):
+        evaluate.main(["--types", "colour,size"])
+    with pytest.raises(SystemExit, match="cannot be combined with --types"):
+        evaluate.main(["--types", "position", "--save"])

@@ -24,7 +24,8 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_stage_and_a_loadable_export(smoke):
     work, out = smoke
-    for name in ("tokenizer", "clip", "clip_more", "llm_text", "projector", "instruct", "instruct_more"):
+    for name in ("tokenizer", "clip", "clip_more", "llm_text", "projector", "instruct", "instruct_more",
+                 "instruct_focus"):
         assert (work / name).is_dir(), name
     log = (work / "train.log").read_text()
     for stage in train.STAGES:
@@ -33,9 +34,13 @@ def test_smoke_run_writes_every_stage_and_a_loadable_export(smoke):
     assert "vision_more step 9 loss" in log and "projector: colour salience after" in log
     # the second stage-2 cycle ran with its auxiliary centre loss, and the export took its weights
     assert "instruct_more step 9 loss" in log and " centre " in log.split("instruct_more step 9 loss")[1][:200]
-    assert "export: the LLaVA weights come from instruct_more" in log
+    # instruct_focus continued instruct_more (no centre loss there), and the export took its weights
+    focus_log = log.split("instruct_focus step 9 loss")[1].split("\n")[0]
+    assert " centre " not in focus_log
+    assert "export: the LLaVA weights come from instruct_focus" in log
     assert json.loads((out / "train_config.json").read_text())["llm_layers"] == train.TINY["llm_layers"]
     assert (out / "clip" / "config.json").is_file() and (out / "README.md").is_file()
+    assert "A third cycle (`instruct_focus`)" in (out / "README.md").read_text()
     engine = Engine(load_model(str(out), device="cpu"))
     assert engine.geometry.n_patches == 144 and engine.geometry.has_cls
     answer, _ = engine.generate(world.make_scene(world.HELD_OUT_SEED).image, "How many objects are there?",
@@ -163,3 +168,15 @@ def test_set_overrides_scalar_config_fields_and_refuses_bad_ones(tmp_path):
 def test_instruct_more_without_an_instruct_checkpoint_says_so(tmp_path):
     with pytest.raises(SystemExit, match="run --stages instruct first"):
         train.main(["--work", str(tmp_path), "--tiny", "--stages", "instruct_more"])
+    with pytest.raises(SystemExit, match="run --stages instruct_more first"):
+        train.main(["--work", str(tmp_path), "--tiny", "--stages", "instruct_focus"])
+
+
+def test_focus_scenes_hold_at_least_the_minimum_number_of_objects():
+    """instruct_focus draws scenes of focus_min_objects..5 objects (all sizes of that range occur)."""
+    cfg = train.TrainConfig()
+    scenes = train.scenes_for(range(300), cfg, min_objects=3)
+    counts = {len(s.objects) for s in scenes}
+    assert counts <= {3, 4, 5} and {4, 5} <= counts
+    # the default (min_objects=1) still gives one-object scenes
+    assert min(len(s.objects) for s in train.scenes_for(range(300), cfg)) == 1

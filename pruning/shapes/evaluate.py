@@ -45,23 +45,29 @@ class FixedPatches(Strategy):
         return Selection(torch.tensor(sorted(set(self.patches)), dtype=torch.long))
 
 
-def accuracy(engine: Engine, n: int, progress: bool = True) -> dict:
-    pairs = world.heldout_questions(n)
+def accuracy(engine: Engine, n: int, progress: bool = True, types: tuple[str, ...] = world.QUESTION_TYPES) -> dict:
+    pairs = world.heldout_questions(n, types=types)
     none = get_strategy("none")
     hits: dict[str, list[int]] = {}
     modes: dict[str, list[int]] = {}
+    by_objects: dict[str, dict[int, list[int]]] = {}
     wrong = []
     for scene, q in tqdm(pairs, desc="accuracy", disable=not progress, mininterval=5):
         answer, _ = engine.generate(scene.image, q.text, none, max_new_tokens=3)
         ok = int(answer == q.answer)
         hits.setdefault(q.type, []).append(ok)
+        by_objects.setdefault(q.type, {}).setdefault(len(scene.objects), []).append(ok)
         if q.negative_mode:
             modes.setdefault(q.negative_mode, []).append(ok)
         if not ok and len(wrong) < 20:
             wrong.append({"seed": scene.seed, "question": q.text, "expected": q.answer, "got": answer})
     per_type = {t: float(np.mean(v)) for t, v in hits.items()}
     return {"n": len(pairs), "overall": float(np.mean([x for v in hits.values() for x in v])), "per_type": per_type,
-            "exist_negatives": {m: float(np.mean(v)) for m, v in modes.items()}, "examples_wrong": wrong}
+            "exist_negatives": {m: float(np.mean(v)) for m, v in modes.items()},
+            # accuracy and number of questions per type and number of objects in the scene
+            "per_type_by_objects": {t: {str(k): [float(np.mean(v)), len(v)] for k, v in sorted(d.items())}
+                                    for t, d in by_objects.items()},
+            "examples_wrong": wrong}
 
 
 def cls_attention(engine: Engine, n_scenes: int = 300) -> dict:
@@ -171,6 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="held-out questions")
     ap.add_argument("--4bit", dest="load_in_4bit", action="store_true")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: accuracy,cls,pruning,probe,speed")
+    ap.add_argument("--types", default=",".join(world.QUESTION_TYPES),
+                    help="comma-separated question types for the accuracy part (all by default), e.g. --types "
+                         "position --n 800 for a closer look at one type")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save", action="store_true",
                     help="write the report to MODEL/evaluation.json (4-bit: evaluation-4bit.json) and its summary "
@@ -184,10 +193,16 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     skip = set(filter(None, args.skip.split(",")))
+    types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+    bad = [t for t in types if t not in world.QUESTION_TYPES]
+    if bad or not types:
+        raise SystemExit(f"error: --types {args.types!r}: expected some of {', '.join(world.QUESTION_TYPES)}")
+    if args.save and types != world.QUESTION_TYPES:
+        raise SystemExit("error: --save records the full evaluation; it cannot be combined with --types")
     engine = Engine(load_model(model_dir, load_in_4bit=args.load_in_4bit, device="cpu"))
     report = {"model": model_dir, "4bit": args.load_in_4bit}
     if "accuracy" not in skip:
-        report["accuracy"] = accuracy(engine, args.n)
+        report["accuracy"] = accuracy(engine, args.n, types=types)
     if "cls" not in skip:
         report["cls_attention"] = cls_attention(engine)
     if "pruning" not in skip:
@@ -237,8 +252,11 @@ def _print(r: dict) -> None:
         a = r["accuracy"]
         print(f"accuracy on {a['n']} held-out questions: overall {a['overall']:.1%}")
         for t, v in a["per_type"].items():
-            print(f"  {t:<9} {v:.1%}")
-        print("  existence negatives: " + ", ".join(f"{m} {v:.1%}" for m, v in a["exist_negatives"].items()))
+            split = a.get("per_type_by_objects", {}).get(t, {})
+            print(f"  {t:<9} {v:.1%}   by objects in the scene: "
+                  + ", ".join(f"{k}: {acc:.0%} of {n}" for k, (acc, n) in split.items()))
+        if a["exist_negatives"]:
+            print("  existence negatives: " + ", ".join(f"{m} {v:.1%}" for m, v in a["exist_negatives"].items()))
     if "cls_attention" in r:
         c = r["cls_attention"]
         print(f"[CLS] attention, ViT layer {c['layer']} (penultimate): top-25% patches on objects "
