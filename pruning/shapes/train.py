@@ -132,8 +132,8 @@ class TrainConfig:
     # exploratory trial outside the repo showed no gain in relative position, so the shipped run leaves it off.
     centre_aux: float = 0.0
     # instruct_focus: a third stage-2 cycle from instruct_more aimed at the hardest type, relative position (on
-    # the instruct_more checkpoint it fell from 90% with two objects to 76% with five, and was still rising when
-    # instruct_more ended): `focus_position_per_image` position questions per image, every other type still asked
+    # the instruct_more checkpoint it fell from 90% with two objects to 76% with five: `evaluate --types position
+    # --n 800`; and it was still rising when instruct_more ended): `focus_position_per_image` position questions per image, every other type still asked
     # so that it is not forgotten. `focus_min_objects` > 1 draws only scenes with that many objects or more; a
     # 10-minute trial with 3 raised position but made the model forget two-object counts (55%), so it is 1
     focus_min_objects: int = 1
