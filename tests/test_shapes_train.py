@@ -180,3 +180,20 @@ def test_focus_scenes_hold_at_least_the_minimum_number_of_objects():
     assert counts <= {3, 4, 5} and {4, 5} <= counts
     # the default (min_objects=1) still gives one-object scenes
     assert min(len(s.objects) for s in train.scenes_for(range(300), cfg)) == 1
+
+
+def test_focus_steps_mix_crowded_scenes_with_all_sizes():
+    """instruct_focus: focus_crowded_share of a step's images hold focus_crowded_objects-5 objects, the rest any
+    number (so one- and two-object scenes stay in the mix)."""
+    cfg = train.TrainConfig()
+    assert cfg.focus_crowded_share == 0.5 and cfg.focus_crowded_objects == 3
+    crowded, rest = [], []
+    for start in range(0, 800, 8):
+        scenes = train.focus_scenes(list(range(start, start + 8)), cfg)
+        assert len(scenes) == 8
+        crowded += [len(s.objects) for s in scenes[:4]]
+        rest += [len(s.objects) for s in scenes[4:]]
+    assert min(crowded) >= 3 and {4, 5} <= set(crowded)
+    assert {1, 2} <= set(rest)
+    cfg.focus_crowded_share = 0.0
+    assert min(len(s.objects) for s in train.focus_scenes(list(range(200)), cfg)) == 1

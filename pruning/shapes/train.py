@@ -95,8 +95,8 @@ class TrainConfig:
     # the projector stage is kept short: with a toy LLM that never learned to copy from its context, a
     # 4-minute projector-only stage muted colour in the projected features (see colour_salience)
     minutes: dict = field(default_factory=lambda: {"vision": 28.0, "vision_more": 20.0, "llm_text": 2.0,
-                                                    "projector": 1.0, "instruct": 55.0, "instruct_more": 20.0,
-                                                    "instruct_focus": 25.0})
+                                                    "projector": 1.0, "instruct": 47.0, "instruct_more": 18.0,
+                                                    "instruct_focus": 30.0})
     lr: dict = field(default_factory=lambda: {"vision": 1e-3, "vision_more": 5e-4, "llm_text": 2e-3,
                                                "projector": 1e-3, "instruct": 1e-3, "instruct_more": 5e-4,
                                                "instruct_focus": 3e-4})
@@ -138,6 +138,12 @@ class TrainConfig:
     # 10-minute trial with 3 raised position but made the model forget two-object counts (55%), so it is 1
     focus_min_objects: int = 1
     focus_position_per_image: int = 8
+    # ... and `focus_crowded_share` of each step's images come from scenes of `focus_crowded_objects`-5 objects,
+    # the rest from all sizes: crowded scenes are where position fails (5 objects: 68% in run G, docs/embedded-
+    # model.md), and run E's 3-5-object scenes raised position fastest, while the other half keeps one- and
+    # two-object scenes (and their counts) in the mix (a fix for run E's forgetting; first run in run H)
+    focus_crowded_share: float = 0.5
+    focus_crowded_objects: int = 3
 
     @property
     def grid(self) -> int:
@@ -190,6 +196,14 @@ def scenes_for(seeds, cfg: TrainConfig, single_share: float = 0.0, max_objects: 
             n = min_objects + (s * 40503 % 1009) % (max_objects - min_objects + 1)
         out.append(world.make_scene(s, n_objects=n, image_size=cfg.image_size, max_objects=max_objects))
     return out
+
+
+def focus_scenes(seed_ids: list, cfg: TrainConfig) -> list:
+    """instruct_focus's images: the first ``focus_crowded_share`` of them from scenes of
+    ``focus_crowded_objects``-5 objects, the others from ``focus_min_objects``-5."""
+    k = int(round(len(seed_ids) * cfg.focus_crowded_share))
+    return (scenes_for(seed_ids[:k], cfg, min_objects=cfg.focus_crowded_objects)
+            + scenes_for(seed_ids[k:], cfg, min_objects=cfg.focus_min_objects))
 
 
 def corpus_texts(cfg: TrainConfig, n_scenes: int = 3000) -> list[str]:
@@ -685,7 +699,7 @@ def stage_instruct_more(cfg: TrainConfig, work: Path, log: Log, name: str = "ins
 
     ``instruct_more`` continues the ``instruct`` checkpoint with the full question mix at half the learning rate
     (and, when ``centre_aux`` > 0, the auxiliary centre loss on the projector's output); ``instruct_focus``
-    continues ``instruct_more`` with scenes of ``focus_min_objects``-5 objects and ``focus_position_per_image``
+    continues ``instruct_more`` with scenes from ``focus_scenes`` (half of them crowded) and ``focus_position_per_image``
     position questions per image."""
     source = {"instruct_more": "instruct", "instruct_focus": "instruct_more"}[name]
     if not (work / source).is_dir():
@@ -705,7 +719,7 @@ def stage_instruct_more(cfg: TrainConfig, work: Path, log: Log, name: str = "ins
     model.model.vision_tower.eval()
 
     def step_fn(step):
-        scenes = scenes_for(seeds.take(cfg.batch_llm), cfg, min_objects=cfg.focus_min_objects if focus else 1)
+        scenes = focus_scenes(seeds.take(cfg.batch_llm), cfg) if focus else scenes_for(seeds.take(cfg.batch_llm), cfg)
         items, _ = _qa_items(scenes, rng, caption_prob=cfg.caption_prob,
                              position_per_image=cfg.focus_position_per_image if focus else cfg.position_per_image,
                              where_per_image=cfg.where_per_image)
@@ -807,6 +821,8 @@ def llava_stages_text(cfg: TrainConfig) -> str:
              f"type): {cfg.focus_position_per_image} position questions per image instead of "
              f"{cfg.position_per_image}, every other type still asked"
              + (f", scenes of at least {cfg.focus_min_objects} objects" if cfg.focus_min_objects > 1 else "")
+             + (f", {cfg.focus_crowded_share:.0%} of the images from scenes of {cfg.focus_crowded_objects}-5 "
+                "objects" if cfg.focus_crowded_share > 0 else "")
              + f", learning rate {cfg.lr['instruct_focus']:g}.\n")
     return first + second + third + focus
 
