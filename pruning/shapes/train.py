@@ -32,8 +32,8 @@ Stages (each saves a checkpoint under ``--work``; a finished stage is skipped on
 6. ``instruct_more``: a second stage-2 cycle from the ``instruct`` checkpoint: the full mix, no curricula, its
    own warm-up and cosine at half the learning rate (optional auxiliary centre loss, ``centre_aux``, off).
 7. ``instruct_focus``: a third stage-2 cycle from ``instruct_more`` weighted to the hardest type: 8 relative-
-   position questions per image (4 before), every other type still asked, lower learning rate (a deviation
-   from LLaVA's single stage 2).
+   position questions per image (4 before), half of each step's images from scenes of 3-5 objects, every other
+   type still asked, lower learning rate (a deviation from LLaVA's single stage 2).
 
 ``--minutes`` gives each stage a time budget (stages stop at whichever of steps / minutes comes first);
 every stage logs to ``<work>/train.log``. ``--export`` writes the shipped directory: a LLaVA checkpoint
@@ -141,7 +141,8 @@ class TrainConfig:
     # ... and `focus_crowded_share` of each step's images come from scenes of `focus_crowded_objects`-5 objects,
     # the rest from all sizes: crowded scenes are where position fails (5 objects: 68% in run G, docs/embedded-
     # model.md), and run E's 3-5-object scenes raised position fastest, while the other half keeps one- and
-    # two-object scenes (and their counts) in the mix (a fix for run E's forgetting; first run in run H)
+    # two-object scenes (and their counts) in the mix (a fix for run E's forgetting). Run H (from scratch,
+    # docs/logs/run-H.log): position 93.0%, count 100% (`evaluate --model runs/H/export --n 1000`)
     focus_crowded_share: float = 0.5
     focus_crowded_objects: int = 3
 
