@@ -720,7 +720,8 @@ def stage_instruct_more(cfg: TrainConfig, work: Path, log: Log, name: str = "ins
     model.model.vision_tower.eval()
 
     def step_fn(step):
-        scenes = focus_scenes(seeds.take(cfg.batch_llm), cfg) if focus else scenes_for(seeds.take(cfg.batch_llm), cfg)
+        ids = seeds.take(cfg.batch_llm)
+        scenes = focus_scenes(ids, cfg) if focus else scenes_for(ids, cfg)
         items, _ = _qa_items(scenes, rng, caption_prob=cfg.caption_prob,
                              position_per_image=cfg.focus_position_per_image if focus else cfg.position_per_image,
                              where_per_image=cfg.where_per_image)
