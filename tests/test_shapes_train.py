@@ -197,3 +197,49 @@ def test_focus_steps_mix_crowded_scenes_with_all_sizes():
     assert {1, 2} <= set(rest)
     cfg.focus_crowded_share = 0.0
     assert min(len(s.objects) for s in train.focus_scenes(list(range(200)), cfg)) == 1
+
+
+def _counting_step(calls, pause=0.0):
+    weight = torch.nn.Parameter(torch.ones(1))
+
+    def step_fn(step):
+        calls.append(step)
+        if pause:
+            import time
+            time.sleep(pause)
+        return (weight ** 2).sum(), {}
+
+    return [weight], step_fn
+
+
+def test_a_stage_stops_at_its_step_count_when_the_machine_is_fast_enough(tmp_path):
+    """The step count is the stopping rule: with a generous time cap the stage runs exactly its steps."""
+    cfg = train.TrainConfig()
+    cfg.steps["instruct"], cfg.minutes["instruct"] = 7, 10.0
+    calls = []
+    params, step_fn = _counting_step(calls)
+    log = train.Log(tmp_path / "train.log")
+    assert train.run_steps("instruct", cfg, params, step_fn, log) == 7
+    assert calls == list(range(7))
+    assert "time cap" not in (tmp_path / "train.log").read_text()
+
+
+def test_a_stage_on_a_slow_machine_stops_at_its_time_cap_and_says_so(tmp_path):
+    cfg = train.TrainConfig()
+    cfg.steps["instruct"], cfg.minutes["instruct"] = 1000, 0.3 / 60  # 0.3 s cap, 0.1 s a step
+    calls = []
+    params, step_fn = _counting_step(calls, pause=0.1)
+    log = train.Log(tmp_path / "train.log")
+    done = train.run_steps("instruct", cfg, params, step_fn, log)
+    assert 2 <= len(calls) <= 5 and done == len(calls)
+    assert f"time cap of 0.0 min reached at step {len(calls)} of 1000" in (tmp_path / "train.log").read_text()
+
+
+def test_default_recipe_time_caps_sum_to_at_most_150_minutes():
+    """The issue's budget: the stages a default run executes (instruct_init=scratch skips llm_text and
+    projector) are capped at 150 minutes in all, and each cap leaves room for its calibrated step count."""
+    cfg = train.TrainConfig()
+    assert cfg.instruct_init == "scratch"
+    run = ("vision", "vision_more", "instruct", "instruct_more", "instruct_focus")
+    assert sum(cfg.minutes[s] for s in run) <= 150
+    assert cfg.steps["vision"] == 1369 and cfg.steps["vision_more"] == 1063

@@ -90,8 +90,9 @@ class TrainConfig:
     # schedule on any machine); the minutes are a cap (a stage on a slower machine stops at its cap, and its
     # cosine follows the clock then). The step counts are calibrated to fit 150 minutes on 2 idle cores: vision
     # ~91 steps/min, instruct ~220, instruct_more ~205, instruct_focus ~170 (runs G and H, docs/logs); the vision
-    # counts are those of the shipped tower (1369 and 1063), whose LLaVA stages learned shape and existence
-    # early, unlike run H's longer-trained tower (2536 and 1845 steps; docs/embedded-model.md)
+    # counts are one more than the shipped tower's 1368 and 1062 (its log said "saved after 1369/1063 steps", an
+    # off-by-one since fixed in run_steps): on that tower the LLaVA stages learned shape and existence early,
+    # unlike on run H's longer-trained tower (2536 and 1845 steps; docs/embedded-model.md)
     batch_vision: int = 64
     # 8 images a step (each with ~15 packed questions): about 3x the optimizer steps of the earlier 24 images
     # a step in the same time (that run had 1565 steps in 42 minutes); see docs/embedded-model.md
@@ -312,12 +313,13 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def run_steps(name: str, cfg: TrainConfig, params, step_fn, log: Log, total: int | None = None):
-    """The shared loop: AdamW, warm-up + cosine, clip 1.0, a step and a time budget, tqdm progress."""
+    """The shared loop: AdamW, warm-up + cosine, clip 1.0, a step count and a time cap, tqdm progress.
+    Returns the number of optimizer steps taken."""
     total = total or cfg.steps[name]
     budget_s = cfg.minutes.get(name, 1e9) * 60
     opt = torch.optim.AdamW(params, lr=cfg.lr[name], weight_decay=0.01, betas=(0.9, 0.98))
     params = [p for g in opt.param_groups for p in g["params"]]
-    start, ema, step = time.time(), None, 0
+    start, ema, done = time.time(), None, 0
     bar = tqdm(range(total), desc=name, mininterval=5)
     for step in bar:
         elapsed = time.time() - start
@@ -336,12 +338,13 @@ def run_steps(name: str, cfg: TrainConfig, params, step_fn, log: Log, total: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        done = step + 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
         if step % 100 == 0 or step == total - 1:
             log(f"{name} step {step} loss {ema:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in stats.items())
                 + f" ({elapsed / 60:.1f} min)")
-    return step + 1
+    return done  # optimizer steps taken
 
 
 # ----------------------------------------------------------------------------- stages
