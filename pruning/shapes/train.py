@@ -327,7 +327,7 @@ def run_steps(name: str, cfg: TrainConfig, params, step_fn, log: Log, total: int
             log(f"{name}: time cap of {budget_s / 60:.1f} min reached at step {step} of {total} (this machine is "
                 f"slower than the calibration; the cosine followed the clock)")
             break
-        # the cosine follows the time budget when that is what will end the stage
+        # the cosine follows the clock when the time cap, not the step count, will end the stage
         frac_steps = step / total
         frac_time = elapsed / budget_s
         sched_step = int(max(frac_steps, frac_time) * total)
@@ -903,7 +903,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
     ap.add_argument("--redo", action="store_true", help="rerun stages that already have a checkpoint")
     ap.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests")
-    ap.add_argument("--minutes", help="per-stage time budgets, e.g. vision=20,instruct=60")
+    ap.add_argument("--minutes", help="per-stage time caps in minutes (a stage stops at its step count or its "
+                                      "cap, whichever comes first), e.g. vision=20,instruct=60")
     ap.add_argument("--steps", help="per-stage step counts, e.g. vision=4000")
     ap.add_argument("--warm-start", type=float, default=None,
                     help="share of the instruct stage spent on single-object colour/shape questions (default 0.1)")
