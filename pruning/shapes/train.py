@@ -102,9 +102,10 @@ class TrainConfig:
                                                   "instruct_focus": 6000})
     # the projector stage is kept short: with a toy LLM that never learned to copy from its context, a
     # 4-minute projector-only stage muted colour in the projected features (see colour_salience)
-    minutes: dict = field(default_factory=lambda: {"vision": 17.0, "vision_more": 13.0, "llm_text": 2.0,
-                                                    "projector": 1.0, "instruct": 57.0, "instruct_more": 21.0,
-                                                    "instruct_focus": 41.0})
+    # caps: run I's measured minutes per stage (15.2, 12.2, 53.0, 17.6, 34.5) plus 11-15% each, 149 in all
+    minutes: dict = field(default_factory=lambda: {"vision": 17.0, "vision_more": 14.0, "llm_text": 2.0,
+                                                    "projector": 1.0, "instruct": 59.5, "instruct_more": 20.0,
+                                                    "instruct_focus": 38.5})
     lr: dict = field(default_factory=lambda: {"vision": 1e-3, "vision_more": 5e-4, "llm_text": 2e-3,
                                                "projector": 1e-3, "instruct": 1e-3, "instruct_more": 5e-4,
                                                "instruct_focus": 3e-4})
