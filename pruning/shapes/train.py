@@ -90,9 +90,10 @@ class TrainConfig:
     # schedule on any machine); the minutes are a cap (a stage on a slower machine stops at its cap, and its
     # cosine follows the clock then). The step counts are calibrated to fit 150 minutes on 2 idle cores: vision
     # ~91 steps/min, instruct ~220, instruct_more ~205, instruct_focus ~170 (runs G and H, docs/logs); the vision
-    # counts are one more than the shipped tower's 1368 and 1062 (its log said "saved after 1369/1063 steps", an
-    # off-by-one since fixed in run_steps): on that tower the LLaVA stages learned shape and existence early,
-    # unlike on run H's longer-trained tower (2536 and 1845 steps; docs/embedded-model.md)
+    # counts are one more than the previous release's tower's 1368 and 1062 (its log said "saved after 1369/1063
+    # steps", an off-by-one since fixed in run_steps): on that tower the LLaVA stages learned shape and existence
+    # early, unlike on run H's longer-trained tower (2536 and 1845 steps; docs/embedded-model.md). Run I, the
+    # shipped run, took 132.5 minutes with these counts (docs/logs/run-I.log)
     batch_vision: int = 64
     # 8 images a step (each with ~15 packed questions): about 3x the optimizer steps of the earlier 24 images
     # a step in the same time (that run had 1565 steps in 42 minutes); see docs/embedded-model.md
@@ -111,8 +112,8 @@ class TrainConfig:
                                                "instruct_focus": 3e-4})
     warmup: int = 150
     # share of single-object scenes in the vision stage, decaying from this value towards a tenth of it over
-    # `single_object_span` steps (6000, the stage's step count when the shipped tower was trained: its 1369
-    # steps ended with the share at 0.24)
+    # `single_object_span` steps (6000, the stage's step count when the previous release's tower was trained:
+    # its 1368 steps ended with the share at 0.24)
     single_object_start: float = 0.3
     single_object_span: int = 6000
     shape_weight: float = 2.0  # weight of the per-patch shape loss in the vision stage
@@ -325,8 +326,8 @@ def run_steps(name: str, cfg: TrainConfig, params, step_fn, log: Log, total: int
     for step in bar:
         elapsed = time.time() - start
         if elapsed > budget_s:
-            log(f"{name}: time cap of {budget_s / 60:.1f} min reached at step {step} of {total} (this machine is "
-                f"slower than the calibration; the cosine followed the clock)")
+            log(f"{name}: time cap of {budget_s / 60:.1f} min reached at step {step} of {total} (the step "
+                f"count was not reached in time; the cosine followed the clock)")
             break
         # the cosine follows the clock when the time cap, not the step count, will end the stage
         frac_steps = step / total
