@@ -54,3 +54,123 @@ def analysis_html(analysis: dict) -> str:
     parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
     return "<html><head><meta charset='utf-8'><title>PruneScope analysis</title></head><body>" + "".join(parts) + \
         "</body></html>"
+
+
+# ---------------------------------------------------------------- the app's Compare and Sweep figures
+
+def _grid(values: list, present: list | None, rows: int, cols: int) -> list[list]:
+    """A flat per-patch list as rows of the grid; patches not present become None (drawn blank)."""
+    out = [v if present is None or present[i] else None for i, v in enumerate(values)]
+    return [out[r * cols:(r + 1) * cols] for r in range(rows)]
+
+
+def tokens_alive_figure(results: list[dict]) -> go.Figure:
+    """Visual tokens present in each LLM layer, one line per strategy."""
+    fig = go.Figure()
+    for r in results:
+        layers = list(range(len(r["image_tokens_per_layer"])))
+        fig.add_trace(go.Scatter(x=layers, y=r["image_tokens_per_layer"], mode="lines+markers", name=r["strategy"],
+                                 hovertemplate="%{fullData.name}: layer %{x}, %{y} visual tokens<extra></extra>"))
+    fig.update_layout(title="Visual tokens alive in each LLM layer", xaxis_title="LLM layer (0 = first)",
+                      yaxis_title="visual tokens in the layer", yaxis_rangemode="tozero", legend_title="strategy")
+    return fig
+
+
+SEGMENT_COLOURS = {"system": "#9e9e9e", "image": "#e4572e", "question": "#2e86de", "generated": "#76b041"}
+
+
+def attention_shares_figure(results: list[dict], columns: int = 4) -> go.Figure:
+    """VTW Fig. 4 per strategy: the generated tokens' attention on system / image / question / output
+    tokens in each LLM layer (stacked bars, one panel per strategy)."""
+    traced = [r for r in results if r.get("trace")]
+    cols = max(1, min(columns, len(traced)))
+    nrows = max(1, -(-len(traced) // cols))
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[r["strategy"] for r in traced], shared_yaxes=True,
+                        vertical_spacing=0.18 if nrows > 1 else 0.1)
+    for i, r in enumerate(traced):
+        shares = r["trace"]["attention_share"]
+        layers = list(range(len(shares)))
+        for seg in r["trace"]["segments"]:
+            fig.add_trace(go.Bar(x=layers, y=[s[seg] for s in shares], name=seg, legendgroup=seg,
+                                 marker_color=SEGMENT_COLOURS.get(seg), showlegend=i == 0,
+                                 hovertemplate=f"{r['strategy']}, layer %{{x}}: {seg} %{{y:.1%}}<extra></extra>"),
+                          row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(barmode="stack", title="Where the answer's attention goes, per LLM layer (VTW Fig. 4)",
+                      height=320 * nrows, legend_title="tokens attended")
+    fig.update_xaxes(title_text="LLM layer")
+    fig.update_yaxes(title_text="share of attention", col=1)
+    return fig
+
+
+def _slider_heatmaps(maps: list[list], rows: int, cols: int, title: str, layer_word: str, colorbar: str,
+                     present: list | None = None, start: int = 0) -> go.Figure:
+    """One heatmap per layer over the patch grid, a slider to pick the layer (no server round trip)."""
+    fig = go.Figure()
+    for i, values in enumerate(maps):
+        z = _grid(values, present[i] if present else None, rows, cols)
+        fig.add_trace(go.Heatmap(z=z, visible=i == start, colorscale="Viridis", colorbar_title=colorbar,
+                                 hovertemplate=f"{layer_word} {i}: row %{{y}}, column %{{x}}: %{{z:.4f}}<extra></extra>"))
+    steps = [{"method": "update", "label": str(i), "args": [{"visible": [j == i for j in range(len(maps))]},
+                                                             {"title.text": f"{title}, {layer_word} {i}"}]}
+             for i in range(len(maps))]
+    fig.update_layout(title=f"{title}, {layer_word} {start}",
+                      sliders=[{"active": start, "steps": steps, "currentvalue": {"prefix": f"{layer_word}: "},
+                                "pad": {"t": 40}}],
+                      xaxis_title="patch column", yaxis_title="patch row", yaxis_autorange="reversed",
+                      xaxis_constrain="domain", yaxis_scaleanchor="x")
+    return fig
+
+
+def llm_attention_figure(result: dict) -> go.Figure:
+    """The LLM's attention over the patch grid (generated tokens' queries, mean over heads) in each
+    layer; pruned patches are blank (what FastV's demo shows)."""
+    rows, cols = result["grid"]
+    trace = result["trace"]
+    return _slider_heatmaps(trace["patch_attention"], rows, cols,
+                            f"LLM attention on each patch ({result['strategy']})", "LLM layer", "attention",
+                            present=trace.get("patch_present"), start=min(2, len(trace["patch_attention"]) - 1))
+
+
+def cls_attention_figure(cls_attention: list[list], grid: list[int], feature_layer: int | None = None) -> go.Figure:
+    """The vision encoder's [CLS] attention over the patch grid in each ViT layer (mean over heads)."""
+    rows, cols = grid
+    start = feature_layer if feature_layer is not None and 0 <= feature_layer < len(cls_attention) else 0
+    return _slider_heatmaps(cls_attention, rows, cols, "[CLS] attention on each patch", "ViT layer", "attention",
+                            start=start)
+
+
+def vtw_kl_figure(calibration: dict) -> go.Figure:
+    """VTW Fig. 8b for one question: KL between the full and the withdrawn first-token distribution for
+    every withdrawal layer, with eta and the K in use."""
+    fig = kl_figure(calibration)
+    used = calibration.get("used_layer")
+    if used is not None:
+        fig.add_vline(x=used, line_dash="dash", line_color="#e4572e", annotation_text=f"K in use = {used}")
+    fig.update_traces(hovertemplate="withdraw at layer %{x}: KL %{y:.4g}<extra></extra>")
+    fig.update_layout(title=f"VTW: KL of the first answer token vs withdrawal layer, this question "
+                            f"(eta = {calibration['eta']}; rule's K = {calibration['k']})")
+    return fig
+
+
+def sweep_figures(rows: list[dict]) -> tuple[go.Figure, go.Figure]:
+    """Accuracy against budget (tokens entering the LLM) and against prefill TFLOPs, one line per
+    strategy, the unpruned accuracy as a reference line."""
+    by_budget, by_tflops = go.Figure(), go.Figure()
+    ref = next((r for r in rows if r["name"] == "none"), None)
+    names = list(dict.fromkeys(r.get("label", r["name"]) for r in rows if r["name"] != "none"))
+    for name in names:
+        pts = sorted((r for r in rows if r.get("label", r["name"]) == name), key=lambda r: r["tokens_entering_llm"])
+        x = [r["tokens_entering_llm"] for r in pts]
+        hover = "%{fullData.name}: %{x:.4g} -> accuracy %{y:.1%}<extra></extra>"
+        by_budget.add_trace(go.Scatter(x=x, y=[r["accuracy"] for r in pts], mode="lines+markers", name=name,
+                                       hovertemplate=hover))
+        by_tflops.add_trace(go.Scatter(x=[r["prefill_tflops"] for r in pts], y=[r["accuracy"] for r in pts],
+                                       mode="lines+markers", name=name, hovertemplate=hover))
+    for fig in (by_budget, by_tflops):
+        if ref is not None:
+            fig.add_hline(y=ref["accuracy"], line_dash="dot", annotation_text=f"no pruning: {ref['accuracy']:.1%}")
+        fig.update_layout(yaxis_title="accuracy", yaxis_tickformat=".0%", yaxis_range=[0, 1.05],
+                          legend_title="strategy")
+    by_budget.update_layout(title="Accuracy against budget", xaxis_title="visual tokens entering the LLM (mean)")
+    by_tflops.update_layout(title="Accuracy against compute", xaxis_title="prefill TFLOPs (estimate, mean)")
+    return by_budget, by_tflops

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import cost
+from .images import load_image
 from .strategies import available, get_strategy
 
 
@@ -28,16 +29,21 @@ class Sample:
     type: str = "all"
 
 
-def load_samples(source: str, n: int) -> list[Sample]:
+def load_samples(source: str, n: int, types=None) -> list[Sample]:
+    """``n`` questions from ``source``; ``types`` (shapes only) limits them to some question types."""
     if source == "shapes":
         from .shapes import world
 
-        return [Sample(s.image, q.text, q.answer, q.type) for s, q in world.heldout_questions(n)]
+        types = tuple(types) if types else world.QUESTION_TYPES
+        bad = [t for t in types if t not in world.QUESTION_TYPES]
+        if bad:
+            raise ValueError(f"question types {bad} unknown; valid: {', '.join(world.QUESTION_TYPES)}")
+        return [Sample(s.image, q.text, q.answer, q.type) for s, q in world.heldout_questions(n, types=types)]
+    if types:
+        raise ValueError("question types filter only the held-out shapes questions")
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"question set {source!r} is neither 'shapes' nor an existing JSONL file")
-    from .cli import load_image
-
     out = []
     for i, line in enumerate(path.read_text().splitlines()):
         if not line.strip():
@@ -76,9 +82,9 @@ def parse_budgets(spec: str, n_patches: int) -> list[int]:
     return out
 
 
-def configs(strategies: str, budgets: list[int]) -> list[tuple[str, dict]]:
+def configs(strategies: str, budgets: list[int], position_variants: bool = True) -> list[tuple[str, dict]]:
     """(label, strategy params) rows: every selection strategy at every budget; FastV at every budget;
-    VTW once (it keeps no budget); vtc-cls and random with both position modes."""
+    VTW once (it keeps no budget); with ``position_variants``, vtc-cls and random in both position modes."""
     names = [s for s in available() if s != "none"] if strategies == "all" else [s.strip() for s in strategies.split(",")]
     rows = [("none", {"name": "none"})]
     for name in names:
@@ -89,7 +95,7 @@ def configs(strategies: str, budgets: list[int]) -> list[tuple[str, dict]]:
             continue
         for b in budgets:
             rows.append((f"{name}", {"name": name, "keep": b}))
-            if name in ("vtc-cls", "random"):
+            if position_variants and name in ("vtc-cls", "random"):
                 other = "keep" if name == "vtc-cls" else "rearrange"
                 rows.append((f"{name} ({other})", {"name": name, "keep": b, "positions": other}))
     for _, params in rows:  # fail early on a bad name
@@ -122,9 +128,10 @@ def evaluate(engine, samples: list[Sample], params: dict, max_new_tokens: int = 
             "prefill_tflops": statistics.mean(tflops), "prefill_ms": statistics.median(prefill_ms)}
 
 
-def sweep(engine, samples: list[Sample], strategies: str, budgets: list[int], progress: bool = True) -> list[dict]:
+def sweep(engine, samples: list[Sample], strategies: str, budgets: list[int], progress: bool = True,
+          position_variants: bool = True) -> list[dict]:
     rows = []
-    for label, params in tqdm(configs(strategies, budgets), desc="bench", disable=not progress):
+    for label, params in tqdm(configs(strategies, budgets, position_variants), desc="bench", disable=not progress):
         row = evaluate(engine, samples, params)
         row["label"] = label
         rows.append(row)

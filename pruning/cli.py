@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+
+from .images import load_image
 
 
 def _positive_int(text: str) -> int:
@@ -87,36 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def result_json(result) -> dict:
-    """The ``--json`` schema: a stable subset of ``Result`` (plus the trace when asked)."""
-    out = {
-        "answer": result.answer, "strategy": result.strategy, "params": result.params,
-        "visual_tokens": result.visual_tokens, "visual_tokens_kept": result.visual_tokens_kept,
-        "tokens_per_layer": result.tokens_per_layer, "image_tokens_per_layer": result.image_tokens_per_layer,
-        "kept": result.kept, "kept_final": result.kept_final, "grid": result.grid, "timings": result.timings,
-        "tflops": result.tflops, "kv_cache_bytes": result.kv_cache_bytes,
-        "kv_cache_bytes_per_layer": result.kv_cache_bytes_per_layer, "peak_memory_bytes": result.peak_memory_bytes,
-        "device": result.device,
-    }
-    if result.trace is not None:
-        out["trace"] = result.trace
-    return out
-
-
-def load_image(path: str):
-    """Open an image file; a missing or unreadable file is a ValueError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise ValueError(f"image {path!r} does not exist")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path!r}: {e}") from e
-    return image
-
-
 def resolve_model(model: str | None) -> str:
     """``--model`` or, when absent, the embedded model shipped in assets/model."""
     from .model import DEFAULT_MODEL_DIR
@@ -142,6 +113,8 @@ def _ask(args) -> int:
     result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                         warmup=args.warmup, trace=args.trace, temperature=args.temperature, top_p=args.top_p)
     if args.json:
+        from .compare import result_json
+
         print(json.dumps(result_json(result)))
     else:
         t = result.timings

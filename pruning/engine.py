@@ -65,6 +65,8 @@ class PrefillState:
     hidden_states: torch.Tensor | None = None  # (S_last, D) final-normed prefill hidden states
     notes: list | None = None  # what a strategy could not do as specified (e.g. a fallback it took)
     vit_tokens: list | None = None  # tokens entering each ViT layer (None: all, no pruning inside the ViT)
+    kept_vit: list | None = None  # patches that left the ViT (None: all, no pruning inside the ViT)
+    merge_groups: list | None = None  # per patch: the index into kept_before of the token it merged into, or -1
 
 
 @dataclass
@@ -92,6 +94,9 @@ class Result:
     trace: dict | None = None
     notes: list | None = None  # fallbacks a strategy took, in words
     vit_tokens_per_layer: list | None = None  # tokens in each ViT layer (all N+1 unless pruned inside the ViT)
+    kept_vit: list | None = None  # patches that left the ViT; None: all (only IVTP prunes inside the ViT)
+    merge_groups: list | None = None  # merging strategies: per patch of the grid, the position in ``kept`` of
+    #                                   the token whose feature absorbed it, -1 where none did; None: no merging
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,7 +255,7 @@ class Engine:
         if strategy is not None and strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index):
             return self._vision_pass_pruned(prepared, seed, strategy)
         rows: list[torch.Tensor] = []
-        keys = {g.feature_layer_index: None}
+        keys = {g.feature_layer_index: None, g.feature_layer_index + 1: None}  # + the layer reading the features
         recorder = (record_cls_attention(self.vision_layers, rows, keys) if g.has_cls
                     else contextlib.nullcontext())
         with recorder:
@@ -261,12 +266,12 @@ class Engine:
             cls_attention = torch.stack(rows)[:, :, 1:]  # (L_v, H, N): [CLS] row over patch keys
         else:
             cls_feature, patches, cls_attention = None, feats, None
-        patch_keys = keys[g.feature_layer_index]
-        if patch_keys is not None and g.has_cls:
-            patch_keys = patch_keys[1:]
+        patch_keys, reader_keys = keys[g.feature_layer_index], keys[g.feature_layer_index + 1]
+        if g.has_cls:
+            patch_keys, reader_keys = (k[1:] if k is not None else None for k in (patch_keys, reader_keys))
         return VisionContext(
             patch_features=patches, cls_attention=cls_attention, cls_feature=cls_feature,
-            feature_layer=g.feature_layer_index, patch_keys=patch_keys,
+            feature_layer=g.feature_layer_index, patch_keys=patch_keys, reader_keys=reader_keys,
             rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed),
             cls_final=out.pooler_output[0] if g.has_cls else None,
         )
@@ -415,6 +420,8 @@ class Engine:
             image_tokens_per_layer=image_per_layer, hidden_states=h[0] if keep_hidden else None,
             notes=[f"{strategy.name}: {live['note']}; the scoring query is the visual [CLS]"] if live.get("note") else [],
             vit_tokens=vision.vit_tokens,
+            kept_vit=vision.patch_ids.tolist() if vision.patch_ids is not None else None,
+            merge_groups=selection.groups.tolist() if selection.groups is not None else None,
         )
 
     # ---------------------------------------------------------------- IVTP's scoring query in the LLM
@@ -613,6 +620,7 @@ class Engine:
             kv_cache_bytes=sum(kv_layers), kv_cache_bytes_per_layer=kv_layers, peak_memory_bytes=peak,
             device=str(self.device), trace=trace_dict, notes=state.notes,
             vit_tokens_per_layer=state.vit_tokens or [self.vision_shape.n_tokens] * self.vision_shape.layers,
+            kept_vit=state.kept_vit, merge_groups=state.merge_groups,
         )
 
 
@@ -625,12 +633,16 @@ def summarize_trace(store: dict, layer_tokens: list[torch.Tensor], prepared: Pre
     image ("system"), image tokens, the question after the image, generated tokens.
     """
     a, n, s_full = prepared.image_start, prepared.n_image, prepared.input_ids.shape[0]
-    shares, patch_attention = [], []
+    shares, patch_attention, present = [], [], []
     for layer_idx, index in enumerate(layer_tokens):
         rows = store.get(layer_idx, [])  # the last prompt row (prefill), then one row per decode step
         seg_sum = torch.zeros(4)
         patch_sum = torch.zeros(n_patches)
         index = index.cpu()
+        in_image = (index >= a) & (index < a + n)
+        alive = torch.zeros(n_patches, dtype=torch.bool)
+        alive[index[in_image] - a] = True
+        present.append(alive.tolist())
         for step, row in enumerate(rows):
             row = row.mean(0).cpu()  # (L,) mean over heads
             full = torch.cat([index, s_full + torch.arange(row.shape[0] - index.shape[0])])
@@ -642,7 +654,7 @@ def summarize_trace(store: dict, layer_tokens: list[torch.Tensor], prepared: Pre
         shares.append(dict(zip(SEGMENTS, (seg_sum / count).tolist())))
         patch_attention.append((patch_sum / count).tolist())
     return {"segments": list(SEGMENTS), "attention_share": shares, "patch_attention": patch_attention,
-            "queries": n_generated}
+            "patch_present": present, "queries": n_generated}
 
 
 def _check_indices(idx: torch.Tensor, n: int, name: str) -> None:

@@ -35,6 +35,8 @@ class VisionContext:
     generator: torch.Generator  # seeded by the strategy's seed, for reproducible randomness
     feature_layer: int = -1  # 0-based ViT layer whose output feeds the LLM (the penultimate for LLaVA-1.5)
     patch_keys: torch.Tensor | None = None  # (N, Dv) the feature layer's attention keys of the patches
+    reader_keys: torch.Tensor | None = None  # (N, Dv) keys of the layer after it, the one that reads the fed
+    #                                          features (PruMerge's code takes its q/k); None: no such layer
     cls_final: torch.Tensor | None = None  # (Dv,) post-layernorm [CLS] of the last ViT layer (CLIP's image token)
     patch_ids: torch.Tensor | None = None  # (N',) patches still present after pruning inside the ViT (None: all)
     vit_tokens: list | None = None  # tokens entering each ViT layer when pruned inside the ViT (None: all)
@@ -94,11 +96,19 @@ class Selection:
 
     indices: torch.Tensor  # (U,) patch indices, unique, ascending; a merged token's representative patch
     features: torch.Tensor | None = None  # (U, Dv) merged features replacing patch_features[indices]
+    groups: torch.Tensor | None = None  # (N,) merging strategies: for every patch of the grid, the position
+    #                                     (0..U-1) in ``indices`` of the kept token whose feature it went into,
+    #                                     -1 where it went into none (what the app tints as a merged group)
 
     def __post_init__(self):
         self.indices = torch.as_tensor(self.indices, dtype=torch.long)
         if self.features is not None and self.features.shape[0] != self.indices.shape[0]:
             raise ValueError(f"Selection has {self.indices.shape[0]} indices but {self.features.shape[0]} features")
+        if self.groups is not None:
+            self.groups = torch.as_tensor(self.groups, dtype=torch.long).flatten()
+            u = self.indices.shape[0]
+            if self.groups.numel() and (int(self.groups.min()) < -1 or int(self.groups.max()) >= u):
+                raise ValueError(f"Selection groups must lie in -1..{u - 1}")
 
 
 @dataclass

@@ -1,0 +1,81 @@
+"""PruneScope's web app: ``python app.py`` serves the Compare / Sweep / How it works tabs on
+http://127.0.0.1:7860 with the embedded model (offline).
+
+Options and environment (for HuggingFace Spaces): ``--model`` or ``MODEL_ID`` (a local LLaVA directory or
+a hub id such as ``llava-hf/llava-1.5-7b-hf``), ``--4bit`` or ``LOAD_IN_4BIT=1`` (bitsandbytes nf4),
+``--host`` (default 127.0.0.1; ``0.0.0.0`` to serve a network, as Spaces need), ``--port`` (default 7860,
+or ``GRADIO_SERVER_PORT``). This file is the composition root: it loads the model once, builds the UI and
+launches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_examples(directory: Path = EXAMPLES_DIR) -> list[dict]:
+    index = directory / "examples.json"
+    if not index.is_file():
+        return []
+    rows = json.loads(index.read_text())
+    return [{**row, "image": str(directory / row["image"])} for row in rows]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(description="PruneScope web app")
+    parser.add_argument("--model", default=env.get("MODEL_ID") or None,
+                        help="local LLaVA directory or hub id (default: MODEL_ID, else the embedded model)")
+    parser.add_argument("--4bit", dest="load_in_4bit", action="store_true", default=truthy(env.get("LOAD_IN_4BIT")),
+                        help="load in 4-bit with bitsandbytes (default: LOAD_IN_4BIT)")
+    parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parser.parse_args(argv)
+
+
+def make_demo(model: str | None = None, load_in_4bit: bool = False, device: str | None = None):
+    from transformers.utils import logging as hf_logging
+
+    from app.ui import build
+    from pruning.compare import Scope
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    scope = Scope(model, load_in_4bit=load_in_4bit, device=device)
+    demo = build(scope, load_examples() if scope.info()["embedded"] else [])
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    return demo
+
+
+def launch(demo, host: str, port: int, **kwargs):
+    from app.ui import CSS
+
+    return demo.launch(server_name=host, server_port=port, share=False, css=CSS, show_error=True,
+                       max_file_size="10mb", allowed_paths=[str(EXAMPLES_DIR)], footer_links=["api"], **kwargs)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        demo = make_demo(args.model, args.load_in_4bit, args.device)
+    except ValueError as e:  # a model that cannot load: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    launch(demo, args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Text of the "How it works" tab: each strategy in a few sentences, and the embedded model's card.
+
+Static words only; the model card's figures come from the model's own evaluation report at run time.
+"""
+
+from __future__ import annotations
+
+STRATEGIES = {
+    "none": ("reference", "Every visual token enters the LLM and stays to the last layer. Every other card is "
+             "compared with this one: its answer, its speed and its cost."),
+    "random": ("baseline (VTC-CLS Table 3, IVTP)", "Keeps a uniformly random set of patches (seeded). The floor "
+               "any scoring rule must beat: if a strategy does no better than random, its scores carry no "
+               "information about the question."),
+    "vtc-cls": ("VTC-CLS, Sec. 3.1-3.3, eq. 1-2 and 9", "Scores each patch by the attention the vision encoder's "
+                "[CLS] token pays it, averaged over heads and over the K layers ending at the one that feeds the "
+                "LLM (E = how they combine), and keeps the top ones before the LLM. Look at the [CLS] heatmap: "
+                "the kept patches are its bright cells, whatever the question asks."),
+    "fastv": ("FastV (as described by VTC-CLS Sec. 1 and VTW Sec. 2)", "Runs the first K LLM layers on every "
+              "token, then keeps the image tokens the last prompt token attends to most in layer K-1. Look at "
+              "the LLM-attention heatmap at layer K-1 and at the tokens-alive plot's drop at K."),
+    "vtw": ("VTW, Sec. 3, eq. 5-6 and Algorithm 1", "Withdraws every visual token at LLM layer K: after the "
+            "early layers have moved the image's information into the text tokens, the image is no longer "
+            "needed. K is chosen where the KL divergence of the output falls below eta (the KL plot). Look at "
+            "the attention-share plot: the image share collapses in the deep layers even without pruning."),
+    "ivtp": ("IVTP, Sec. 3.2-3.3, eq. 3-8", "Prunes in groups of three layers inside the vision encoder "
+             "(attention rollout from [CLS] times value norms), then again in the LLM's first layers, where "
+             "the scoring query is built from the question words most relevant to the image (tinted below the "
+             "plots). Its overlay shows two styles: blue for the ViT, amber stripes for the LLM."),
+    "topk-sim": ("IVTP Table 5 ('TopK')", "Keeps the patches whose features are most similar (cosine) to the "
+                 "[CLS] feature."),
+    "pooling": ("IVTP Table 5 ('Spatial pooling')", "Averages the patch grid down to about the budget "
+                "(2-D adaptive pooling): every region survives, blurred. The overlay tints each pooled window."),
+    "evit": ("EViT, eq. 2", "Keeps the top patches by [CLS] attention and fuses all the others into one token "
+             "weighted by their attention. The overlay tints the fused patches with the fused token's colour."),
+    "kmeans": ("VTC-CLS Table 3 ('KMeans')", "Clusters the patch features (k-means, seeded) into as many "
+               "clusters as the budget; each centre becomes one token. The overlay tints each cluster."),
+    "tome": ("ToMe, Sec. 3; VTC-CLS Table 3", "Bipartite soft matching merges the most similar pairs of patches "
+             "(by attention keys) until the budget is reached, size-weighted. The overlay tints each merged group."),
+    "prumerge+": ("PruMerge, Sec. 3.2-3.3, and its '+' variant", "Keeps the [CLS]-attention outliers (IQR rule) "
+                  "plus spatially spread samples, then adds to each kept token its nearest pruned neighbours' "
+                  "features weighted by attention. The overlay tints each kept token's neighbours."),
+}
+
+
+def strategies_markdown(names: list[str]) -> str:
+    lines = ["## The strategies", "",
+             "Each card on the Compare tab is one strategy. Stages: *before the LLM* (the vision features are "
+             "pruned or merged, then projected), *inside the LLM* (tokens enter and are dropped at a layer), "
+             "*inside the vision encoder* (IVTP). The full list of choices and deviations from the papers is "
+             "in `docs/strategies.md`.", ""]
+    for name in names:
+        source, words = STRATEGIES.get(name, ("", "See docs/strategies.md."))
+        lines.append(f"**{name}**" + (f" ({source})" if source else "") + f": {words}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def model_card_markdown(info: dict, card: dict | None) -> str:
+    if not info["embedded"]:
+        return (f"## The model\n\n`{info['model']}` ({'4-bit' if info['load_in_4bit'] else 'full precision'}, "
+                f"{info['device']}): a {info['grid'][0]}x{info['grid'][1]} patch grid, {info['vision_layers']} "
+                f"vision layers, {info['llm_layers']} LLM layers.")
+    lines = ["## The embedded model: a toy that knows one synthetic world", "",
+             "No model hub is reachable where PruneScope is built, so it ships its own small model with "
+             "LLaVA's architecture (a CLIP-style vision encoder, a projector and a Llama-style LLM), trained "
+             "from scratch on **coloured shapes (circle, square, triangle, cross) on grey backgrounds**, 96x96 "
+             f"pixels, a {info['grid'][0]}x{info['grid'][1]} patch grid.", "",
+             "**It can answer**: the colour of a shape, the shape of a colour, whether an object is there, how "
+             "many objects there are, and whether one object is left/right of or above/below another, in the "
+             "words of the examples.", "",
+             "**It cannot answer** anything else: photographs, other questions or free-form text give "
+             "meaningless answers. Real LLaVA-1.5 loads through the same code where a hub and a GPU are "
+             "available (`MODEL_ID=llava-hf/llava-1.5-7b-hf LOAD_IN_4BIT=1 python app.py`)."]
+    if card:
+        acc = card["accuracy"]
+        per = ", ".join(f"{k} {v:.1%}" for k, v in acc["per_type"].items())
+        lines += ["", f"**Measured** on {acc['n']} held-out questions (`python -m pruning.shapes.evaluate --n "
+                      f"{acc['n']}`): {acc['overall']:.1%} overall ({per})."]
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""Side-by-side comparison of pruning strategies on one image and one question: what the app calls.
+
+``Scope`` holds one loaded model for the life of a process and serves one request at a time (a lock;
+the app's queue also runs model calls one by one). Everything it returns is plain values (dicts, lists,
+numbers, strings and one uint8 numpy array for the image the model sees), so the UI draws it without
+importing torch.
+
+- ``Scope.compare_stream``: yields ``{"kind": "view", ...}`` first (the image as the model sees it), then
+  one ``{"kind": "result", "result": {...}}`` per strategy as it finishes (the unpruned reference
+  ``none`` first, always), then ``{"kind": "inspect", ...}`` with this image's analyses.
+- ``Scope.compare``: the JSON API, the list of per-strategy results (the fields of ``python -m pruning
+  ask --json`` plus what the overlay needs).
+- ``Scope.sweep``: the library's ``bench`` sweep on held-out shapes questions, as table rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import analysis, bench
+from .engine import Engine
+from .images import load_image
+from .model import DEFAULT_MODEL_DIR, load_model
+from .strategies import POSITIONS, available, get_strategy
+from .strategies.base import Strategy
+
+# Choices of string parameters the app offers (stage comes from each strategy's own ``stages``).
+CHOICES = {"positions": POSITIONS, "ensemble": ("avg", "max", "min")}
+# Words for the parameters' labels (the paper's symbol first).
+LABELS = {
+    "k_layers": "K: [CLS] layers ensembled (VTC-CLS eq. 9)", "ensemble": "E: how the K layers combine (eq. 9)",
+    "layer": "layer: LLM layer where tokens are dropped (K)", "stage": "stage: where it prunes",
+    "positions": "positions after pruning", "seed": "seed", "tau": "tau: question-word relevance threshold (eq. 8)",
+    "ratio": "R: share dropped when no budget is set", "neighbours": "k: neighbours merged into each kept token",
+    "iterations": "k-means iterations", "group": "layers per group", "llm_fraction": "share of LLM layers that prune",
+    "vit": "stage 1: prune inside the ViT", "llm": "stage 2: prune inside the LLM",
+}
+COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
+ETA = 0.003  # VTW's KL threshold (Algorithm 1)
+
+
+def strategy_controls() -> dict[str, list[dict]]:
+    """Per strategy, the hyper-parameters a user may set (all but ``keep``), with their defaults: what the
+    app's collapsed parameter sections are built from, so they follow the strategies' dataclasses."""
+    out = {}
+    for name in available():
+        strategy = get_strategy(name)
+        controls = []
+        for f in fields(strategy):
+            if f.name == "keep" or f.default is MISSING and f.default_factory is MISSING:
+                continue
+            default = getattr(strategy, f.name)
+            if f.name == "stage":
+                if len(strategy.stages) < 2:
+                    continue
+                kind, choices = "choice", list(strategy.stages)
+            elif f.name in CHOICES:
+                kind, choices = "choice", list(CHOICES[f.name])
+            elif isinstance(default, bool):
+                kind, choices = "bool", None
+            elif isinstance(default, float):
+                kind, choices = "float", None
+            else:  # int, or None for "derived from the model" (VTW's K, IVTP's unused layer)
+                kind, choices = "int", None
+                if name == "ivtp" and f.name == "layer":
+                    continue  # IVTP prunes at the end of every group; layer is unused
+            controls.append({"name": f.name, "label": LABELS.get(f.name, f.name), "kind": kind, "default": default,
+                             "choices": choices})
+        out[name] = controls
+    return out
+
+
+def result_json(result) -> dict:
+    """``python -m pruning ask --json``'s schema: a stable subset of ``Result`` (plus the trace when present)."""
+    keys = ("answer", "strategy", "params", "visual_tokens", "visual_tokens_kept", "tokens_per_layer",
+            "image_tokens_per_layer", "kept", "kept_final", "grid", "timings", "tflops", "kv_cache_bytes",
+            "kv_cache_bytes_per_layer", "peak_memory_bytes", "device")
+    out = {k: getattr(result, k) for k in keys}
+    if result.trace is not None:
+        out["trace"] = result.trace
+    return out
+
+
+def compare_fields(result, reference: dict | None) -> dict:
+    """``result_json`` plus what the app shows: where patches were dropped, merged groups, notes, and the
+    speedup over the unpruned ``reference`` (time to first token: vision + prefill), measured and as the
+    TFLOPs estimate predicts, and whether the answer is the reference's."""
+    out = result_json(result)
+    out.update(kept_vit=result.kept_vit, merge_groups=result.merge_groups, notes=result.notes or [],
+               vit_tokens_per_layer=result.vit_tokens_per_layer)
+    ttft = result.timings["vision_ms"] + result.timings["prefill_ms"]
+    tf = result.tflops["vision"] + result.tflops["prefill"]
+    if reference is None:
+        out.update(speedup=1.0, speedup_predicted=1.0, efficiency=1.0, same_as_none=True)
+    else:
+        ref_ttft = reference["timings"]["vision_ms"] + reference["timings"]["prefill_ms"]
+        ref_tf = reference["tflops"]["vision"] + reference["tflops"]["prefill"]
+        measured, predicted = ref_ttft / max(ttft, 1e-9), ref_tf / max(tf, 1e-18)
+        out.update(speedup=measured, speedup_predicted=predicted, efficiency=measured / predicted,
+                   same_as_none=bench.normalise(result.answer) == bench.normalise(reference["answer"]))
+    return out
+
+
+def _check_budget(keep, n_patches: int) -> int | None:
+    if keep is None:
+        return None
+    if isinstance(keep, float) and keep.is_integer():
+        keep = int(keep)
+    if isinstance(keep, bool) or not isinstance(keep, int):
+        raise ValueError(f"keep={keep!r}: expected a whole number of visual tokens (1..{n_patches})")
+    if keep < 1:
+        raise ValueError(f"keep={keep}: keep at least 1 of the {n_patches} visual tokens")
+    return min(keep, n_patches)
+
+
+class Scope:
+    """One loaded model and the requests the app makes of it (one at a time)."""
+
+    def __init__(self, model: str | None = None, load_in_4bit: bool = False, device: str | None = None):
+        source = model or str(DEFAULT_MODEL_DIR)
+        self.engine = Engine(load_model(source, load_in_4bit=load_in_4bit, device=device))
+        self.source = source
+        self.is_embedded = Path(source).resolve() == DEFAULT_MODEL_DIR.resolve()
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------ what the UI needs to build itself
+    def info(self) -> dict:
+        g = self.engine.geometry
+        return {"model": self.source, "embedded": self.is_embedded, "load_in_4bit": self.engine.lm.load_in_4bit,
+                "device": str(self.engine.device), "grid": [g.rows, g.cols], "n_patches": g.n_patches,
+                "image_size": g.image_size, "llm_layers": g.llm_layers, "vision_layers": g.vision_layers,
+                "feature_layer": g.feature_layer_index, "strategies": available(),
+                "default_strategies": [s for s in COMPARE_DEFAULT if s in available()],
+                "controls": strategy_controls()}
+
+    def model_card(self) -> dict | None:
+        """The embedded model's measured accuracy (its evaluation report), or None for other models."""
+        report = Path(self.source) / "evaluation.json"
+        if not self.is_embedded or not report.is_file():
+            return None
+        return json.loads(report.read_text())
+
+    # ------------------------------------------------------------ compare
+    def _strategies(self, strategies, keep, params: dict | None) -> list[Strategy]:
+        if isinstance(strategies, str):
+            strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+        names = ["none"] + [s for s in dict.fromkeys(strategies or []) if s != "none"]
+        params = params or {}
+        unknown = set(params) - set(available())
+        if unknown:
+            raise ValueError(f"parameters given for unknown strategies {sorted(unknown)}; valid: {', '.join(available())}")
+        out = []
+        for name in names:
+            p = dict(params.get(name) or {})
+            if name not in ("none", "vtw") and keep is not None:
+                p["keep"] = keep
+            out.append(get_strategy(name, **p))
+        return out
+
+    def compare_stream(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
+                       params: dict | None = None, max_new_tokens: int = 8, repeats: int = 3, warmup: int = 1,
+                       eta: float = ETA, inspect: bool = True):
+        """Run every strategy (``none`` first) on one image and question; yield plain events as they finish."""
+        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected 1..512")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty: type a question about the image")
+        image = load_image(image)
+        keep = _check_budget(keep, self.engine.geometry.n_patches)
+        chosen = self._strategies(strategies, keep, params)
+        with self.lock:
+            prepared = self.engine.prepare(image, question)
+            yield {"kind": "view", "view": self.view(prepared), "grid": [self.engine.geometry.rows,
+                                                                          self.engine.geometry.cols]}
+            reference = None
+            for strategy in chosen:
+                result = self.engine.run(image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats,
+                                         warmup=warmup, trace=True)
+                fields_ = compare_fields(result, reference)
+                if reference is None:
+                    reference = fields_
+                yield {"kind": "result", "result": fields_}
+            if inspect:
+                yield {"kind": "inspect", **self._inspect(image, question, prepared, chosen, keep, eta)}
+
+    def compare(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
+                params: dict | None = None, max_new_tokens: int = 8, repeats: int = 3, warmup: int = 1) -> list[dict]:
+        """The JSON API: one dict per strategy (``none`` first)."""
+        return [e["result"] for e in self.compare_stream(image, question, strategies, keep, params, max_new_tokens,
+                                                          repeats, warmup, inspect=False) if e["kind"] == "result"]
+
+    def view(self, prepared) -> np.ndarray:
+        """(H, W, 3) uint8: the image as the model sees it (resized, cropped), from the processor's output."""
+        proc = self.engine.lm.processor.image_processor
+        mean = torch.tensor(proc.image_mean).view(3, 1, 1)
+        std = torch.tensor(proc.image_std).view(3, 1, 1)
+        pixels = prepared.pixel_values[0].float().cpu() * std + mean  # (3, H, W) in 0..1
+        return (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+    def _inspect(self, image, question: str, prepared, chosen: list[Strategy], keep: int | None, eta: float) -> dict:
+        """This image's analyses: [CLS] attention per ViT layer, VTC-CLS Fig. 2, VTW's KL per withdrawal
+        layer (when vtw runs), IVTP's question-word relevance (when ivtp runs)."""
+        engine, g = self.engine, self.engine.geometry
+        vision = engine.vision_pass(prepared)
+        out: dict = {"cls_attention": None, "consistency": None, "vtw_kl": None, "ivtp_relevance": None}
+        if vision.cls_attention is not None:
+            out["cls_attention"] = vision.cls_attention.float().mean(1).tolist()  # (L_v, N)
+            budget = keep if keep is not None else max(1, g.n_patches // 4)
+            out["consistency"] = analysis.consistency_and_shares(
+                engine, [bench.Sample(image, question, "")], [budget], progress=False)
+        names = [s.name for s in chosen]
+        if "vtw" in names:
+            vtw = chosen[names.index("vtw")]
+            kl = bench.calibrate_vtw(engine, [bench.Sample(image, question, "")], eta=eta, progress=False)
+            kl["used_layer"] = vtw.llm_layer(g.llm_layers)
+            out["vtw_kl"] = kl
+        if "ivtp" in names:
+            out["ivtp_relevance"] = self.word_relevance(prepared, vision, chosen[names.index("ivtp")])
+        return out
+
+    def word_relevance(self, prepared, vision, strategy) -> dict:
+        """IVTP Fig. 5: each question token and its CLIP-text relevance to the image (eq. 5-7)."""
+        relevance, index, note = self.engine.text_relevance(prepared, vision)
+        if relevance is None:
+            return {"tokens": [], "tau": strategy.tau, "note": note}
+        tok = self.engine.lm.processor.tokenizer
+        ids = prepared.input_ids[index].tolist()
+        words = [tok.decode([i]) for i in ids]
+        values = relevance[index].float().tolist()
+        return {"tokens": [[w, v] for w, v in zip(words, values)], "tau": strategy.tau, "note": None}
+
+    # ------------------------------------------------------------ sweep
+    def sweep(self, strategies, budgets: list[int], n: int = 40, types=None, progress: bool = True) -> list[dict]:
+        """Accuracy and cost per (strategy, budget) on ``n`` held-out shapes questions (the ``bench`` sweep)."""
+        if isinstance(strategies, str):
+            strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+        if not strategies:
+            raise ValueError("pick at least one strategy to sweep")
+        if not isinstance(n, int) or not 1 <= n <= 1000:
+            raise ValueError(f"n={n!r}: expected 1..1000 questions")
+        budgets = sorted({_check_budget(b, self.engine.geometry.n_patches) for b in budgets}, reverse=True)
+        if not budgets:
+            raise ValueError("give at least one budget")
+        with self.lock:
+            samples = bench.load_samples("shapes", n, types=types)
+            return bench.sweep(self.engine, samples, ",".join(strategies), budgets, progress=progress,
+                               position_variants=False)
+
+
+__all__ = ["Scope", "strategy_controls", "result_json", "compare_fields", "COMPARE_DEFAULT"]

@@ -1,0 +1,67 @@
+"""Image loading and validation shared by the CLI, the bench and the app (one place, one set of messages).
+
+``load_image`` accepts a file path, a PIL image or an (H, W[, C]) uint8 array and returns an RGB PIL
+image the processor can take. A missing or unreadable file, a declared size beyond ``MAX_PIXELS``
+(decompression bombs), or an empty image is a ``ValueError`` that names the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+MAX_PIXELS = 50_000_000  # refuse larger declared sizes before decoding (PIL's own bomb limit is ~179M)
+
+
+def load_image(source, name: str | None = None):
+    """Open and validate an image; returns an RGB ``PIL.Image.Image`` (first frame of an animation,
+    EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    label = name or (repr(str(source)) if isinstance(source, (str, os.PathLike)) else "the image")
+    if source is None:
+        raise ValueError("no image given: upload an image or pick an example")
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ValueError(f"image {path!r} does not exist")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"image {path!r} is an empty (0-byte) file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(path)
+                _check_size(image.size, label)
+                image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(f"image {label} is too large to decode safely: {e}") from e
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise ValueError(f"cannot read image {label}: {e}") from e
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            import numpy as np
+
+            array = np.asarray(source)
+        except Exception as e:  # noqa: BLE001 - any conversion failure is the caller's bad input
+            raise ValueError(f"{label}: expected a file path, a PIL image or an array, got {type(source).__name__}") from e
+        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+            raise ValueError(f"{label}: expected an (H, W) or (H, W, C) uint8 array, got {array.dtype} {array.shape}")
+        image = Image.fromarray(array)
+    _check_size(image.size, label)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image {label} is empty ({image.width}x{image.height})")
+    image = ImageOps.exif_transpose(image)
+    if getattr(image, "is_animated", False):
+        image.seek(0)
+    return image.convert("RGB")
+
+
+def _check_size(size: tuple[int, int], label: str) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"image {label} declares {w}x{h} pixels, more than the {MAX_PIXELS:,} accepted")
+
+
+__all__ = ["load_image", "MAX_PIXELS"]
