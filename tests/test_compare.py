@@ -1,0 +1,140 @@
+"""pruning.compare: the library call behind the app (embedded model), and the rule that app/ never imports torch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pruning.compare import Scope, compare_fields, strategy_controls
+from pruning.strategies import available
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = json.loads((ROOT / "assets" / "examples" / "examples.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def scope():
+    return Scope()
+
+
+def _example(i=0):
+    return str(ROOT / "assets" / "examples" / EXAMPLES[i]["image"]), EXAMPLES[i]["question"]
+
+
+def test_stream_order_view_none_first_then_inspect(scope):
+    image, question = _example(0)
+    events = list(scope.compare_stream(image, question, ["vtc-cls", "fastv", "vtw", "ivtp"], keep=36, repeats=1))
+    kinds = [e["kind"] for e in events]
+    assert kinds == ["view", "result", "result", "result", "result", "result", "inspect"]
+    view = events[0]["view"]
+    assert view.dtype == np.uint8 and view.shape == (96, 96, 3)
+    results = [e["result"] for e in events[1:-1]]
+    assert [r["strategy"] for r in results] == ["none", "vtc-cls", "fastv", "vtw", "ivtp"]
+    none, vtc, fastv, vtw, ivtp = results
+    assert none["speedup"] == 1.0 and none["same_as_none"] is True and none["visual_tokens_kept"] == 144
+    assert vtc["visual_tokens_kept"] == 36 and vtc["kept_final"] == vtc["kept"]
+    assert fastv["visual_tokens_kept"] == 144 and len(fastv["kept_final"]) == 36
+    assert vtw["image_tokens_per_layer"][-1] == 0 and vtw["kept_final"] == []
+    assert ivtp["kept_vit"] is not None and set(ivtp["kept"]) <= set(ivtp["kept_vit"])
+    assert len(ivtp["kept_final"]) == 36
+    for r in results:
+        assert r["speedup_predicted"] > 0 and r["speedup"] > 0
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["speedup_predicted"])
+        assert len(r["trace"]["patch_present"]) == len(r["image_tokens_per_layer"])
+        assert [sum(p) for p in r["trace"]["patch_present"]] == r["image_tokens_per_layer"]
+    assert vtc["speedup_predicted"] > 1  # 36 of 144 tokens: fewer FLOPs than none
+    inspect = events[-1]
+    assert len(inspect["cls_attention"]) == scope.info()["vision_layers"]
+    assert all(abs(sum(row) - 1) < 0.05 for row in inspect["cls_attention"])  # [CLS] row over patches ~ 1 - own
+    assert inspect["consistency"]["budgets"] == [36]
+    assert inspect["vtw_kl"]["used_layer"] == vtw["params"]["layer"] or inspect["vtw_kl"]["used_layer"] >= 1
+    words = "".join(w for w, _ in inspect["ivtp_relevance"]["tokens"])
+    assert words.strip() == question
+
+
+def test_compare_api_fields_match_ask_json_plus_extras(scope):
+    image, question = _example(1)
+    results = scope.compare(image, question, ["random"], keep=20, repeats=1)
+    assert [r["strategy"] for r in results] == ["none", "random"]
+    ask_fields = {"answer", "strategy", "params", "visual_tokens", "visual_tokens_kept", "tokens_per_layer",
+                  "image_tokens_per_layer", "kept", "kept_final", "grid", "timings", "tflops", "kv_cache_bytes",
+                  "kv_cache_bytes_per_layer", "peak_memory_bytes", "device", "trace"}
+    assert ask_fields <= set(results[1])
+    assert results[1]["params"]["keep"] == 20 and len(results[1]["kept"]) == 20
+    json.dumps(results)  # plain values only
+
+
+def test_same_answer_flag_compares_with_none():
+    ref = {"answer": "Four.", "timings": {"vision_ms": 1.0, "prefill_ms": 3.0}, "tflops": {"vision": 1.0, "prefill": 3.0}}
+
+    class R:  # the fields compare_fields reads from a Result
+        answer, strategy, params = "four", "x", {}
+        visual_tokens = visual_tokens_kept = 4
+        tokens_per_layer = image_tokens_per_layer = [4]
+        kept = kept_final = [0, 1, 2, 3]
+        grid, trace, notes, kept_vit, merge_groups, vit_tokens_per_layer = [2, 2], None, None, None, None, None
+        timings = {"vision_ms": 1.0, "prefill_ms": 1.0}
+        tflops = {"vision": 1.0, "prefill": 1.0}
+        kv_cache_bytes, kv_cache_bytes_per_layer, peak_memory_bytes, device = 0, [0], None, "cpu"
+
+    out = compare_fields(R(), ref)
+    assert out["same_as_none"] is True
+    assert out["speedup"] == pytest.approx(2.0) and out["speedup_predicted"] == pytest.approx(2.0)
+    R.answer = "three"
+    assert compare_fields(R(), ref)["same_as_none"] is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"question": "   "}, "question is empty"),
+    ({"keep": 0}, "keep at least 1"),
+    ({"keep": 2.5}, "whole number"),
+    ({"strategies": ["nope"]}, "unknown strategy 'nope'"),
+    ({"params": {"nope": {}}}, "unknown strategies"),
+    ({"params": {"fastv": {"colour": 1}}}, "has no parameter"),
+    ({"image": "/does/not/exist.png"}, "does not exist"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+])
+def test_bad_requests_name_the_problem(scope, kwargs, message):
+    image, question = _example(0)
+    args = {"image": image, "question": question, "strategies": ["fastv"], "keep": 36, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        list(scope.compare_stream(**args, repeats=1))
+    assert scope.compare(image, question, ["fastv"], keep=36, repeats=1)[1]["answer"]  # still serves
+
+
+def test_budget_above_the_grid_is_clamped(scope):
+    image, question = _example(0)
+    r = scope.compare(image, question, ["vtc-cls"], keep=1000, repeats=1)[1]
+    assert r["visual_tokens_kept"] == 144
+
+
+def test_controls_cover_every_strategy_with_its_defaults():
+    controls = strategy_controls()
+    assert set(controls) == set(available())
+    vtc = {c["name"]: c for c in controls["vtc-cls"]}
+    assert vtc["k_layers"]["default"] == 3 and vtc["ensemble"]["choices"] == ["avg", "max", "min"]
+    assert vtc["positions"]["default"] == "rearrange" and vtc["stage"]["choices"] == ["before", "llm"]
+    assert {c["name"]: c["default"] for c in controls["fastv"]}["layer"] == 2
+    assert {c["name"]: c["default"] for c in controls["ivtp"]}["tau"] == pytest.approx(0.2)
+    assert all(c["name"] != "keep" for cs in controls.values() for c in cs)
+
+
+def test_sweep_rows_without_position_variants(scope):
+    rows = scope.sweep(["random", "vtw"], [36, 18], n=5, types=["colour"], progress=False)
+    assert [r["label"] for r in rows] == ["none", "random", "random", "vtw"]
+    assert all(set(r["per_type"]) == {"colour"} for r in rows)
+    with pytest.raises(ValueError, match="question types"):
+        scope.sweep(["random"], [36], n=5, types=["weather"], progress=False)
+
+
+def test_app_package_never_imports_torch():
+    code = ("import sys; import app.ui, app.plots, app.overlays, app.about; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    for path in (ROOT / "app").glob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "from pruning" not in text, path
