@@ -160,11 +160,17 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     return float((logp.exp() * (logp - logq)).sum())
 
 
-def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: int = 5,
+def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: int = 4,
                   progress: bool = True) -> dict:
     """VTW eq. 6 / Algorithm 1: the mean KL between the full model's and the withdrawn model's output
-    distribution (the first answer token) for every withdrawal layer; K = the first layer >= min_layer
-    whose KL is below eta (None when none is)."""
+    distribution (the first answer token) for every withdrawal layer; the chosen layer is the first one >=
+    ``min_layer`` whose KL is below eta (None when none is).
+
+    Layers are the engine's 0-based ``layer`` (the image rows are dropped before it runs), the paper's K is
+    1-based (eq. 5 runs layers 1..K-1 with them): K = layer + 1. The default ``min_layer=4`` is the paper's
+    K >= 5 (Algorithm 1 line 3); the authors' code starts its search at 0-based 5 (``min_layer=5``, K >= 6).
+    The result gives both: ``k`` / ``min_layer`` / ``kl_per_layer`` in the engine's numbering (what
+    ``get_strategy("vtw", layer=k)`` takes), ``k_paper`` / ``min_k_paper`` / ``kl_per_k_paper`` in the paper's."""
     n_layers = engine.geometry.llm_layers
     full = get_strategy("none")
     kl = {k: [] for k in range(1, n_layers)}
@@ -178,4 +184,8 @@ def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: 
     mean = {k: statistics.mean(v) for k, v in kl.items()}
     chosen = next((k for k in sorted(mean) if k >= min_layer and mean[k] < eta), None)
     return {"k": chosen, "eta": eta, "min_layer": min_layer, "samples": len(samples), "layers": n_layers,
-            "kl_per_layer": {str(k): v for k, v in mean.items()}}
+            "kl_per_layer": {str(k): v for k, v in mean.items()},
+            "k_paper": None if chosen is None else chosen + 1, "min_k_paper": min_layer + 1,
+            "kl_per_k_paper": {str(k + 1): v for k, v in mean.items()},
+            "numbering": "k, min_layer, kl_per_layer: the engine's 0-based layer the image rows are dropped "
+                         "before; k_paper, min_k_paper, kl_per_k_paper: VTW's 1-based K (eq. 5) = layer + 1"}

@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--strategy", default="vtw", choices=["vtw"])
     cal.add_argument("--eta", type=float, default=0.003)
     cal.add_argument("--samples", type=_positive_int, default=20)
-    cal.add_argument("--min-layer", type=_positive_int, default=5, help="smallest K tried (the paper: 5)")
+    low = cal.add_mutually_exclusive_group()
+    low.add_argument("--min-k", type=_positive_int, help="smallest K tried, in the paper's 1-based numbering "
+                     "(eq. 5; the paper: K >= 5, the default)")
+    low.add_argument("--min-layer", type=_positive_int, help="the same bound as the engine's 0-based layer "
+                     "(= K - 1; default 4; the authors' code searches from 5)")
     cal.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="accuracy / cost sweep over strategies x budgets")
@@ -169,17 +173,22 @@ def _calibrate(args) -> int:
     from .engine import Engine
     from .model import load_model
 
+    if args.min_k is not None and args.min_k < 1:
+        raise ValueError("--min-k counts from 1 (the paper's K); use --min-layer for the 0-based layer")
+    min_layer = args.min_k - 1 if args.min_k is not None else (args.min_layer if args.min_layer is not None else 4)
     engine = Engine(load_model(resolve_model(args.model)))
-    result = calibrate_vtw(engine, load_samples(args.questions, args.samples), eta=args.eta,
-                           min_layer=args.min_layer)
+    result = calibrate_vtw(engine, load_samples(args.questions, args.samples), eta=args.eta, min_layer=min_layer)
     if args.json:
         print(json.dumps(result))
     else:
+        print("layer: the engine's 0-based layer the image rows are dropped before (--layer); "
+              "K: the paper's 1-based K (eq. 5) = layer + 1")
         for k, v in result["kl_per_layer"].items():
-            print(f"K={k:>3}  KL={v:.5f}")
+            print(f"layer={k:>3}  K={int(k) + 1:>3}  KL={v:.5f}")
         chosen = result["k"]
-        print(f"chosen K = {chosen}" if chosen is not None else
-              f"no K >= {args.min_layer} has KL < {args.eta}: withdrawal is not lossless on this sample")
+        print(f"chosen: layer {chosen} (the paper's K = {chosen + 1})" if chosen is not None else
+              f"no layer >= {min_layer} (K >= {min_layer + 1}) has KL < {args.eta}: withdrawal is not lossless "
+              "on this sample")
     return 0
 
 

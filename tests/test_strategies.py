@@ -67,7 +67,8 @@ def test_fastv_ranks_by_last_token_attention():
 
 def test_vtw_withdraws_everything_at_half_depth():
     s = get_strategy("vtw")
-    assert s.llm_layer(32) == 16 and s.llm_layer(8) == 4 and get_strategy("vtw", layer=6).llm_layer(8) == 6
+    # half the depth in the paper's 1-based K (K = 16 of 32, K = 4 of 8) is the engine's 0-based layer K - 1
+    assert s.llm_layer(32) == 15 and s.llm_layer(8) == 3 and get_strategy("vtw", layer=6).llm_layer(8) == 6
     llm = LLMContext(layer=4, hidden_states=torch.zeros(8, 4), attention_row=None, image_rows=torch.arange(2, 7),
                      patch_indices=torch.arange(5), vision=ctx(rows=1, cols=5))
     assert s.select_in_llm(llm).numel() == 0
@@ -92,8 +93,10 @@ def test_evit_fuses_the_rest_weighted_by_attention():
     att = torch.zeros(3, 1, 4)
     att[2, 0] = torch.tensor([.4, .1, .3, .2])
     feats = torch.tensor([[1., 0], [0, 1], [2, 2], [4, 0]])
-    s = get_strategy("evit", keep=2).select_before_llm(ctx(features=feats, cls_attention=att, rows=2, cols=2))
-    # keep patch 0; fuse 1,2,3 with weights .1,.3,.2 (/.6) at the position of patch 2 (highest of the rest)
+    s = get_strategy("evit", keep=2, fuse="mean").select_before_llm(ctx(features=feats, cls_attention=att, rows=2,
+                                                                        cols=2))
+    # keep patch 0; fuse 1,2,3 with weights .1,.3,.2 (/.6) at the position of patch 2 (highest of the rest);
+    # fuse="mean" renormalises (EViT's raw weights, the default: tests/test_fidelity.py)
     assert s.indices.tolist() == [0, 2]
     torch.testing.assert_close(s.features[1], (0.1 * feats[1] + 0.3 * feats[2] + 0.2 * feats[3]) / 0.6)
 
@@ -154,7 +157,7 @@ def test_end_to_end_on_576_token_model(engines, images, name, budget):
 def test_vtw_end_to_end(engines, images):
     engine = engines("llava15")
     r = engine.run(images[0], QUESTIONS[0], get_strategy("vtw"), max_new_tokens=3, warmup=0)
-    assert r.image_tokens_per_layer == [576] * 3 + [0] * 3
+    assert r.image_tokens_per_layer == [576] * 2 + [0] * 4  # 6 layers: the paper's K = 3, 0-based layer 2
 
 
 @pytest.mark.parametrize("name", SELECTION + ["fastv", "ivtp"])

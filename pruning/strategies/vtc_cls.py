@@ -6,9 +6,13 @@ ensemble E (avg by default, max, min) of that score over the K layers ending at 
 spatial order. Stage "before" (default) prunes before the LLM; stage "llm" drops the same patches'
 rows inside the LLM before layer ``layer`` (Table 6 follows FastV and prunes after the 2nd layer).
 
-Choices the paper leaves open: positions default to "rearrange" (contiguous ids, what the authors'
-code does); the score is the softmax row over all keys restricted to the patches (the [CLS]-to-[CLS]
-weight is dropped, not renormalised; renormalising would not change the ranking).
+Position ids: the default depends on the stage. Before the LLM it is "rearrange" (contiguous ids, what the
+authors' code does when it feeds the kept tokens); at ``stage="llm"`` it is "keep" (original ids), since
+Table 6 follows FastV there and FastV's code keeps the kept tokens' original position ids. An explicit
+``positions`` overrides either.
+
+Choice the paper leaves open: the score is the softmax row over all keys restricted to the patches (the
+[CLS]-to-[CLS] weight is dropped, not renormalised; renormalising would not change the ranking).
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ class VTCCLS(Strategy):
     name = "vtc-cls"
     stages = ("before", "llm")
 
-    positions: str = "rearrange"
+    positions: str | None = None  # None: "rearrange" before the LLM (authors' code), "keep" in it (FastV)
     k_layers: int = 3  # K in eq. 9
     ensemble: str = "avg"  # E in eq. 9: avg, max or min
 
     def __post_init__(self):
+        if self.positions is None:
+            self.positions = "keep" if self.stage == "llm" else "rearrange"
         super().__post_init__()
         if self.ensemble not in ("avg", "max", "min"):
             raise ValueError(f"ensemble={self.ensemble!r}: expected 'avg', 'max' or 'min'")
