@@ -3,8 +3,9 @@ http://127.0.0.1:7860 with the embedded model (offline).
 
 Options and environment (for HuggingFace Spaces): ``--model`` or ``MODEL_ID`` (a local LLaVA directory or
 a hub id such as ``llava-hf/llava-1.5-7b-hf``), ``--4bit`` or ``LOAD_IN_4BIT=1`` (bitsandbytes nf4),
-``--host`` (default 127.0.0.1; ``0.0.0.0`` to serve a network, as Spaces need), ``--port`` (default 7860,
-or ``GRADIO_SERVER_PORT``). This file is the composition root: it loads the model once, builds the UI and
+``PRUNESCOPE_MODELS`` (comma-separated local directories / hub ids a visitor may pick besides the default;
+nothing else is ever loaded), ``--host`` (default 127.0.0.1; ``0.0.0.0`` to serve a network, as Spaces
+need), ``--port`` (default 7860, or ``GRADIO_SERVER_PORT``). This file is the composition root: it loads the model once, builds the UI and
 launches it.
 """
 
@@ -45,16 +46,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_demo(model: str | None = None, load_in_4bit: bool = False, device: str | None = None):
+def make_demo(model: str | None = None, load_in_4bit: bool = False, device: str | None = None,
+              allowed: str | list | None = None):
+    """Load the default model once and build the queued Blocks; ``allowed`` (default: the environment's
+    ``PRUNESCOPE_MODELS``) lists the other models a visitor may pick."""
     from transformers.utils import logging as hf_logging
 
     from app.ui import build
-    from pruning.compare import Scope
+    from pruning.compare import ScopePool
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    scope = Scope(model, load_in_4bit=load_in_4bit, device=device)
-    demo = build(scope, load_examples() if scope.info()["embedded"] else [])
+    pool = ScopePool(model, allowed if allowed is not None else os.environ.get("PRUNESCOPE_MODELS", ""),
+                     load_in_4bit=load_in_4bit, device=device)
+    demo = build(pool, load_examples() if pool.get().info()["embedded"] else [])
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
 

@@ -91,7 +91,9 @@ def sweep_table(rows: list[dict]) -> list[list]:
 
 # ------------------------------------------------------------------ the Blocks
 
-def build(scope, examples: list[dict], models: list[str] | None = None) -> gr.Blocks:
+def build(pool, examples: list[dict]) -> gr.Blocks:
+    """``pool``: a ``pruning.compare.ScopePool`` (its default model is loaded to lay the page out)."""
+    scope = pool.get()
     info = scope.info()
     n_patches, grid = info["n_patches"], info["grid"]
     names = info["strategies"]
@@ -99,8 +101,9 @@ def build(scope, examples: list[dict], models: list[str] | None = None) -> gr.Bl
     default_keep = n_patches // 2
     first = examples[0] if examples else {"image": None, "question": ""}
 
-    with gr.Blocks(title="PruneScope: visual-token pruning, side by side") as demo:
+    with gr.Blocks(title="PruneScope: visual-token pruning, side by side", analytics_enabled=False) as demo:
         results_state = gr.State([])
+        grid_state = gr.State([n_patches, grid])  # the picked model's patch count and grid
         gr.Markdown("# PruneScope\nCompare training-free visual-token pruning strategies on one image and one "
                     "question: what each keeps, what it answers, where attention goes and what it costs.")
         if info["embedded"]:
@@ -110,6 +113,9 @@ def build(scope, examples: list[dict], models: list[str] | None = None) -> gr.Bl
                     "</div>")
         else:
             gr.Markdown(f"Model: `{info['model']}` on {info['device']}")
+        model_choice = gr.Dropdown([(pool.label(m), m) for m in pool.names], value=pool.default, label="Model (this host's allow-list)",
+                                   visible=len(pool.names) > 1, elem_id="ps-model")
+        model_status = gr.Markdown("")
         with gr.Tabs():
             # -------------------------------------------------------- Compare
             with gr.Tab("Compare", id="compare"):
@@ -224,13 +230,13 @@ def build(scope, examples: list[dict], models: list[str] | None = None) -> gr.Bl
                 out.setdefault(name, {})[key] = value
             return out
 
-        def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, *values,
+        def run_compare(model_name, image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, *values,
                         progress=gr.Progress()):
             params = collect_params(values)
             results: list[dict] = []
             view = None
             try:
-                stream = scope.compare_stream(image_path, question_text, chosen or [], int(keep_value), params,
+                stream = pool.get(model_name).compare_stream(image_path, question_text, chosen or [], int(keep_value), params,
                                               max_new_tokens=int(max_new_tokens), eta=float(eta_value or 0.003))
                 total = 1 + len([s for s in dict.fromkeys(chosen or []) if s != "none"])
                 progress(0, desc="preparing the image")
@@ -262,16 +268,17 @@ def build(scope, examples: list[dict], models: list[str] | None = None) -> gr.Bl
             chosen = next((r for r in results if r["strategy"] == name), None)
             return plots.llm_attention_figure(chosen) if chosen and chosen.get("trace") else None
 
-        def api_compare(image_path, question_text, chosen, keep_value, max_new_tokens, params):
+        def api_compare(image, question, strategies, keep, max_new_tokens, params, model):
+            """Compare strategies on one image and question; returns one dict per strategy (none first)."""
             try:
                 if isinstance(params, str):
                     params = json.loads(params or "{}")
-                return scope.compare(image_path, question_text, chosen, None if keep_value is None else keep_value,
-                                     params, max_new_tokens=int(max_new_tokens))
+                return pool.get(model).compare(image, question, strategies, None if keep is None else keep, params,
+                                               max_new_tokens=int(max_new_tokens))
             except (ValueError, json.JSONDecodeError) as e:
                 raise gr.Error(str(e), print_exception=False) from e
 
-        def run_sweep(chosen, budgets_text, n, types, progress=gr.Progress(track_tqdm=True)):
+        def run_sweep(model_name, chosen, budgets_text, n, types, progress=gr.Progress(track_tqdm=True)):
             try:
                 budgets = []
                 for part in (budgets_text or "").split(","):
@@ -282,24 +289,38 @@ def build(scope, examples: list[dict], models: list[str] | None = None) -> gr.Bl
                             raise ValueError(f"budget {part.strip()!r} is not a whole number of tokens") from None
                 if not types:
                     raise ValueError("pick at least one question type")
-                rows = scope.sweep(chosen or [], budgets, n=int(n), types=types)
+                rows = pool.get(model_name).sweep(chosen or [], budgets, n=int(n), types=types)
             except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
             fig_budget, fig_tflops = plots.sweep_figures(rows)
             return (f"{int(n)} questions x {len(rows)} configurations.", fig_budget, fig_tflops, sweep_table(rows),
                     sweep_csv(rows))
 
-        compare_inputs = [image, question, strategies, keep, max_new, eta, *param_inputs]
-        run.click(run_compare, compare_inputs, all_outputs, api_name="compare_stream", concurrency_id="model")
+        def switch_model(model_name, keep_value):
+            try:
+                picked = pool.get(model_name).info()
+            except ValueError as e:
+                raise gr.Error(str(e), print_exception=False) from e
+            n = picked["n_patches"]
+            return (gr.update(maximum=n, value=min(int(keep_value), n)), [n, picked["grid"]],
+                    f"Loaded `{model_name}`: {picked['grid'][0]}x{picked['grid'][1]} patches, "
+                    f"{picked['llm_layers']} LLM layers.")
+
+        model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status], api_visibility="private",
+                            concurrency_id="model")
+        compare_inputs = [model_choice, image, question, strategies, keep, max_new, eta, *param_inputs]
+        run.click(run_compare, compare_inputs, all_outputs, api_name="compare_stream", concurrency_id="model",
+                  scroll_to_output=True)
         keep.release(run_compare, compare_inputs, all_outputs, api_visibility="undocumented", concurrency_id="model",
                      trigger_mode="always_last")
-        keep.change(lambda k: budget_words(k, n_patches, grid), keep, keep_words, queue=False, show_progress="hidden",
+        keep.change(lambda k, g: budget_words(k, *g), [keep, grid_state], keep_words, queue=False, show_progress="hidden",
                     api_visibility="private")
         heat_choice.change(redraw_heatmap, [results_state, heat_choice], llm_heat, api_visibility="private")
         api_button = gr.Button(visible=False)
-        api_button.click(api_compare, [api_image, api_question, strategies, keep, max_new, api_params], api_out,
+        api_button.click(api_compare, [api_image, api_question, strategies, keep, max_new, api_params, model_choice],
+                         api_out,
                          api_name="compare", concurrency_id="model")
-        sweep_run.click(run_sweep, [sweep_strategies, sweep_budgets, sweep_n, sweep_types],
+        sweep_run.click(run_sweep, [model_choice, sweep_strategies, sweep_budgets, sweep_n, sweep_types],
                         [sweep_status, sweep_budget_plot, sweep_tflops_plot, sweep_df, sweep_file], api_name="sweep",
                         concurrency_id="model")
     return demo
@@ -311,6 +332,8 @@ def _control(c: dict, strategy: str, info: dict):
         return gr.Radio(c["choices"], value=c["default"], label=label)
     if c["kind"] == "bool":
         return gr.Checkbox(value=c["default"], label=label)
+    if c["kind"] == "text":
+        return gr.Textbox(value=c["default"], label=label)
     if c["kind"] == "float":
         return gr.Number(value=c["default"], label=label)
     if c["name"] == "layer" and c["default"] is None:

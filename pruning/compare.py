@@ -30,7 +30,8 @@ from .model import DEFAULT_MODEL_DIR, load_model
 from .strategies import POSITIONS, available, get_strategy
 from .strategies.base import Strategy
 
-# Choices of string parameters the app offers (stage comes from each strategy's own ``stages``).
+# Choices of string parameters the app offers (stage comes from each strategy's own ``stages``; a strategy
+# class may add its own in a ``choices`` class attribute, {parameter: (values, ...)}; other strings are text).
 CHOICES = {"positions": POSITIONS, "ensemble": ("avg", "max", "min")}
 # Words for the parameters' labels (the paper's symbol first).
 LABELS = {
@@ -42,6 +43,7 @@ LABELS = {
     "vit": "stage 1: prune inside the ViT", "llm": "stage 2: prune inside the LLM",
 }
 COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
+SEEDED = {"random", "kmeans"}  # strategies whose rule draws random numbers (the seed matters only there)
 ETA = 0.003  # VTW's KL threshold (Algorithm 1)
 
 
@@ -56,12 +58,19 @@ def strategy_controls() -> dict[str, list[dict]]:
             if f.name == "keep" or f.default is MISSING and f.default_factory is MISSING:
                 continue
             default = getattr(strategy, f.name)
+            choices_of = {**CHOICES, **getattr(type(strategy), "choices", {})}
+            if f.name == "seed" and name not in SEEDED:
+                continue
+            if f.name == "layer" and "llm" not in strategy.stages:
+                continue  # before-only strategies never read it
             if f.name == "stage":
                 if len(strategy.stages) < 2:
                     continue
                 kind, choices = "choice", list(strategy.stages)
-            elif f.name in CHOICES:
-                kind, choices = "choice", list(CHOICES[f.name])
+            elif f.name in choices_of:
+                kind, choices = "choice", list(choices_of[f.name])
+            elif isinstance(default, str):
+                kind, choices = "text", None
             elif isinstance(default, bool):
                 kind, choices = "bool", None
             elif isinstance(default, float):
@@ -253,4 +262,38 @@ class Scope:
                                position_variants=False)
 
 
-__all__ = ["Scope", "strategy_controls", "result_json", "compare_fields", "COMPARE_DEFAULT"]
+class ScopePool:
+    """The models a host lets visitors pick: the default (``MODEL_ID`` or the embedded model) and an
+    allow-list (``PRUNESCOPE_MODELS``, comma-separated local directories or hub ids). Any other name is
+    refused, never loaded. Models load on first use; at most ``max_loaded`` stay in memory."""
+
+    def __init__(self, default: str | None = None, allowed=(), load_in_4bit: bool = False,
+                 device: str | None = None, max_loaded: int = 1):
+        self.default = default or str(DEFAULT_MODEL_DIR)
+        if isinstance(allowed, str):
+            allowed = [a.strip() for a in allowed.split(",")]
+        self.names = list(dict.fromkeys([self.default, *[a for a in allowed if a]]))
+        self.load_in_4bit, self.device, self.max_loaded = load_in_4bit, device, max(1, max_loaded)
+        self._loaded: dict[str, Scope] = {}
+        self._lock = threading.Lock()
+
+    def label(self, name: str) -> str:
+        """How the app names a model: the embedded one says it is the toy."""
+        if Path(name).resolve() == DEFAULT_MODEL_DIR.resolve():
+            return "embedded toy model (assets/model)"
+        return name
+
+    def get(self, name: str | None = None) -> Scope:
+        name = name or self.default
+        if name not in self.names:
+            raise ValueError(f"model {name!r} is not on this host's allow-list (PRUNESCOPE_MODELS): "
+                             f"{', '.join(self.names)}")
+        with self._lock:
+            if name not in self._loaded:
+                while len(self._loaded) >= self.max_loaded:
+                    self._loaded.pop(next(iter(self._loaded)))
+                self._loaded[name] = Scope(name, load_in_4bit=self.load_in_4bit, device=self.device)
+            return self._loaded[name]
+
+
+__all__ = ["Scope", "ScopePool", "strategy_controls", "result_json", "compare_fields", "COMPARE_DEFAULT"]
