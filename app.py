@@ -73,6 +73,10 @@ def launch(demo, host: str, port: int, **kwargs):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    models = [args.model or "", *os.environ.get("PRUNESCOPE_MODELS", "").split(",")]
+    if all(not m.strip() or Path(m.strip()).expanduser().exists() for m in models):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         demo = make_demo(args.model, args.load_in_4bit, args.device)
     except ValueError as e:  # a model that cannot load: one line, exit 2

@@ -230,7 +230,7 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
                 out.setdefault(name, {})[key] = value
             return out
 
-        def run_compare(model_name, image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, *values,
+        def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name, *values,
                         progress=gr.Progress()):
             params = collect_params(values)
             results: list[dict] = []
@@ -243,8 +243,10 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
                 for event in stream:
                     if event["kind"] == "view":
                         view = event["view"]
+                        # cards this run will not fill disappear; the others stay until overwritten (no flicker
+                        # when the budget slider re-runs the comparison)
                         yield {status: "Running none (the reference)...",
-                               **{c[0]: gr.update(visible=False) for c in cards}}
+                               **{c[0]: gr.update(visible=False) for c in cards[total:]}}
                         continue
                     if event["kind"] == "result":
                         r = event["result"]
@@ -278,7 +280,7 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
             except (ValueError, json.JSONDecodeError) as e:
                 raise gr.Error(str(e), print_exception=False) from e
 
-        def run_sweep(model_name, chosen, budgets_text, n, types, progress=gr.Progress(track_tqdm=True)):
+        def run_sweep(chosen, budgets_text, n, types, model_name, progress=gr.Progress(track_tqdm=True)):
             try:
                 budgets = []
                 for part in (budgets_text or "").split(","):
@@ -308,7 +310,7 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
 
         model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status], api_visibility="private",
                             concurrency_id="model")
-        compare_inputs = [model_choice, image, question, strategies, keep, max_new, eta, *param_inputs]
+        compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, *param_inputs]
         run.click(run_compare, compare_inputs, all_outputs, api_name="compare_stream", concurrency_id="model",
                   scroll_to_output=True)
         keep.release(run_compare, compare_inputs, all_outputs, api_visibility="undocumented", concurrency_id="model",
@@ -320,7 +322,7 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
         api_button.click(api_compare, [api_image, api_question, strategies, keep, max_new, api_params, model_choice],
                          api_out,
                          api_name="compare", concurrency_id="model")
-        sweep_run.click(run_sweep, [model_choice, sweep_strategies, sweep_budgets, sweep_n, sweep_types],
+        sweep_run.click(run_sweep, [sweep_strategies, sweep_budgets, sweep_n, sweep_types, model_choice],
                         [sweep_status, sweep_budget_plot, sweep_tflops_plot, sweep_df, sweep_file], api_name="sweep",
                         concurrency_id="model")
     return demo
