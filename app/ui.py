@@ -105,7 +105,10 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
         results_state = gr.State([])
         grid_state = gr.State([n_patches, grid])  # the picked model's patch count and grid
         gr.Markdown("# PruneScope\nCompare training-free visual-token pruning strategies on one image and one "
-                    "question: what each keeps, what it answers, where attention goes and what it costs.")
+                    "question: what each keeps, what it answers, where attention goes and what it costs.  \n"
+                    "**1.** Pick an example (or upload an image) and a question. **2.** Choose strategies and a "
+                    "budget. **3.** Press **Compare**. Then drag the budget slider and watch patches disappear "
+                    "and answers change.")
         if info["embedded"]:
             gr.HTML("<div class='ps-toy'><b>The model here is a toy.</b> It knows only coloured shapes on grey "
                     "backgrounds (ask about colour, shape, count, existence, left/right, above/below, as in the "
