@@ -54,7 +54,7 @@ def strategy_controls() -> dict[str, list[dict]]:
     for name in available():
         strategy = get_strategy(name)
         controls = []
-        for f in fields(strategy):
+        for f in (fields(strategy) if name != "none" else []):  # none has no rule, so nothing to set
             if f.name == "keep" or f.default is MISSING and f.default_factory is MISSING:
                 continue
             default = getattr(strategy, f.name)
