@@ -1,6 +1,11 @@
-"""Shared fixtures: random-init LLaVA checkpoints built on disk once per session, offline."""
+"""Shared fixtures: random-init LLaVA checkpoints built on disk once per session, offline; the web app served
+in-process on a free port (``app_server``, for the app tests)."""
 
+import importlib.util
 import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,3 +49,33 @@ def get_engine(model_dirs, name, four_bit=False, attn="sdpa"):
 @pytest.fixture(scope="session")
 def engines(model_dirs):
     return lambda name, four_bit=False, attn="sdpa": get_engine(model_dirs, name, four_bit, attn)
+
+
+# ------------------------------------------------------------------ the web app, served in-process (tests/test_app_*)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_app_main():
+    """``app.py`` (the composition root) as a module. ``import app`` finds the ``app/`` package, not the file."""
+    spec = importlib.util.spec_from_file_location("prunescope_app_main", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """The app with the embedded model on a free loopback port, shared by the app tests; closed at the end."""
+    main = load_app_main()
+    demo = main.make_demo()
+    port = free_port()
+    main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", port=port, demo=demo, examples=main.load_examples())
+    demo.close()
