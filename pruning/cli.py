@@ -89,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--question", default="What is in the image?")
     check.add_argument("--keep", default="all,128,64", help="comma-separated budgets before the LLM ('all' = none)")
     check.add_argument("--json", action="store_true")
+
+    cst = sub.add_parser("cost", help="FLOPs estimate from a geometry alone (no weights): ViT, projector, LLM per "
+                         "layer, total; the papers' conventions")
+    cst.add_argument("--geometry", required=True, help="llava-1.5-7b, llava-1.5-13b or a local model directory "
+                     "(its config.json only)")
+    cst.add_argument("--visual-tokens", type=int, help="visual tokens entering the LLM unpruned (default: the "
+                     "geometry's patch grid, 576 for LLaVA-1.5)")
+    cst.add_argument("--text-tokens", type=int, required=True, help="text tokens of the prompt (system, question, "
+                     "template)")
+    cst.add_argument("--strategy", default="none", help="pruning strategy name (default: none)")
+    cst.add_argument("--keep", type=int, help="visual tokens to keep")
+    cst.add_argument("--layer", type=int, help="stage llm: the 0-based LLM layer before which rows are dropped "
+                     "(implies --stage llm)")
+    cst.add_argument("--stage", choices=["before", "llm"], help="where the strategy prunes")
+    cst.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="another strategy parameter (e.g. ratio=0.5 for fastv, llm_fraction=0.375 for ivtp); "
+                     "repeatable")
+    cst.add_argument("--convention", default="prunescope", choices=["prunescope", "ivtp", "vtw", "fastv"],
+                     help="how FLOPs are counted (docs/performance.md): prunescope (the engine's), or a paper's")
+    cst.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -166,6 +186,83 @@ def _flopcheck(args) -> int:
         for r in rows:
             print(f"{r['keep']:>5} {r['stage']:>8} {r['estimate']:>14,} {r['counted']:>16,} {r['ratio']:>6.3f}")
     return 0
+
+
+def _param_value(text: str):
+    """A --param value: int, float, true/false/none, or the string itself."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _cost(args) -> int:
+    from .cost import CONVENTIONS, estimate
+    from .geometries import load_geometry
+    from .strategies import get_strategy
+
+    for name, value in (("--visual-tokens", args.visual_tokens), ("--text-tokens", args.text_tokens),
+                        ("--keep", args.keep), ("--layer", args.layer)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} {value}: expected a non-negative integer")
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        params[key.strip().replace("-", "_")] = _param_value(value.strip())
+    stage = args.stage or ("llm" if args.layer is not None else None)
+    strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage, **params)
+    geometry = load_geometry(args.geometry)
+    out = estimate(geometry, args.text_tokens, visual_tokens=args.visual_tokens, strategy=strategy,
+                   convention=args.convention)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    tok, fl = out["tokens"], out["flops"]
+    g = 1e9
+    print(f"{geometry.name}: {out['visual_tokens']} visual + {out['text_tokens']} text tokens, strategy "
+          f"{strategy.name} {_short_params(strategy)}, convention {args.convention}")
+    print(f"  ({out['convention']['description']})")
+    print(f"{'LLM layers':>10} {'tokens':>7} {'visual':>7} {'GFLOPs/layer':>13}")
+    rows = list(zip(tok["llm_per_layer"], tok["visual_per_layer"], fl["llm_per_layer"]))
+    start = 0
+    for i in range(1, len(rows) + 1):  # runs of identical layers on one line
+        if i == len(rows) or rows[i] != rows[start]:
+            n, v, f = rows[start]
+            span = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
+            print(f"{span:>10} {n:>7} {v:>7} {f / g:>13.2f}")
+            start = i
+    vit_tokens = tok["vit_per_layer"]
+    vit_desc = (f"{vit_tokens[0]} tokens x {len(vit_tokens)} layers" if len(set(vit_tokens)) == 1
+                else "tokens per layer " + " ".join(map(str, vit_tokens)))
+    vit_desc += {"none": "; not counted in this convention",
+                 "feature": f"; counted through the feature layer, {geometry.feature_layer_index + 1} layers"}.get(
+        CONVENTIONS[args.convention].vit, "")
+    t = out["tflops"]
+    print(f"ViT        {t['vit']:>10.4g} TFLOPs  ({vit_desc})")
+    print(f"projector  {t['projector']:>10.4g} TFLOPs  ({tok['projected']} tokens)")
+    print(f"LLM layers {t['layers']:>10.4g} TFLOPs")
+    print(f"LM head    {t['lm_head']:>10.4g} TFLOPs")
+    print(f"total      {t['total']:>10.4g} TFLOPs  = {out['ratio']:.2%} of unpruned ({out['baseline_tflops']:.4g}); "
+          f"predicted speedup {out['speedup']:.2f}x")
+    for note in out["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def _short_params(strategy) -> str:
+    keys = [k for k in ("keep", "stage") if getattr(strategy, k, None) is not None]
+    if strategy.stage == "llm":
+        keys.append("layer")
+    return "(" + ", ".join(f"{k}={getattr(strategy, k)}" for k in keys) + ")" if keys else ""
 
 
 def _calibrate(args) -> int:
@@ -248,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "cost":
+            return _cost(args)
     except (ValueError, FileNotFoundError) as e:  # ModelLoadError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -179,3 +179,238 @@ def flop_check(engine, image, question: str, strategy) -> list[tuple[str, int, i
         rows.append(("decode", decode_token_flops(engine.llm_shape, [n + 1 for n in state.tokens_per_layer]),
                      decode_counted))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The FLOPs estimate alone, from a geometry (no weights): ``python -m pruning cost``.
+#
+# Token counts come from the strategy object (its budget, layers and schedule), not from running it; FLOPs follow
+# one of four conventions, ours and the three the papers use (docs/performance.md reproduces their tables):
+#
+# - "prunescope": what the engine reports (``Result.tflops`` vision + prefill): 2 FLOPs per multiply-accumulate,
+#   the real widths (gated MLP, grouped-query attention), the full s x s attention square, every ViT layer the
+#   model runs (transformers computes all 24 though LLaVA reads the 23rd), the projector, the LM head on the last
+#   position only (all that generation needs).
+# - "ivtp" (IVTP Tables 1-3, 9): the same per-layer count, but the LM head on every position, the ViT counted
+#   through the feature layer (23 of 24 layers) and the projector not counted (Table 9 has no projector term).
+# - "vtw" (VTW Tables 2 and 4): 2 x eq. 1, i.e. 2 (2 s^2 h + 12 s h^2) per decoder layer (eq. 1 counts
+#   multiply-accumulates with an MLP of width 4h), decoder layers only: no ViT, projector or LM head.
+# - "fastv" (FastV's formula, quoted by VTW as eq. 1): 4 n d^2 + 2 n^2 d + 2 n d m per decoder layer with the
+#   model's MLP width m, as written (one per multiply-accumulate), decoder layers only. Meant for ratios.
+
+
+@dataclass(frozen=True)
+class Convention:
+    name: str
+    layer: str  # per-layer formula: "exact" (llm_layer_flops), "vtw" (2 x eq. 1) or "fastv"
+    vit: str  # "all" layers, "feature" (through the feature layer) or "none"
+    projector: bool
+    logits: str  # LM head rows: "last", "all" or "none"
+    description: str
+
+
+CONVENTIONS = {
+    "prunescope": Convention(
+        "prunescope", "exact", "all", True, "last",
+        "FLOPs = 2 x multiply-accumulates; real widths (gated MLP, GQA); full s x s attention; every ViT layer run; "
+        "projector; LM head on the last position (what the engine reports)"),
+    "ivtp": Convention(
+        "ivtp", "exact", "feature", False, "all",
+        "IVTP's tables: FLOPs = 2 x multiply-accumulates, real widths, full s x s attention; LM head on every "
+        "position; ViT through the feature layer (23 of 24 layers); no projector"),
+    "vtw": Convention(
+        "vtw", "vtw", "none", False, "none",
+        "VTW's tables: 2 x eq. 1 = 2 (2 s^2 h + 12 s h^2) per decoder layer (eq. 1 counts multiply-accumulates, "
+        "MLP width 4h); decoder layers only: no ViT, projector or LM head"),
+    "fastv": Convention(
+        "fastv", "fastv", "none", False, "none",
+        "FastV's formula as written: 4 n d^2 + 2 n^2 d + 2 n d m per decoder layer (m = the model's MLP width); "
+        "decoder layers only; one FLOP per multiply-accumulate, meant for ratios"),
+}
+
+
+def convention_layer_flops(convention: Convention, s: LLMShape, n: int) -> int:
+    """One decoder layer over ``n`` tokens (prefill: ``n`` queries, ``n`` keys) under ``convention``."""
+    if convention.layer == "vtw":
+        h = s.hidden
+        return 2 * (2 * n * n * h + 12 * n * h * h)
+    if convention.layer == "fastv":
+        d = s.hidden
+        return 4 * n * d * d + 2 * n * n * d + 2 * n * d * s.intermediate
+    return llm_layer_flops(s, n, n)
+
+
+@dataclass
+class TokenSchedule:
+    """Tokens per layer for one strategy, derived from its parameters without running it."""
+
+    vit: list[int]  # tokens entering each ViT layer ([CLS] included), every layer of the tower
+    projected: int  # visual tokens through the projector (= entering the LLM)
+    visual: list[int]  # visual tokens in each LLM layer
+    text: int
+    notes: list[str]
+
+    @property
+    def llm(self) -> list[int]:
+        return [self.text + v for v in self.visual]
+
+
+# Strategies whose stage "before" hands the LLM exactly ``budget(N)`` tokens (merging ones included: EViT's fused
+# token, PruMerge+'s extra token and k-means' centres count in the budget; ToMe merges until the budget is met).
+EXACT_BUDGET_BEFORE = {"random", "topk-sim", "vtc-cls", "evit", "kmeans", "tome", "prumerge+"}
+# Strategies whose stage "llm" keeps ``budget(M)`` of the M image rows at their layer (FastV: or its ratio).
+EXACT_BUDGET_LLM = {"random", "vtc-cls", "fastv"}
+
+
+def _grid(geometry, visual_tokens: int, what: str) -> tuple[int, int]:
+    if visual_tokens == geometry.n_patches:
+        return geometry.rows, geometry.cols
+    side = int(round(visual_tokens ** 0.5))
+    if side * side != visual_tokens:
+        raise ValueError(f"{what} needs a patch grid: --visual-tokens {visual_tokens} is not the geometry's "
+                         f"{geometry.n_patches} nor a square")
+    return side, side
+
+
+def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> TokenSchedule:
+    """Per-layer token counts of ``strategy`` on ``geometry`` for ``visual_tokens`` image and ``text_tokens``
+    text tokens, from the strategy object alone. Raises ValueError for a strategy whose counts depend on the
+    model's activations (no rule here) and for inconsistent inputs."""
+    n, L = visual_tokens, geometry.llm.layers
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"visual tokens = {n!r}: expected a non-negative integer")
+    if not isinstance(text_tokens, int) or text_tokens < 1:
+        raise ValueError(f"text tokens = {text_tokens!r}: expected an integer >= 1 (the prompt's last token at least)")
+    keep = getattr(strategy, "keep", None)
+    if keep is not None and keep > n:
+        raise ValueError(f"keep={keep} is more than the {n} visual tokens")
+    name, notes = strategy.name, []
+    vit = [geometry.vision.n_tokens] * geometry.vision.layers
+    if n != geometry.n_patches:
+        notes.append(f"{n} visual tokens where one image of this geometry gives {geometry.n_patches}: the ViT is "
+                     f"counted once, over one image ({geometry.vision.n_tokens} tokens)")
+    visual = [n] * L
+    projected = n
+    if name == "ivtp":
+        vit, projected, visual = _ivtp_schedule(strategy, geometry, n)
+    elif name == "none":
+        pass
+    elif strategy.stage == "before":
+        if name == "pooling":
+            from .strategies.pooling import pooled_shape
+
+            h, w = pooled_shape(*_grid(geometry, n, "pooling"), strategy.budget(n))
+            projected = h * w
+            if keep is not None and projected != keep:
+                notes.append(f"pooling: keep={keep} pools the grid to {h} x {w} = {projected} tokens")
+        elif name in EXACT_BUDGET_BEFORE:
+            projected = strategy.budget(n)
+        else:
+            raise ValueError(f"strategy {name!r}: its token counts cannot be derived without running the model "
+                             "(pruning.cost has no counting rule for it)")
+        visual = [projected] * L
+    elif strategy.stage == "llm":
+        layers = sorted(strategy.llm_drop_layers(L))
+        for k in layers:
+            if not 1 <= k < L:
+                raise ValueError(f"layer={k}: stage 'llm' needs 1 <= layer < {L} (the model's depth)")
+        if name == "vtw":
+            after = 0
+        elif name == "fastv" and keep is None:
+            import math
+
+            after = n - math.floor(n * strategy.ratio)
+        elif name in EXACT_BUDGET_LLM:
+            after = strategy.budget(n)
+        else:
+            raise ValueError(f"strategy {name!r} at stage 'llm': its token counts cannot be derived without running "
+                             "the model (pruning.cost has no counting rule for it)")
+        if len(layers) != 1:
+            raise ValueError(f"strategy {name!r} drops at {len(layers)} layers: no counting rule for that")
+        visual = [n if i < layers[0] else after for i in range(L)]
+    return TokenSchedule(vit=vit, projected=projected, visual=visual, text=text_tokens, notes=notes)
+
+
+def _ivtp_schedule(strategy, geometry, n: int) -> tuple[list[int], int, list[int]]:
+    """IVTP's pruning points and budgets as the engine runs them: ``vit_prune_layers`` / ``llm_drop_layers`` and
+    the strategy's schedule ``_target`` (tokens left after point ``step`` of ``steps``, over the full grid)."""
+    grid = geometry.n_patches
+    vit_at = strategy.vit_prune_layers(geometry.vision.layers, geometry.feature_layer_index)
+    llm_at = sorted(strategy.llm_drop_layers(geometry.llm.layers))
+    if (vit_at or llm_at) and n != grid:
+        raise ValueError(f"ivtp prunes the {grid}-patch grid from the ViT on: --visual-tokens must be {grid}")
+    steps = len(vit_at) + len(llm_at)
+    has_cls = geometry.vision.n_tokens > grid
+    vit, patches = [], grid
+    for i in range(geometry.vision.layers):
+        vit.append(patches + int(has_cls))
+        if i in vit_at:
+            patches = min(patches, strategy._target(grid, vit_at.index(i), steps))
+        if i == geometry.feature_layer_index:
+            projected = patches
+    for k in llm_at:
+        if not 1 <= k < geometry.llm.layers:
+            raise ValueError(f"layer={k}: stage 'llm' needs 1 <= layer < {geometry.llm.layers} (the model's depth)")
+    visual, m = [], projected
+    for layer in range(geometry.llm.layers):
+        if layer in llm_at:
+            m = min(m, strategy._target(grid, len(vit_at) + llm_at.index(layer), steps))
+        visual.append(m)
+    return vit, projected, visual
+
+
+def schedule_flops(geometry, schedule: TokenSchedule, convention: str | Convention = "prunescope") -> dict:
+    """FLOPs of one prefill under ``convention``: ``vit``, ``projector``, ``llm_per_layer`` (decoder layers),
+    ``layers`` (their sum), ``lm_head``, ``llm`` (= layers + lm_head) and ``total``; all integers."""
+    conv = CONVENTIONS[convention] if isinstance(convention, str) else convention
+    v, s = geometry.vision, geometry.llm
+    if conv.vit == "all":
+        vit = vision_flops(v, schedule.vit)
+    elif conv.vit == "feature":
+        vit = vision_flops(v, schedule.vit[:geometry.feature_layer_index + 1])
+    else:
+        vit = 0
+    projector = projector_flops(v, schedule.projected) if conv.projector else 0
+    per_layer = [convention_layer_flops(conv, s, t) for t in schedule.llm]
+    rows = {"last": 1, "all": schedule.llm[-1], "none": 0}[conv.logits]
+    lm_head = 2 * rows * s.hidden * s.vocab
+    layers = sum(per_layer)
+    return {"vit": vit, "projector": projector, "llm_per_layer": per_layer, "layers": layers, "lm_head": lm_head,
+            "llm": layers + lm_head, "total": vit + projector + layers + lm_head}
+
+
+def estimate(geometry, text_tokens: int, visual_tokens: int | None = None, strategy=None,
+             convention: str = "prunescope") -> dict:
+    """The FLOPs estimate of one prefill (ViT, projector, LLM per layer, LM head, total) for ``strategy`` (default:
+    none) on ``geometry`` (a ``ModelGeometry`` or a name/directory for ``pruning.geometries.load_geometry``), with
+    the unpruned baseline under the same convention and their ratio. JSON-ready."""
+    from .geometries import load_geometry
+    from .strategies import get_strategy
+
+    if isinstance(geometry, str):
+        geometry = load_geometry(geometry)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention={convention!r}: expected one of {', '.join(CONVENTIONS)}")
+    if visual_tokens is None:
+        visual_tokens = geometry.n_patches
+    strategy = strategy if strategy is not None else get_strategy("none")
+    schedule = token_schedule(strategy, geometry, visual_tokens, text_tokens)
+    flops = schedule_flops(geometry, schedule, convention)
+    base = schedule_flops(geometry, token_schedule(get_strategy("none"), geometry, visual_tokens, text_tokens),
+                          convention)
+    tera = {k: flops[k] / 1e12 for k in ("vit", "projector", "layers", "lm_head", "llm", "total")}
+    return {
+        "geometry": geometry.to_json(),
+        "convention": {"name": convention, "description": CONVENTIONS[convention].description},
+        "strategy": {"name": strategy.name, "params": strategy.params()},
+        "visual_tokens": visual_tokens,
+        "text_tokens": text_tokens,
+        "tokens": {"vit_per_layer": schedule.vit, "projected": schedule.projected,
+                   "visual_per_layer": schedule.visual, "llm_per_layer": schedule.llm},
+        "flops": flops,
+        "tflops": tera,
+        "baseline_tflops": base["total"] / 1e12,
+        "ratio": flops["total"] / base["total"],
+        "speedup": base["total"] / flops["total"] if flops["total"] else None,
+        "notes": schedule.notes,
+    }
