@@ -414,3 +414,22 @@ def estimate(geometry, text_tokens: int, visual_tokens: int | None = None, strat
         "speedup": base["total"] / flops["total"] if flops["total"] else None,
         "notes": schedule.notes,
     }
+
+
+def in_vit_schedule(geometry, keep: int, text_tokens: int, merge_layers: int | None = None) -> TokenSchedule:
+    """The vision-only baselines as IVTP's tables count them (Random, TopK, EViT, ToMe: pruned *inside* the ViT,
+    their ViT column 0.190 TFLOPs against 0.361 unpruned), modelled as ToMe does it: the same number r of tokens
+    merged after each of the first ``merge_layers`` ViT layers (default: every layer before the feature layer),
+    so that ``keep`` patches reach the feature layer. No strategy here prunes that way (they prune after the ViT);
+    this is for comparing with those tables."""
+    n = geometry.n_patches
+    if not 0 <= keep <= n:
+        raise ValueError(f"keep={keep}: expected 0..{n}")
+    m = geometry.feature_layer_index if merge_layers is None else merge_layers
+    if not 1 <= m <= geometry.feature_layer_index:
+        raise ValueError(f"merge_layers={m}: expected 1..{geometry.feature_layer_index}")
+    extra = geometry.vision.n_tokens - n  # [CLS]
+    r = (n - keep) / m
+    vit = [extra + round(n - r * min(i, m)) for i in range(geometry.vision.layers)]
+    return TokenSchedule(vit=vit, projected=keep, visual=[keep] * geometry.llm.layers, text=text_tokens,
+                         notes=[f"pruned inside the ViT: {r:.1f} tokens merged after each of ViT layers 0-{m - 1}"])
