@@ -337,7 +337,9 @@ def _ivtp_schedule(strategy, geometry, n: int) -> tuple[list[int], int, list[int
     grid = geometry.n_patches
     vit_at = strategy.vit_prune_layers(geometry.vision.layers, geometry.feature_layer_index)
     llm_at = sorted(strategy.llm_drop_layers(geometry.llm.layers))
-    if (vit_at or llm_at) and n != grid:
+    if not vit_at and not llm_at:  # keep unset (or both stages off): nothing pruned
+        return [geometry.vision.n_tokens] * geometry.vision.layers, n, [n] * geometry.llm.layers
+    if n != grid:
         raise ValueError(f"ivtp prunes the {grid}-patch grid from the ViT on: --visual-tokens must be {grid}")
     steps = len(vit_at) + len(llm_at)
     has_cls = geometry.vision.n_tokens > grid

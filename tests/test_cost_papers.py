@@ -399,3 +399,38 @@ def test_cost_module_entry_point():
                           cwd=ROOT, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert proc.returncode == 0, proc.stderr
     assert close(json.loads(proc.stdout)["tflops"]["total"], 8.228)
+
+
+@pytest.fixture(scope="module")
+def deep_engine(tmp_path_factory):
+    """The 'deep' toy: a ViT pruning point before the feature layer and LLM points at layers 3 and 6 for IVTP."""
+    import torch
+    from pruning.engine import Engine
+    from pruning.model import load_model
+    from pruning.toy import build_random_llava
+
+    path = build_random_llava(tmp_path_factory.mktemp("deep") / "deep", "deep", seed=1)
+    torch.manual_seed(0)
+    return path, Engine(load_model(str(path), device="cpu"))
+
+
+@pytest.mark.parametrize("params", [{"keep": 8}, {"keep": 20, "vit": False}, {"keep": 5, "llm": False}, {}])
+def test_ivtp_schedule_is_what_the_engine_runs(deep_engine, images, params):
+    path, engine = deep_engine
+    strategy = get_strategy("ivtp", **params)
+    result = engine.run(images[2], QUESTIONS[2], strategy, max_new_tokens=1, warmup=0)
+    text = result.tokens_per_layer[0] - result.image_tokens_per_layer[0]
+    e = cost.estimate(load_geometry(str(path)), text, strategy=strategy)
+    assert e["tokens"]["vit_per_layer"] == result.vit_tokens_per_layer
+    assert e["tokens"]["visual_per_layer"] == result.image_tokens_per_layer
+    assert e["tflops"]["vit"] == pytest.approx(result.tflops["vision"], rel=1e-12)
+    assert e["tflops"]["total"] - e["tflops"]["vit"] == pytest.approx(result.tflops["prefill"], rel=1e-9)
+    if params.get("keep") and params.get("vit", True):
+        assert len(set(result.vit_tokens_per_layer)) > 1  # the ViT really pruned
+
+
+def test_ivtp_without_keep_prunes_nothing_and_needs_the_grid_to_prune():
+    e = cost.estimate(G7, 64, visual_tokens=1000, strategy=get_strategy("ivtp"))
+    assert e["tokens"]["visual_per_layer"] == [1000] * 32 and e["ratio"] == 1
+    with pytest.raises(ValueError, match="must be 576"):
+        cost.estimate(G7, 64, visual_tokens=1000, strategy=get_strategy("ivtp", keep=64))
