@@ -128,7 +128,7 @@ def test_every_strategy_answers(client, example):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/compare"]
     offered = next(p for p in api["parameters"] if p["parameter_name"] == "strategies")["type"]["items"]["enum"]
     assert sorted(offered) == available(), "the dropdown offers every registered strategy"
-    out = compare(client, example["image"], example["question"], offered, max_new_tokens=4)
+    out = compare(client, example["image"], example["question"], offered, max_new_tokens=2)
     assert [r["strategy"] for r in out] == ["none", *[s for s in offered if s != "none"]]
     for r in out:
         assert isinstance(r["answer"], str) and r["answer"].strip(), f"{r['strategy']} gave no answer"
