@@ -48,6 +48,7 @@ class Prepared:
     n_image: int  # N, placeholders = visual tokens before pruning
     question: str = ""
     prompt: str = ""  # the prompt text with one <image> placeholder
+    notes: list | None = None  # what was changed in the input, in words (e.g. control characters removed)
 
 
 @dataclass
@@ -234,9 +235,17 @@ class Engine:
 
         if not isinstance(image, Image.Image):
             raise ValueError(f"image must be a PIL image, got {type(image).__name__}")
+        from .model import clean_question
+
+        question, notes = clean_question(question, getattr(self.lm.processor, "image_token", "<image>"))
         prompt = self.lm.prompt(question)
         inputs = self.lm.processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
         ids = inputs["input_ids"][0]
+        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        if context is not None and ids.shape[0] >= context:
+            n_question = len(self.lm.processor.tokenizer(question, add_special_tokens=False).input_ids)
+            raise ValueError(f"question is too long: {n_question} tokens; with the image's {self.geometry.n_patches} "
+                             f"tokens the prompt holds {ids.shape[0]}, beyond the model's context of {context}")
         where = (ids == self.image_token_id).nonzero().flatten()
         n = self.geometry.n_patches
         if where.numel() != n or (where.numel() and where[-1] - where[0] + 1 != n):
@@ -244,6 +253,7 @@ class Engine:
         return Prepared(
             pixel_values=inputs["pixel_values"].to(self.device, self.vision_dtype),
             input_ids=ids.to(self.device), image_start=int(where[0]), n_image=n, question=question, prompt=prompt,
+            notes=notes,
         )
 
     # ---------------------------------------------------------------- vision
@@ -522,8 +532,13 @@ class Engine:
                seed: int = 0, trace_store: dict | None = None) -> list[int]:
         """Generate up to ``max_new_tokens`` tokens from the prefill state (the first comes from the
         prefill logits). Greedy when ``temperature == 0``."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        if context is not None and max(state.next_positions) + max_new_tokens - 1 > context:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: the prompt ends at position {max(state.next_positions)} "
+                             f"and the model's context is {context} positions; ask for at most "
+                             f"{context - max(state.next_positions) + 1}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
         pick = _sampler(temperature, top_p, seed)
@@ -618,7 +633,7 @@ class Engine:
             tflops={"vision": tf_vision, "prefill": tf_prefill, "decode_per_token": tf_decode,
                     "total": tf_vision + tf_prefill + steps * tf_decode},
             kv_cache_bytes=sum(kv_layers), kv_cache_bytes_per_layer=kv_layers, peak_memory_bytes=peak,
-            device=str(self.device), trace=trace_dict, notes=state.notes,
+            device=str(self.device), trace=trace_dict, notes=(prepared.notes or []) + (state.notes or []),
             vit_tokens_per_layer=state.vit_tokens or [self.vision_shape.n_tokens] * self.vision_shape.layers,
             kept_vit=state.kept_vit, merge_groups=state.merge_groups,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,26 @@ class LoadedModel:
         return build_prompt(self.processor, question)
 
 
-def build_prompt(processor, question: str) -> str:
-    if not isinstance(question, str) or not question.strip():
+def clean_question(question, image_token: str = "<image>") -> tuple[str, list[str]]:
+    """The question as the model will read it, and what was changed, in words. Refused (ValueError):
+    not text, empty or whitespace only, or holding the image placeholder (which would add a second image
+    span). Control characters other than newline and tab are removed, and the notes say so."""
+    if not isinstance(question, str):
+        raise ValueError(f"question must be text, got {type(question).__name__}")
+    notes = []
+    cleaned = "".join(ch for ch in question if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    if len(cleaned) != len(question):
+        notes.append(f"removed {len(question) - len(cleaned)} control character(s) from the question")
+    if not cleaned.strip():
         raise ValueError("question is empty: give a non-empty text question")
+    if image_token and image_token in cleaned:
+        raise ValueError(f"question contains the image placeholder {image_token!r}: the image is added by "
+                         "PruneScope, remove the placeholder from the question")
+    return cleaned.strip(), notes
+
+
+def build_prompt(processor, question: str) -> str:
+    question, _ = clean_question(question, getattr(processor, "image_token", "<image>"))
     if getattr(processor, "chat_template", None):
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return processor.apply_chat_template(conversation, add_generation_prompt=True)
