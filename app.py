@@ -43,11 +43,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=int(env["PRUNESCOPE_THREADS"]) if env.get("PRUNESCOPE_THREADS")
+                        else None, help="torch CPU threads (default: PRUNESCOPE_THREADS, else 1 for the embedded "
+                        "model and torch's default for others)")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                        help="skip the untimed comparison on a blank image at start-up")
     return parser.parse_args(argv)
 
 
 def make_demo(model: str | None = None, load_in_4bit: bool = False, device: str | None = None,
-              allowed: str | list | None = None):
+              allowed: str | list | None = None, threads: int | None = None, warm_up: bool = True):
     """Load the default model once and build the queued Blocks; ``allowed`` (default: the environment's
     ``PRUNESCOPE_MODELS``) lists the other models a visitor may pick."""
     from transformers.utils import logging as hf_logging
@@ -58,7 +63,9 @@ def make_demo(model: str | None = None, load_in_4bit: bool = False, device: str 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     pool = ScopePool(model, allowed if allowed is not None else os.environ.get("PRUNESCOPE_MODELS", ""),
-                     load_in_4bit=load_in_4bit, device=device)
+                     load_in_4bit=load_in_4bit, device=device, threads=threads)
+    if warm_up:
+        pool.get().warm_up()
     demo = build(pool, load_examples() if pool.get().info()["embedded"] else [])
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
@@ -78,7 +85,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        demo = make_demo(args.model, args.load_in_4bit, args.device)
+        demo = make_demo(args.model, args.load_in_4bit, args.device, threads=args.threads, warm_up=args.warm_up)
     except ValueError as e:  # a model that cannot load: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2

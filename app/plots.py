@@ -145,10 +145,14 @@ def vtw_kl_figure(calibration: dict) -> go.Figure:
     fig = kl_figure(calibration)
     used = calibration.get("used_layer")
     if used is not None:
-        fig.add_vline(x=used, line_dash="dash", line_color="#e4572e", annotation_text=f"K in use = {used}")
-    fig.update_traces(hovertemplate="withdraw at layer %{x}: KL %{y:.4g}<extra></extra>")
+        fig.add_vline(x=used, line_dash="dash", line_color="#e4572e",
+                      annotation_text=f"in use: layer {used} (paper's K = {used + 1})")
+    fig.update_traces(hovertemplate="withdraw before layer %{x} (paper's K = layer + 1): KL %{y:.4g}<extra></extra>")
+    rule = calibration["k"]
+    said = "none below eta" if rule is None else f"layer {rule} (paper's K = {rule + 1})"
     fig.update_layout(title=f"VTW: KL of the first answer token vs withdrawal layer, this question "
-                            f"(eta = {calibration['eta']}; rule's K = {calibration['k']})")
+                            f"(eta = {calibration['eta']}; the rule picks {said})",
+                      xaxis_title="withdrawal layer (0-based; the paper's K = layer + 1)")
     return fig
 
 

@@ -41,6 +41,8 @@ def card_details(r: dict) -> str:
              f"{r['image_tokens_per_layer'][-1]} reach its last layer  \n"
              f"prefill {t['prefill_ms']:.1f} ms · {t['decode_ms_per_token']:.2f} ms per decoded token · "
              f"**{r['speedup']:.2f}x** vs none (TFLOPs predict {r['speedup_predicted']:.2f}x)")
+    if r.get("cached"):
+        stats += "  \n_timings reused from an earlier identical run_"
     if r.get("notes"):
         stats += "  \n_" + "; ".join(r["notes"]) + "_"
     return stats
@@ -164,7 +166,8 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
                             details = gr.Markdown()
                         cards.append((col, title, picture, details))
                 table = gr.Dataframe(headers=TABLE_HEADERS, label="Comparison (timings: median of 3 runs after "
-                                     "a warm-up; speedup = time to first token of none / of the strategy)",
+                                     "a warm-up, on a machine that may be busy with other visitors; speedup = "
+                                     "time to first token of none / of the strategy)",
                                      interactive=False, elem_id="ps-table")
                 gr.Markdown("## Look inside")
                 with gr.Row():

@@ -15,8 +15,10 @@ importing torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections import OrderedDict
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -96,15 +98,21 @@ def result_json(result) -> dict:
     return out
 
 
-def compare_fields(result, reference: dict | None) -> dict:
-    """``result_json`` plus what the app shows: where patches were dropped, merged groups, notes, and the
-    speedup over the unpruned ``reference`` (time to first token: vision + prefill), measured and as the
-    TFLOPs estimate predicts, and whether the answer is the reference's."""
+def own_fields(result) -> dict:
+    """``result_json`` plus what the app shows of one run: where patches were dropped, merged groups, notes."""
     out = result_json(result)
     out.update(kept_vit=result.kept_vit, merge_groups=result.merge_groups, notes=result.notes or [],
                vit_tokens_per_layer=result.vit_tokens_per_layer)
-    ttft = result.timings["vision_ms"] + result.timings["prefill_ms"]
-    tf = result.tflops["vision"] + result.tflops["prefill"]
+    return out
+
+
+def relative_fields(fields_: dict, reference: dict | None) -> dict:
+    """``fields_`` plus the speedup over the unpruned ``reference`` (time to first token: vision + prefill),
+    measured and as the TFLOPs estimate predicts, their ratio (efficiency), and whether the answer is the
+    reference's."""
+    out = dict(fields_)
+    ttft = out["timings"]["vision_ms"] + out["timings"]["prefill_ms"]
+    tf = out["tflops"]["vision"] + out["tflops"]["prefill"]
     if reference is None:
         out.update(speedup=1.0, speedup_predicted=1.0, efficiency=1.0, same_as_none=True)
     else:
@@ -112,8 +120,31 @@ def compare_fields(result, reference: dict | None) -> dict:
         ref_tf = reference["tflops"]["vision"] + reference["tflops"]["prefill"]
         measured, predicted = ref_ttft / max(ttft, 1e-9), ref_tf / max(tf, 1e-18)
         out.update(speedup=measured, speedup_predicted=predicted, efficiency=measured / predicted,
-                   same_as_none=bench.normalise(result.answer) == bench.normalise(reference["answer"]))
+                   same_as_none=bench.normalise(out["answer"]) == bench.normalise(reference["answer"]))
     return out
+
+
+def compare_fields(result, reference: dict | None) -> dict:
+    """One strategy's entry of a comparison: ``own_fields`` and ``relative_fields`` against ``reference``."""
+    return relative_fields(own_fields(result), reference)
+
+
+class _LRU(OrderedDict):
+    """A small least-recently-used cache (results of identical requests, per model)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key], True
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value, False
 
 
 def _check_budget(keep, n_patches: int) -> int | None:
@@ -131,12 +162,25 @@ def _check_budget(keep, n_patches: int) -> int | None:
 class Scope:
     """One loaded model and the requests the app makes of it (one at a time)."""
 
-    def __init__(self, model: str | None = None, load_in_4bit: bool = False, device: str | None = None):
+    def __init__(self, model: str | None = None, load_in_4bit: bool = False, device: str | None = None,
+                 threads: int | None = None, cache_size: int = 128):
         source = model or str(DEFAULT_MODEL_DIR)
+        self.is_embedded = Path(source).resolve() == DEFAULT_MODEL_DIR.resolve()
+        # The embedded model's matrices are tiny: one CPU thread is as fast as two, and it never stalls
+        # when the other core is busy (two OpenMP threads on one free core ran 30x slower here).
+        if threads is None and self.is_embedded:
+            threads = 1
+        if threads is not None:
+            if not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads={threads!r}: expected an integer >= 1")
+            torch.set_num_threads(threads)
         self.engine = Engine(load_model(source, load_in_4bit=load_in_4bit, device=device))
         self.source = source
-        self.is_embedded = Path(source).resolve() == DEFAULT_MODEL_DIR.resolve()
         self.lock = threading.Lock()
+        # Identical requests (same image pixels, question, strategy parameters, tokens) reuse their run: when
+        # the budget slider moves, none and vtw (which ignore the budget) and VTW's KL are not recomputed.
+        self._runs = _LRU(cache_size)
+        self._analyses = _LRU(cache_size)
 
     # ------------------------------------------------------------ what the UI needs to build itself
     def info(self) -> dict:
@@ -185,18 +229,31 @@ class Scope:
         chosen = self._strategies(strategies, keep, params)
         with self.lock:
             prepared = self.engine.prepare(image, question)
+            digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
             yield {"kind": "view", "view": self.view(prepared), "grid": [self.engine.geometry.rows,
                                                                           self.engine.geometry.cols]}
             reference = None
             for strategy in chosen:
-                result = self.engine.run(image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats,
-                                         warmup=warmup, trace=True)
-                fields_ = compare_fields(result, reference)
+                key = (digest, prepared.question, strategy.name, json.dumps(strategy.params(), sort_keys=True),
+                       max_new_tokens, repeats, warmup)
+                own, cached = self._runs.get_or(key, lambda: own_fields(self.engine.run(
+                    image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats, warmup=warmup,
+                    trace=True)))
+                fields_ = relative_fields(own, reference)
+                fields_["cached"] = cached  # True: the timings are those of an earlier identical run
                 if reference is None:
                     reference = fields_
                 yield {"kind": "result", "result": fields_}
             if inspect:
-                yield {"kind": "inspect", **self._inspect(image, question, prepared, chosen, keep, eta)}
+                yield {"kind": "inspect", **self._inspect(image, digest, prepared, chosen, keep, eta)}
+
+    def warm_up(self) -> None:
+        """One untimed comparison on a blank image, so the first visitor does not pay for cold kernels
+        (its cache entries never match a real request's image)."""
+        blank = np.full((self.engine.geometry.image_size,) * 2 + (3,), 127, np.uint8)
+        for _ in self.compare_stream(blank, "How many objects are there?", COMPARE_DEFAULT,
+                                     keep=max(1, self.engine.geometry.n_patches // 2), repeats=1):
+            pass
 
     def compare(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
                 params: dict | None = None, max_new_tokens: int = 8, repeats: int = 3, warmup: int = 1) -> list[dict]:
@@ -212,23 +269,27 @@ class Scope:
         pixels = prepared.pixel_values[0].float().cpu() * std + mean  # (3, H, W) in 0..1
         return (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
-    def _inspect(self, image, question: str, prepared, chosen: list[Strategy], keep: int | None, eta: float) -> dict:
+    def _inspect(self, image, digest: str, prepared, chosen: list[Strategy], keep: int | None, eta: float) -> dict:
         """This image's analyses: [CLS] attention per ViT layer, VTC-CLS Fig. 2, VTW's KL per withdrawal
-        layer (when vtw runs), IVTP's question-word relevance (when ivtp runs)."""
+        layer (when vtw runs), IVTP's question-word relevance (when ivtp runs). Each is cached by what it
+        depends on (the budget changes only Fig. 2's overlap)."""
         engine, g = self.engine, self.engine.geometry
-        vision = engine.vision_pass(prepared)
+        question = prepared.question
+        sample = [bench.Sample(image, question, "")]
+        vision, _ = self._analyses.get_or(("vision", digest), lambda: engine.vision_pass(prepared))
         out: dict = {"cls_attention": None, "consistency": None, "vtw_kl": None, "ivtp_relevance": None}
         if vision.cls_attention is not None:
             out["cls_attention"] = vision.cls_attention.float().mean(1).tolist()  # (L_v, N)
             budget = keep if keep is not None else max(1, g.n_patches // 4)
-            out["consistency"] = analysis.consistency_and_shares(
-                engine, [bench.Sample(image, question, "")], [budget], progress=False)
+            out["consistency"], _ = self._analyses.get_or(
+                ("consistency", digest, question, budget),
+                lambda: analysis.consistency_and_shares(engine, sample, [budget], progress=False))
         names = [s.name for s in chosen]
         if "vtw" in names:
             vtw = chosen[names.index("vtw")]
-            kl = bench.calibrate_vtw(engine, [bench.Sample(image, question, "")], eta=eta, progress=False)
-            kl["used_layer"] = vtw.llm_layer(g.llm_layers)
-            out["vtw_kl"] = kl
+            kl, _ = self._analyses.get_or(("vtw_kl", digest, question, eta),
+                                          lambda: bench.calibrate_vtw(engine, sample, eta=eta, progress=False))
+            out["vtw_kl"] = {**kl, "used_layer": vtw.llm_layer(g.llm_layers)}
         if "ivtp" in names:
             out["ivtp_relevance"] = self.word_relevance(prepared, vision, chosen[names.index("ivtp")])
         return out
@@ -268,12 +329,13 @@ class ScopePool:
     refused, never loaded. Models load on first use; at most ``max_loaded`` stay in memory."""
 
     def __init__(self, default: str | None = None, allowed=(), load_in_4bit: bool = False,
-                 device: str | None = None, max_loaded: int = 1):
+                 device: str | None = None, max_loaded: int = 1, threads: int | None = None):
         self.default = default or str(DEFAULT_MODEL_DIR)
         if isinstance(allowed, str):
             allowed = [a.strip() for a in allowed.split(",")]
         self.names = list(dict.fromkeys([self.default, *[a for a in allowed if a]]))
         self.load_in_4bit, self.device, self.max_loaded = load_in_4bit, device, max(1, max_loaded)
+        self.threads = threads
         self._loaded: dict[str, Scope] = {}
         self._lock = threading.Lock()
 
@@ -292,8 +354,10 @@ class ScopePool:
             if name not in self._loaded:
                 while len(self._loaded) >= self.max_loaded:
                     self._loaded.pop(next(iter(self._loaded)))
-                self._loaded[name] = Scope(name, load_in_4bit=self.load_in_4bit, device=self.device)
+                self._loaded[name] = Scope(name, load_in_4bit=self.load_in_4bit, device=self.device,
+                                           threads=self.threads)
             return self._loaded[name]
 
 
-__all__ = ["Scope", "ScopePool", "strategy_controls", "result_json", "compare_fields", "COMPARE_DEFAULT"]
+__all__ = ["Scope", "ScopePool", "strategy_controls", "result_json", "compare_fields", "own_fields", "relative_fields",
+           "COMPARE_DEFAULT"]

@@ -74,7 +74,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def app_server():
     """The app with the embedded model on a free loopback port, shared by the app tests; closed at the end."""
     main = load_app_main()
-    demo = main.make_demo()
+    # keep the test process's torch thread count (the app alone would pick 1 thread for the embedded model)
+    demo = main.make_demo(threads=torch.get_num_threads(), warm_up=False)
     port = free_port()
     main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", port=port, demo=demo, examples=main.load_examples())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pruning.compare import Scope, compare_fields, strategy_controls
 from pruning.strategies import available
@@ -17,7 +18,31 @@ EXAMPLES = json.loads((ROOT / "assets" / "examples" / "examples.json").read_text
 
 @pytest.fixture(scope="module")
 def scope():
-    return Scope()
+    return Scope(threads=torch.get_num_threads())  # the test process keeps its thread count
+
+
+def test_embedded_model_runs_on_one_thread_by_default():
+    before = torch.get_num_threads()
+    try:
+        Scope()
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads=0"):
+            Scope(threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_identical_requests_reuse_their_runs_and_the_budget_changes_only_what_depends_on_it(scope):
+    image, question = _example(2)
+    first = {r["strategy"]: r for r in scope.compare(image, question, ["vtc-cls", "vtw"], keep=40, repeats=1)}
+    again = {r["strategy"]: r for r in scope.compare(image, question, ["vtc-cls", "vtw"], keep=40, repeats=1)}
+    assert not any(r["cached"] for r in first.values()) and all(r["cached"] for r in again.values())
+    assert again["vtc-cls"]["timings"] == first["vtc-cls"]["timings"] and again["vtc-cls"]["kept"] == first["vtc-cls"]["kept"]
+    moved = {r["strategy"]: r for r in scope.compare(image, question, ["vtc-cls", "vtw"], keep=20, repeats=1)}
+    assert moved["none"]["cached"] and moved["vtw"]["cached"] and not moved["vtc-cls"]["cached"]
+    assert len(moved["vtc-cls"]["kept"]) == 20
+    other = scope.compare(image, "How many objects are there?", ["vtc-cls"], keep=20, repeats=1)
+    assert not other[0]["cached"]  # another question is another request
 
 
 def _example(i=0):
