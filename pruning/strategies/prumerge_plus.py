@@ -2,7 +2,7 @@
 authors' code (``token_prune_merge_advanced_plus`` in 42Shawn/LLaVA-PruMerge).
 
 Rule:
-1. Attention (PruMerge eq. 1 / the authors' code): the [CLS] query's attention over all tokens in ViT layer
+1. Attention (PruMerge Sec. 3.2 and the authors' code): the [CLS] query's attention over all tokens in ViT layer
    ``qk_layer``. Default "reader": the layer after the feature layer, the one whose q/k read the features fed
    to the LLM (layer 23 of CLIP-L when LLaVA feeds the output of layer 22, as the authors hook it); "feature":
    the feature layer itself (what VTC-CLS and EViT use here). Default ``attention="concat"``: one head over
