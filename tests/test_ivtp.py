@@ -88,8 +88,9 @@ def test_pseudo_query_is_what_scores_the_image(deep, images):
             return super().select_in_llm(ctx)
 
     prepared = deep.prepare(images[1], QUESTIONS[2])
-    for tau in (-2.0, 2.0):
-        s = Recording(keep=16, vit=False, tau=tau)
+    for tau in (-2.0, 2.0):  # beyond any cosine: every token relevant / none (set past tau's [0, 1] check)
+        s = Recording(keep=16, vit=False)
+        s.tau = tau
         deep.prefill(prepared, deep.vision_pass(prepared, strategy=s), s)
     assert seen[-2.0].shape == seen[2.0].shape
     torch.testing.assert_close(seen[-2.0].sum(), torch.tensor(1.0))

@@ -58,6 +58,16 @@ class IVTP(Strategy):
     vit: bool = True  # stage 1 on/off (ablation)
     llm: bool = True  # stage 2 on/off (ablation)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0 <= self.tau <= 1:
+            raise ValueError(f"tau={self.tau!r}: expected a relevance threshold in [0, 1]")
+        if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 1:
+            raise ValueError(f"group={self.group!r}: expected an integer >= 1 (layers per group)")
+        if isinstance(self.llm_fraction, bool) or not isinstance(self.llm_fraction, (int, float)) \
+                or not 0 < self.llm_fraction <= 1:
+            raise ValueError(f"llm_fraction={self.llm_fraction!r}: expected a share in (0, 1]")
+
     def vit_prune_layers(self, n_vit_layers: int, feature_layer: int) -> list[int]:
         if not self.vit or self.keep is None:
             return []
