@@ -239,3 +239,19 @@ def test_calibrate_reports_both_numberings(engines, images, model_dirs, capsys):
                  "--min-layer", "1"]) == 0
     text = capsys.readouterr().out
     assert "layer=  1  K=  2" in text and "chosen: layer 1 (the paper's K = 2)" in text
+
+
+def test_tome_survivors_depend_on_the_image_not_only_on_position():
+    """Issue 15's review: merging all of A in one round left exactly the odd positions at any budget <= N/2."""
+    kept = []
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        att = torch.rand(6, 2, 144, generator=g)
+        c = vctx(torch.randn(144, 8, generator=g), att, rows=12, cols=12, feature_layer=4,
+                 keys=torch.randn(144, 8, generator=g))
+        sel = get_strategy("tome", keep=36).select_before_llm(c)
+        assert len(sel.indices) == 36
+        groups_consistent(sel, 144)
+        kept.append(sel.indices.tolist())
+    assert kept[0] != kept[1]
+    assert kept[0] != list(range(3, 144, 4)) and any(i % 2 == 0 for i in kept[0])  # not the fixed odd lattice

@@ -3,8 +3,11 @@
 Rule (bipartite soft matching, ToMe Sec. 3): split the tokens alternately into sets A and B, link each
 A token to its most similar B token (cosine similarity of the feature layer's attention keys averaged over
 heads, as ToMe's code does: ``k.mean(1)``), merge the r most similar A tokens into their B partners by a
-size-weighted average, and repeat until U tokens remain (r = min(tokens - U, |A|) per round). Merged tokens
-stand at their B token's position. ``head_keys="concat"`` matches the keys of all heads concatenated instead
+size-weighted average, and repeat until U tokens remain. Merged tokens stand at their B token's position.
+Schedule: ToMe merges a constant r per layer; here as many rounds as the ViT has layers up to the feature
+layer, r = ceil((N - U) / rounds) each (capped at |A|, with extra rounds if the cap bites), so each round
+keeps part of A and similarity decides which tokens survive. (Merging all of A in one round, r = |A|, would
+leave exactly the B tokens, the odd positions, whatever the image.) ``head_keys="concat"`` matches the keys of all heads concatenated instead
 (what this project did before following the code).
 
 Deviations: ToMe merges a few tokens in every ViT layer, each layer matching on its own fresh keys; here,
@@ -83,8 +86,10 @@ class ToMe(Strategy):
         if budget == 0:
             return Selection(index[:0], groups=torch.full((n,), -1))
         groups = torch.arange(n)  # the current row of each patch's token
+        rounds = max(1, ctx.feature_layer + 1)  # ToMe's per-layer schedule over the ViT's layers
+        per_round = -(-(n - budget) // rounds)
         while x.shape[0] > budget:
-            r = min(x.shape[0] - budget, (x.shape[0] + 1) // 2)
+            r = min(x.shape[0] - budget, per_round, (x.shape[0] + 1) // 2)
             x, keys, size, index, dest = bipartite_merge(x, keys, size, index, r, return_dest=True)
             groups = dest[groups]
         return Selection(index, features=x.to(ctx.patch_features.dtype), groups=groups)
