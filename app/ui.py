@@ -148,7 +148,7 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
                                 with gr.Accordion(name, open=False):
                                     for c in controls[name]:
                                         param_inputs.append(_control(c, name, info))
-                                        param_keys.append((name, c["name"], c["kind"]))
+                                        param_keys.append((name, c["name"], c["kind"], c["default"]))
                                     if name == "vtw":
                                         eta = gr.Number(value=0.003, label="eta: KL threshold for choosing K "
                                                         "(Algorithm 1; the KL plot)", minimum=1e-9)
@@ -227,9 +227,11 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
         all_outputs = [status, table, results_state, *card_outputs, *plot_outputs]
 
         def collect_params(values) -> dict:
+            """Only what the visitor changed: a parameter left at its default keeps the strategy's own rule
+            (e.g. vtc-cls's positions follow its stage)."""
             out: dict = {}
-            for (name, key, kind), value in zip(param_keys, values):
-                if value is None or value == "":
+            for (name, key, kind, default), value in zip(param_keys, values):
+                if value is None or value == "" or value == default:
                     continue
                 if kind == "int":
                     value = int(value)

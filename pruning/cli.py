@@ -322,7 +322,9 @@ def _analyze(args) -> int:
     for name in c:
         print(f"{name:>8}: Spearman per layer " + " ".join(f"{v:+.2f}" for v in c[name]["spearman"]))
     print("image share of attention per layer: " + " ".join(f"{v:.2f}" for v in result["attention_share"]["image"]))
-    print(f"VTW calibrated K = {result['vtw_kl']['k']}; wrote {out / 'analysis.json'} and {out / 'analysis.html'}")
+    k = result["vtw_kl"]["k"]
+    said = "no layer has KL below eta" if k is None else f"layer {k} (the paper's K = {k + 1})"
+    print(f"VTW calibrated: {said}; wrote {out / 'analysis.json'} and {out / 'analysis.html'}")
     return 0
 
 

@@ -43,8 +43,13 @@ LABELS = {
     "ratio": "R: share dropped when no budget is set", "neighbours": "k: neighbours merged into each kept token",
     "iterations": "k-means iterations", "group": "layers per group", "llm_fraction": "share of LLM layers that prune",
     "vit": "stage 1: prune inside the ViT", "llm": "stage 2: prune inside the LLM",
+    "qk_layer": "ViT layer whose q/k score and match (reader: the authors' code)",
+    "attention": "[CLS] attention over heads (concat: one softmax, the authors' code)",
+    "extra": "one extra token sums the pruned ones (the authors' code)",
+    "fuse": "fused token's weights (raw: EViT eq. 2)", "head_keys": "keys over heads (mean: ToMe's code)",
 }
 COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
+BUDGET_FREE = ("none", "vtw")  # strategies that ignore the budget (keep is not passed to them)
 SEEDED = {"random", "kmeans"}  # strategies whose rule draws random numbers (the seed matters only there)
 ETA = 0.003  # VTW's KL threshold (Algorithm 1)
 
@@ -81,8 +86,10 @@ def strategy_controls() -> dict[str, list[dict]]:
                 kind, choices = "int", None
                 if name == "ivtp" and f.name == "layer":
                     continue  # IVTP prunes at the end of every group; layer is unused
-            controls.append({"name": f.name, "label": LABELS.get(f.name, f.name), "kind": kind, "default": default,
-                             "choices": choices})
+            label = LABELS.get(f.name, f.name)
+            if name == "vtc-cls" and f.name == "positions":
+                label += " (left as it is: rearrange before the LLM, keep at stage llm)"
+            controls.append({"name": f.name, "label": label, "kind": kind, "default": default, "choices": choices})
         out[name] = controls
     return out
 
@@ -147,7 +154,8 @@ class _LRU(OrderedDict):
         return value, False
 
 
-def _check_budget(keep, n_patches: int) -> int | None:
+def _check_budget(keep, n_patches: int, notes: list | None = None) -> int | None:
+    """``keep`` as a whole number in 1..n_patches; above the grid it is clamped, and ``notes`` says so."""
     if keep is None:
         return None
     if isinstance(keep, float) and keep.is_integer():
@@ -156,6 +164,8 @@ def _check_budget(keep, n_patches: int) -> int | None:
         raise ValueError(f"keep={keep!r}: expected a whole number of visual tokens (1..{n_patches})")
     if keep < 1:
         raise ValueError(f"keep={keep}: keep at least 1 of the {n_patches} visual tokens")
+    if keep > n_patches and notes is not None:
+        notes.append(f"keep={keep} is more than the {n_patches} visual tokens of the grid: clamped to {n_patches}")
     return min(keep, n_patches)
 
 
@@ -211,7 +221,7 @@ class Scope:
         out = []
         for name in names:
             p = dict(params.get(name) or {})
-            if name not in ("none", "vtw") and keep is not None:
+            if name not in BUDGET_FREE and keep is not None:
                 p["keep"] = keep
             out.append(get_strategy(name, **p))
         return out
@@ -219,33 +229,54 @@ class Scope:
     def compare_stream(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
                        params: dict | None = None, max_new_tokens: int = 8, repeats: int = 3, warmup: int = 1,
                        eta: float = ETA, inspect: bool = True):
-        """Run every strategy (``none`` first) on one image and question; yield plain events as they finish."""
-        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
+        """Run every strategy (``none`` first) on one image and question; yield plain events as they finish.
+        Every request is checked before anything runs; what was changed in it (the image's animation or
+        rotation, control characters removed from the question, a budget above the grid clamped) is said in
+        each result's ``notes``, before the strategy's own."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected 1..512")
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question is empty: type a question about the image")
-        image = load_image(image)
-        keep = _check_budget(keep, self.engine.geometry.n_patches)
+        eta = bench.check_eta(eta)
+        image_notes: list[str] = []
+        image = load_image(image, notes=image_notes)
+        budget_notes: list[str] = []
+        keep = _check_budget(keep, self.engine.geometry.n_patches, budget_notes)
         chosen = self._strategies(strategies, keep, params)
+        for strategy in chosen:
+            self.engine.check(strategy, max_new_tokens)  # layers beyond the model's depth, before running
         with self.lock:
             prepared = self.engine.prepare(image, question)
             digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
             yield {"kind": "view", "view": self.view(prepared), "grid": [self.engine.geometry.rows,
                                                                           self.engine.geometry.cols]}
+            request_notes = image_notes + list(prepared.notes or [])
             reference = None
             for strategy in chosen:
                 key = (digest, prepared.question, strategy.name, json.dumps(strategy.params(), sort_keys=True),
                        max_new_tokens, repeats, warmup)
-                own, cached = self._runs.get_or(key, lambda: own_fields(self.engine.run(
-                    image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats, warmup=warmup,
-                    trace=True)))
+                own, cached = self._runs.get_or(key, lambda: self._run(image, question, strategy, max_new_tokens,
+                                                                       repeats, warmup, len(prepared.notes or [])))
                 fields_ = relative_fields(own, reference)
+                fields_["notes"] = request_notes + (budget_notes if strategy.name not in BUDGET_FREE else []) + \
+                    own["notes"]
                 fields_["cached"] = cached  # True: the timings are those of an earlier identical run
                 if reference is None:
                     reference = fields_
                 yield {"kind": "result", "result": fields_}
             if inspect:
                 yield {"kind": "inspect", **self._inspect(image, digest, prepared, chosen, keep, eta)}
+
+    def _run(self, image, question: str, strategy: Strategy, max_new_tokens: int, repeats: int, warmup: int,
+             question_notes: int) -> dict:
+        """One strategy's own fields with the strategy's notes only (the engine puts the question's
+        ``question_notes`` first): what the request changed is said per request, since a cached run may serve
+        a request whose question differs in control characters only."""
+        result = self.engine.run(image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats,
+                                 warmup=warmup, trace=True)
+        own = own_fields(result)
+        own["notes"] = own["notes"][question_notes:]
+        return own
 
     def warm_up(self) -> None:
         """One untimed comparison on a blank image, so the first visitor does not pay for cold kernels
