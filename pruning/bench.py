@@ -9,6 +9,7 @@ a final period.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,13 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     return float((logp.exp() * (logp - logq)).sum())
 
 
+def check_eta(eta) -> float:
+    """VTW's KL threshold: a finite number > 0 (a KL is >= 0, so eta <= 0 would accept no layer)."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta <= 0:
+        raise ValueError(f"eta={eta!r}: expected a KL threshold > 0 (VTW's default: 0.003)")
+    return float(eta)
+
+
 def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: int = 4,
                   progress: bool = True) -> dict:
     """VTW eq. 6 / Algorithm 1: the mean KL between the full model's and the withdrawn model's output
@@ -171,7 +179,11 @@ def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: 
     K >= 5 (Algorithm 1 line 3); the authors' code starts its search at 0-based 5 (``min_layer=5``, K >= 6).
     The result gives both: ``k`` / ``min_layer`` / ``kl_per_layer`` in the engine's numbering (what
     ``get_strategy("vtw", layer=k)`` takes), ``k_paper`` / ``min_k_paper`` / ``kl_per_k_paper`` in the paper's."""
+    eta = check_eta(eta)
     n_layers = engine.geometry.llm_layers
+    if isinstance(min_layer, bool) or not isinstance(min_layer, int) or not 0 <= min_layer < n_layers:
+        raise ValueError(f"min_layer={min_layer!r} (K >= {min_layer + 1 if isinstance(min_layer, int) else '?'}): "
+                         f"the model has {n_layers} LLM layers; expected 0..{n_layers - 1}")
     full = get_strategy("none")
     kl = {k: [] for k in range(1, n_layers)}
     for s in tqdm(samples, desc="calibrate", disable=not progress):

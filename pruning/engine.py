@@ -26,6 +26,7 @@ Data flow for one request::
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import asdict, dataclass
 
@@ -227,6 +228,29 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
+
+    @property
+    def context(self) -> int | None:
+        """The LLM's context in positions (None when the config does not say)."""
+        return getattr(self.model.config.text_config, "max_position_embeddings", None)
+
+    def check(self, strategy: Strategy, max_new_tokens: int | None = None, temperature: float = 0.0,
+              top_p: float = 1.0) -> None:
+        """What can be checked before anything runs: the strategy's LLM layers against this model's depth,
+        its [CLS] layers (``k_layers``) against the ViT's, and the generation settings. A ``ValueError``
+        names the value and the range expected."""
+        n_layers = len(self.layers)
+        for k in strategy.llm_drop_layers(n_layers):
+            if not 1 <= k < n_layers:
+                raise ValueError(f"{strategy.name} layer={k}: stage 'llm' needs 1 <= layer < {n_layers} (the model's "
+                                 f"depth: {n_layers} LLM layers)")
+        k_layers = getattr(strategy, "k_layers", None)
+        top = self.geometry.feature_layer_index + 1
+        if k_layers is not None and not 1 <= k_layers <= top:
+            raise ValueError(f"{strategy.name} k_layers={k_layers}: expected 1..{top} (the ViT layers up to the one "
+                             "that feeds the LLM)")
+        if max_new_tokens is not None:
+            check_generation(max_new_tokens, temperature, top_p, self.context)
 
     # ---------------------------------------------------------------- inputs
     def prepare(self, image, question: str) -> Prepared:
@@ -532,15 +556,12 @@ class Engine:
                seed: int = 0, trace_store: dict | None = None) -> list[int]:
         """Generate up to ``max_new_tokens`` tokens from the prefill state (the first comes from the
         prefill logits). Greedy when ``temperature == 0``."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
-        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        context = self.context
+        check_generation(max_new_tokens, temperature, top_p, context)
         if context is not None and max(state.next_positions) + max_new_tokens - 1 > context:
             raise ValueError(f"max_new_tokens={max_new_tokens}: the prompt ends at position {max(state.next_positions)} "
                              f"and the model's context is {context} positions; ask for at most "
                              f"{context - max(state.next_positions) + 1}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
         pick = _sampler(temperature, top_p, seed)
         dev = self.device
         logits = state.logits
@@ -570,6 +591,7 @@ class Engine:
     def generate(self, image, question: str, strategy: Strategy, max_new_tokens: int = 16,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> tuple[str, PrefillState]:
         """Untimed: the decoded answer and the prefill state (for evaluations and sweeps)."""
+        self.check(strategy, max_new_tokens, temperature, top_p)
         prepared = self.prepare(image, question)
         state = self.prefill(prepared, self.vision_pass(prepared, seed=strategy.seed, strategy=strategy), strategy)
         tokens = self.decode(state, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
@@ -594,6 +616,7 @@ class Engine:
         """Answer ``question`` about ``image`` with ``strategy``; timings are the median of ``repeats``
         untraced runs after ``warmup`` runs. With ``trace``, one more (untimed) traced run fills
         ``Result.trace``."""
+        self.check(strategy, max_new_tokens, temperature, top_p)
         prepared = self.prepare(image, question)
         sampling = dict(temperature=temperature, top_p=top_p, seed=seed)
         if str(self.device).startswith("cuda"):
@@ -681,6 +704,22 @@ def _check_indices(idx: torch.Tensor, n: int, name: str) -> None:
         raise ValueError(f"strategy {name!r} returned indices that are not unique and ascending (spatial order)")
 
 
+def check_generation(max_new_tokens, temperature=0.0, top_p=1.0, context: int | None = None) -> None:
+    """Generation settings: 1 <= max_new_tokens (<= the context when given), temperature >= 0 (0 = greedy),
+    0 < top_p <= 1. A ``ValueError`` names the value and the range."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+    if context is not None and max_new_tokens > context:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: more than the model's context of {context} positions")
+    if not number(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: expected a number >= 0 (0 = greedy)")
+    if not number(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r}: expected a number with 0 < top_p <= 1")
+
+
 def _sampler(temperature: float, top_p: float, seed: int):
     """Greedy argmax, or transformers' temperature / top-p warpers and a seeded multinomial draw."""
     if temperature == 0:
@@ -701,4 +740,4 @@ def _sampler(temperature: float, top_p: float, seed: int):
 
 
 __all__ = ["Engine", "Result", "Prepared", "PrefillState", "summarize_trace", "last_query_attention",
-           "record_last_query_attention", "record_cls_attention"]
+           "record_last_query_attention", "record_cls_attention", "check_generation"]
