@@ -9,13 +9,24 @@ import sys
 from .images import load_image
 
 
+class _UsageError(Exception):
+    """A command line argparse refuses (printed by ``main`` as one ``error:`` line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error raised to ``main`` (one line on stderr) instead of usage + exit."""
+
+    def error(self, message):
+        raise _UsageError(f"{self.prog.split()[-1]}: {message}")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (expected a whole number >= 0)")
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+        raise argparse.ArgumentTypeError(f"{text!r} is negative (expected a whole number >= 0)")
     return value
 
 
@@ -26,7 +37,7 @@ def _model_and_questions(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pruning", description="PruneScope: visual-token pruning in LLaVA")
+    parser = _Parser(prog="python -m pruning", description="PruneScope: visual-token pruning in LLaVA")
     sub = parser.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="answer a question about an image with a pruning strategy")
     ask.add_argument("--model", help="local LLaVA directory or hub id (e.g. llava-hf/llava-1.5-7b-hf); "
@@ -128,19 +139,33 @@ def _ask(args) -> int:
     from .model import load_model
     from .strategies import get_strategy
 
+    from .engine import check_generation
+
+    # everything that can be checked without the model first, then the budget and layers against it
+    check_generation(args.max_new_tokens, args.temperature, args.top_p)
+    if args.keep is not None and args.keep < 1 and args.strategy != "vtw":
+        raise ValueError(f"--keep {args.keep}: keep at least 1 visual token")
     stage = args.stage or ("llm" if args.layer is not None else None)
     strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage,
                             positions=args.positions, seed=args.seed)
-    image = load_image(args.image)
+    notes: list[str] = []
+    image = load_image(args.image, notes=notes)
     lm = load_model(resolve_model(args.model), load_in_4bit=args.load_in_4bit, device=args.device)
     engine = Engine(lm)
+    n_patches = engine.geometry.n_patches
+    if args.keep is not None and args.keep > n_patches and args.strategy != "vtw":
+        notes.append(f"--keep {args.keep} is more than the {n_patches} visual tokens of the grid: clamped to "
+                     f"{n_patches}")
     result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                         warmup=args.warmup, trace=args.trace, temperature=args.temperature, top_p=args.top_p)
+    result.notes = notes + (result.notes or [])
     if args.json:
         from .compare import result_json
 
         print(json.dumps(result_json(result)))
     else:
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
         t = result.timings
         print(result.answer)
         print(f"[{result.strategy}] visual tokens {result.visual_tokens} -> {result.visual_tokens_kept} entering the "
@@ -270,6 +295,9 @@ def _calibrate(args) -> int:
     from .engine import Engine
     from .model import load_model
 
+    from .bench import check_eta
+
+    check_eta(args.eta)
     if args.min_k is not None and args.min_k < 1:
         raise ValueError("--min-k counts from 1 (the paper's K); use --min-layer for the 0-based layer")
     min_layer = args.min_k - 1 if args.min_k is not None else (args.min_layer if args.min_layer is not None else 4)
@@ -310,7 +338,9 @@ def _analyze(args) -> int:
     from .bench import load_samples, parse_budgets
     from .engine import Engine
     from .model import load_model
+    from .bench import check_eta
 
+    check_eta(args.eta)
     engine = Engine(load_model(resolve_model(args.model)))
     budgets = parse_budgets(args.keep, engine.geometry.n_patches)
     result = analyze(engine, load_samples(args.questions, args.samples), budgets, eta=args.eta)
@@ -329,7 +359,11 @@ def _analyze(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

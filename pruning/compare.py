@@ -100,6 +100,7 @@ def result_json(result) -> dict:
             "image_tokens_per_layer", "kept", "kept_final", "grid", "timings", "tflops", "kv_cache_bytes",
             "kv_cache_bytes_per_layer", "peak_memory_bytes", "device")
     out = {k: getattr(result, k) for k in keys}
+    out["notes"] = list(result.notes or [])  # what was changed in the input, or a fallback a strategy took
     if result.trace is not None:
         out["trace"] = result.trace
     return out
