@@ -38,7 +38,9 @@ def load_image(source, name: str | None = None, notes: list | None = None):
                 image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ValueError(f"image {label} is too large to decode safely: {e}") from e
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        except UnidentifiedImageError as e:
+            raise ValueError(f"cannot read image {label}: not an image file (or a format PIL cannot open)") from e
+        except (OSError, SyntaxError) as e:
             raise ValueError(f"cannot read image {label}: {e}") from e
     elif isinstance(source, Image.Image):
         image = source
