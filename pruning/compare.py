@@ -188,8 +188,9 @@ class Scope:
         self.engine = Engine(load_model(source, load_in_4bit=load_in_4bit, device=device))
         self.source = source
         self.lock = threading.Lock()
-        # Identical requests (same image pixels, question, strategy parameters, tokens) reuse their run: when
-        # the budget slider moves, none and vtw (which ignore the budget) and VTW's KL are not recomputed.
+        # Identical requests (same image pixels, question, strategy parameters, tokens) reuse their attention
+        # trace and analyses, never their timings: when the budget slider moves, none's and vtw's traces
+        # (which ignore the budget) and VTW's KL are not recomputed.
         self._runs = _LRU(cache_size)
         self._analyses = _LRU(cache_size)
 
@@ -254,30 +255,25 @@ class Scope:
             request_notes = image_notes + list(prepared.notes or [])
             reference = None
             for strategy in chosen:
+                # Timings are measured for every request, so each speedup is a ratio of two runs made in this
+                # one request; only the traced run (untimed, deterministic) is reused for an identical request.
+                result = self.engine.run(image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats,
+                                         warmup=warmup, trace=False)
                 key = (digest, prepared.question, strategy.name, json.dumps(strategy.params(), sort_keys=True),
-                       max_new_tokens, repeats, warmup)
-                own, cached = self._runs.get_or(key, lambda: self._run(image, question, strategy, max_new_tokens,
-                                                                       repeats, warmup, len(prepared.notes or [])))
+                       max_new_tokens)
+                result.trace, reused = self._runs.get_or(key, lambda: self.engine.trace(
+                    prepared, strategy, max_new_tokens, {"temperature": 0.0, "top_p": 1.0, "seed": 0}))
+                own = own_fields(result)
+                own["notes"] = own["notes"][len(prepared.notes or []):]  # the question's notes are request_notes
                 fields_ = relative_fields(own, reference)
                 fields_["notes"] = request_notes + (budget_notes if strategy.name not in BUDGET_FREE else []) + \
                     own["notes"]
-                fields_["cached"] = cached  # True: the timings are those of an earlier identical run
+                fields_["trace_reused"] = reused  # True: the attention trace of an earlier identical request
                 if reference is None:
                     reference = fields_
                 yield {"kind": "result", "result": fields_}
             if inspect:
                 yield {"kind": "inspect", **self._inspect(image, digest, prepared, chosen, keep, eta)}
-
-    def _run(self, image, question: str, strategy: Strategy, max_new_tokens: int, repeats: int, warmup: int,
-             question_notes: int) -> dict:
-        """One strategy's own fields with the strategy's notes only (the engine puts the question's
-        ``question_notes`` first): what the request changed is said per request, since a cached run may serve
-        a request whose question differs in control characters only."""
-        result = self.engine.run(image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats,
-                                 warmup=warmup, trace=True)
-        own = own_fields(result)
-        own["notes"] = own["notes"][question_notes:]
-        return own
 
     def warm_up(self) -> None:
         """One untimed comparison on a blank image, so the first visitor does not pay for cold kernels
