@@ -28,17 +28,20 @@ TABLE_HEADERS = ["strategy", "visual tokens into LLM", "in last layer", "vision 
                  "total ms", "TFLOPs", "KV cache MB", "speedup (measured)", "speedup (TFLOPs)", "same answer as none"]
 
 
-class ImageFile(gr.Image):
-    """An image input handed to the library as the uploaded file's path, undecoded. The library's loader
+def undecoded(image: gr.Image) -> gr.Image:
+    """``image`` (type filepath) hands the library the uploaded file's path, undecoded. The library's loader
     checks it (not an image, empty, truncated, too many pixels to decode) and says what is wrong; Gradio's own
-    preprocessing would open and convert it first, failing in its own words (or clipping a 16-bit image)."""
+    preprocessing would open and convert it first, failing in its own words (or clipping a 16-bit image).
+    (An instance attribute, not a subclass: Gradio writes a .pyi stub next to the module of every subclass.)"""
+    default = image.preprocess
 
-    is_template = True  # drawn by the frontend's Image component
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            return super().preprocess(payload)
+            return default(payload)
         return str(payload.path)
+
+    image.preprocess = preprocess
+    return image
 
 
 # ------------------------------------------------------------------ formatting (plain values -> text)
@@ -139,8 +142,8 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
-                        image = ImageFile(value=first["image"], type="filepath", label="Image",
-                                         sources=["upload", "clipboard"], height=260, elem_id="ps-image")
+                        image = undecoded(gr.Image(value=first["image"], type="filepath", label="Image",
+                                                   sources=["upload", "clipboard"], height=260, elem_id="ps-image"))
                         question = gr.Textbox(value=first["question"], label="Question", elem_id="ps-question")
                         if examples:
                             gr.Examples([[e["image"], e["question"]] for e in examples], [image, question],
@@ -229,7 +232,7 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
 
         # hidden inputs of the JSON API (same library call, no drawing)
         with gr.Column(visible=False):
-            api_image = ImageFile(type="filepath", label="image")
+            api_image = undecoded(gr.Image(type="filepath", label="image"))
             api_question = gr.Textbox(label="question")
             api_params = gr.JSON(value={}, label="params: {strategy: {parameter: value}}")
             api_out = gr.JSON()
