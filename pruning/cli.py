@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--stage", choices=["before", "llm"], help="where the strategy prunes")
     ask.add_argument("--positions", choices=["keep", "rearrange"], help="position ids after pruning")
     ask.add_argument("--seed", type=_positive_int, help="seed of the strategy's randomness")
+    ask.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="another strategy parameter (e.g. k_layers=3 for vtc-cls, tau=0.2 for ivtp); repeatable")
     ask.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load in 4-bit (bitsandbytes nf4)")
     ask.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ask.add_argument("--max-new-tokens", type=_positive_int, default=16)
@@ -147,7 +149,7 @@ def _ask(args) -> int:
         raise ValueError(f"--keep {args.keep}: keep at least 1 visual token")
     stage = args.stage or ("llm" if args.layer is not None else None)
     strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage,
-                            positions=args.positions, seed=args.seed)
+                            positions=args.positions, seed=args.seed, **_params(args.param))
     notes: list[str] = []
     image = load_image(args.image, notes=notes)
     lm = load_model(resolve_model(args.model), load_in_4bit=args.load_in_4bit, device=args.device)
@@ -228,6 +230,17 @@ def _param_value(text: str):
     return text
 
 
+def _params(items: list[str]) -> dict:
+    """--param NAME=VALUE options as strategy keyword arguments."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        params[key.strip().replace("-", "_")] = _param_value(value.strip())
+    return params
+
+
 def _cost(args) -> int:
     from .cost import CONVENTIONS, estimate
     from .geometries import load_geometry
@@ -237,14 +250,8 @@ def _cost(args) -> int:
                         ("--keep", args.keep), ("--layer", args.layer)):
         if value is not None and value < 0:
             raise ValueError(f"{name} {value}: expected a non-negative integer")
-    params = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
-        params[key.strip().replace("-", "_")] = _param_value(value.strip())
     stage = args.stage or ("llm" if args.layer is not None else None)
-    strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage, **params)
+    strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage, **_params(args.param))
     geometry = load_geometry(args.geometry)
     out = estimate(geometry, args.text_tokens, visual_tokens=args.visual_tokens, strategy=strategy,
                    convention=args.convention)
