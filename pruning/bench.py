@@ -136,7 +136,22 @@ def sweep(engine, samples: list[Sample], strategies: str, budgets: list[int], pr
         row = evaluate(engine, samples, params)
         row["label"] = label
         rows.append(row)
+    add_prefill_speedups(rows)
     return rows
+
+
+def add_prefill_speedups(rows: list[dict]) -> None:
+    """Each row's prefill speedup over the ``none`` row: ``prefill_speedup`` (median prefill ms, measured one
+    configuration after the other, so drift is not shared as in ``python -m pruning speed``),
+    ``prefill_speedup_predicted`` (prefill TFLOPs of none over the row's) and ``prefill_efficiency`` (their
+    ratio). Nothing is added when there is no ``none`` row."""
+    ref = next((r for r in rows if r["name"] == "none"), None)
+    if ref is None:
+        return
+    for r in rows:
+        measured = ref["prefill_ms"] / max(r["prefill_ms"], 1e-9)
+        predicted = ref["prefill_tflops"] / max(r["prefill_tflops"], 1e-18)
+        r.update(prefill_speedup=measured, prefill_speedup_predicted=predicted, prefill_efficiency=measured / predicted)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -122,6 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     cst.add_argument("--convention", default="prunescope", choices=["prunescope", "ivtp", "vtw", "fastv"],
                      help="how FLOPs are counted (docs/performance.md): prunescope (the engine's), or a paper's")
     cst.add_argument("--json", action="store_true", help="print one JSON object")
+
+    spd = sub.add_parser("speed", help="measured speed of every strategy x budget, interleaved in one process, against "
+                         "the TFLOPs-predicted speedup (efficiency)")
+    src = spd.add_mutually_exclusive_group()
+    src.add_argument("--model", help="local LLaVA directory or hub id (default: the embedded model)")
+    src.add_argument("--geometry", help="build (once, cached) a random-init LLaVA: llava-1.5-7b or llava-1.5-13b "
+                     "(real widths, 2 LLM and 4 ViT layers unless told), or a toy geometry (tiny, llava15, deep)")
+    spd.add_argument("--llm-layers", type=int, help="--geometry: decoder layers (default 2 for the real widths)")
+    spd.add_argument("--vit-layers", type=int, help="--geometry: ViT layers (default 4 for the real widths)")
+    spd.add_argument("--vocab", type=int, help="--geometry: LM head rows (default: the real 32064)")
+    spd.add_argument("--keep", default="192,128,64", help="budgets: visual-token counts or fractions of the grid")
+    spd.add_argument("--strategies", default="none,vtc-cls,random,pooling,topk-sim,fastv,vtw",
+                     help="comma-separated strategy names (none is always measured: it is the reference)")
+    spd.add_argument("--repeats", type=_positive_int, default=5, help="timed runs of every configuration")
+    spd.add_argument("--warmup", type=_positive_int, default=1, help="untimed runs of every configuration first")
+    spd.add_argument("--new-tokens", type=_positive_int, default=8, help="tokens decoded per run")
+    spd.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load in 4-bit (bitsandbytes nf4)")
+    spd.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    spd.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    spd.add_argument("--image", help="image path (default: a random-noise image)")
+    spd.add_argument("--question", default="What is shown in this image?")
+    spd.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    spd.add_argument("--cache-dir", help="where --geometry models are built (default: $PRUNESCOPE_CACHE/models or "
+                     "~/.cache/prunescope/models)")
+    spd.add_argument("--json", metavar="OUT", help="also write the whole report as JSON to this file")
+    spd.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -290,6 +316,13 @@ def _cost(args) -> int:
     return 0
 
 
+def _speed(args) -> int:
+    from .speed import run_cli
+
+    print(run_cli(args, model=resolve_model(args.model) if args.geometry is None else None))
+    return 0
+
+
 def _short_params(strategy) -> str:
     keys = [k for k in ("keep", "stage") if getattr(strategy, k, None) is not None]
     if strategy.stage == "llm":
@@ -390,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(args)
         if args.command == "cost":
             return _cost(args)
+        if args.command == "speed":
+            return _speed(args)
     except (ValueError, FileNotFoundError) as e:  # ModelLoadError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

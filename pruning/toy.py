@@ -9,6 +9,13 @@ Two geometries are predefined:
 - ``tiny``: 30 px images, patch 6 (5x5 = 25 visual tokens), the size transformers' own LLaVA tests use;
 - ``llava15``: LLaVA-1.5's geometry (336 px, patch 14, 24x24 = 576 visual tokens, [CLS] token,
   ``vision_feature_layer=-2``, ``vision_feature_select_strategy="default"``) with narrow widths.
+
+``real_width_geometry("llava-1.5-7b" | "llava-1.5-13b", llm_layers, vit_layers)`` gives LLaVA-1.5's real
+widths (Vicuna's width, heads and MLP, CLIP ViT-L/14-336's, the 32064-token vocabulary of the LM head and the
+embeddings), from ``pruning.geometries``, with as few layers as asked: a model whose per-layer cost is the
+real one, for timing on a CPU (``python -m pruning speed --geometry``). ``allow_eos=False`` in
+``build_random_llava`` zeroes the EOS row of the LM head so that greedy decoding never stops early (timing
+runs decode exactly the tokens asked for).
 """
 
 from __future__ import annotations
@@ -54,6 +61,9 @@ class ToyGeometry:
     text_kv_heads: int = 2  # < text_heads exercises grouped-query attention
     text_intermediate: int = 128  # Llama MLP width
     vocab_size: int = 320  # BPE vocabulary incl. special tokens
+    vision_intermediate: int | None = None  # ViT MLP width; None: 4 x vision_hidden (CLIP's ratio)
+    model_vocab: int | None = None  # rows of the LM head and the embeddings; None: the tokenizer's size (ids
+    #                                 beyond the tokenizer exist in the model and decode to nothing)
 
 
 GEOMETRIES = {
@@ -66,6 +76,33 @@ GEOMETRIES = {
     # layer (5), and LLM pruning points at layers 3 and 6
     "deep": ToyGeometry(image_size=48, patch_size=6, vision_layers=7, text_layers=16),
 }
+
+CLIP_L_HEADS = 16  # CLIP ViT-L/14-336 (pruning.geometries holds its widths, not its heads)
+
+
+def real_width_geometry(name: str, llm_layers: int = 2, vit_layers: int = 4,
+                        vocab: int | None = None) -> ToyGeometry:
+    """LLaVA-1.5-7B's or -13B's real widths, heads, MLP sizes, vocabulary and token geometry (336 px, patch 14,
+    576 patches + [CLS], feature layer -2) with ``llm_layers`` decoder layers and ``vit_layers`` ViT layers.
+    ``vocab`` (default: the real 32064) changes only the LM head's and the embeddings' size."""
+    from .geometries import BUILT_IN
+
+    if name not in BUILT_IN:
+        raise ValueError(f"unknown geometry {name!r}: expected one of {', '.join(BUILT_IN)}")
+    for what, n, low in (("llm_layers", llm_layers, 1), ("vit_layers", vit_layers, 2)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < low:
+            raise ValueError(f"{what}={n!r}: expected an integer >= {low}"
+                             + (" (the feature layer -2 needs two ViT layers)" if what == "vit_layers" else ""))
+    g = BUILT_IN[name]
+    vocab = g.llm.vocab if vocab is None else vocab
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 320:
+        raise ValueError(f"vocab={vocab!r}: expected an integer >= 320 (the tokenizer's ids)")
+    return ToyGeometry(
+        image_size=g.rows * g.vision.patch_size, patch_size=g.vision.patch_size, vision_hidden=g.vision.hidden,
+        vision_layers=vit_layers, vision_heads=CLIP_L_HEADS, vision_intermediate=g.vision.intermediate,
+        text_hidden=g.llm.hidden, text_layers=llm_layers, text_heads=g.llm.heads, text_kv_heads=g.llm.kv_heads,
+        text_intermediate=g.llm.intermediate, model_vocab=vocab,
+    )
 
 
 def build_tokenizer(vocab_size: int, corpus: list[str] | None = None):
@@ -116,12 +153,13 @@ def build_config(geometry: ToyGeometry, tokenizer):
 
     g = geometry
     vision = CLIPVisionConfig(
-        hidden_size=g.vision_hidden, intermediate_size=4 * g.vision_hidden, num_hidden_layers=g.vision_layers,
+        hidden_size=g.vision_hidden, intermediate_size=g.vision_intermediate or 4 * g.vision_hidden,
+        num_hidden_layers=g.vision_layers,
         num_attention_heads=g.vision_heads, image_size=g.image_size, patch_size=g.patch_size,
         projection_dim=g.vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=g.text_hidden, intermediate_size=g.text_intermediate,
+        vocab_size=g.model_vocab or len(tokenizer), hidden_size=g.text_hidden, intermediate_size=g.text_intermediate,
         num_hidden_layers=g.text_layers, num_attention_heads=g.text_heads, num_key_value_heads=g.text_kv_heads,
         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
@@ -135,10 +173,13 @@ def build_config(geometry: ToyGeometry, tokenizer):
 
 
 def build_random_llava(out_dir: str | Path, geometry: ToyGeometry | str = "tiny", seed: int = 0,
-                       chat_template: str | None = LLAVA15_CHAT_TEMPLATE, with_clip: bool = False) -> Path:
+                       chat_template: str | None = LLAVA15_CHAT_TEMPLATE, with_clip: bool = False,
+                       allow_eos: bool = True) -> Path:
     """Write a random-init LLaVA (weights, config, tokenizer, processor) to ``out_dir``; return the path.
     ``with_clip`` also writes ``clip/``: a CLIP model whose vision half is the LLaVA's vision tower and
-    whose text half is random (what IVTP's relevance needs), with the same tokenizer."""
+    whose text half is random (what IVTP's relevance needs), with the same tokenizer. ``allow_eos=False``
+    zeroes the LM head's EOS row: its logit is 0 where the others spread widely, so greedy decoding never
+    picks it and always runs ``max_new_tokens`` (for timing)."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -157,6 +198,8 @@ def build_random_llava(out_dir: str | Path, geometry: ToyGeometry | str = "tiny"
     # so parity tests compare real choices rather than near-ties.
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
+        if not allow_eos:
+            model.lm_head.weight[tokenizer.eos_token_id] = 0.0
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     if with_clip:
