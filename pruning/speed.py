@@ -495,11 +495,17 @@ def run_cli(args, model: str | None = None) -> str:
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
     for name in names:
         get_strategy(name)
+
+    def budgets(n_patches):
+        try:
+            return parse_budgets(args.keep, n_patches)
+        except ValueError as e:
+            raise ValueError(f"--keep {args.keep}: {e}") from None
     image = load_image(args.image) if args.image else None
     if args.geometry is not None:
         g = resolve_geometry(args.geometry, args.llm_layers, args.vit_layers, args.vocab)
         n_patches = (g.image_size // g.patch_size) ** 2
-        speed_configs(names, parse_budgets(args.keep, n_patches), g.text_layers, n_patches)  # fail before building
+        speed_configs(names, budgets(n_patches), g.text_layers, n_patches)  # fail before building
         source = str(geometry_model(args.geometry, args.llm_layers, args.vit_layers, args.vocab, args.cache_dir,
                                     progress=not args.quiet))
     else:
@@ -508,7 +514,7 @@ def run_cli(args, model: str | None = None) -> str:
         torch.set_num_threads(args.threads)
     engine = Engine(load_model(source, load_in_4bit=args.load_in_4bit, device=args.device))
     n_patches = engine.geometry.n_patches
-    configs, notes = speed_configs(names, parse_budgets(args.keep, n_patches), engine.geometry.llm_layers, n_patches)
+    configs, notes = speed_configs(names, budgets(n_patches), engine.geometry.llm_layers, n_patches)
     report = run_speed(engine, configs, notes, image=image, question=args.question, repeats=args.repeats,
                        new_tokens=args.new_tokens, warmup=args.warmup, memory=args.memory, progress=not args.quiet,
                        source=source, geometry=args.geometry, command=command_line(args))
