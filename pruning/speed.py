@@ -224,6 +224,40 @@ def measure_peak(engine, fn) -> tuple[int | None, str]:
     return p.delta, "cpu rss high-water above the level before the run (lower bound; weights excluded)"
 
 
+# ------------------------------------------------------------------------------------------- other processes
+_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of this process) from /proc; None where there is no /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class OthersCPU:
+    """``with OthersCPU() as o: ...`` then ``o.share``: the CPU time other processes took during the block, as a
+    share of all cores' time (0: the machine was ours; 1 / cores: one core fully busy elsewhere). None without
+    /proc. Resolution: one clock tick (10 ms)."""
+
+    def __enter__(self):
+        self._t0, self._c0 = time.perf_counter(), _cpu_ticks()
+        self.share = None
+        return self
+
+    def __exit__(self, *exc):
+        c1 = _cpu_ticks()
+        wall = time.perf_counter() - self._t0
+        if self._c0 is not None and c1 is not None and wall > 0:
+            others = max((c1[0] - self._c0[0]) - (c1[1] - self._c0[1]), 0) / _CLK
+            self.share = others / (wall * (os.cpu_count() or 1))
+        return False
+
+
 # ------------------------------------------------------------------------------------------- statistics
 def spread(values: list[float]) -> dict:
     """median, min, max and quartiles (inclusive method; the median of one value for a single run)."""
@@ -279,8 +313,10 @@ def measure(engine, image, question: str, configs: list[dict], repeats: int = 5,
     bar = tqdm(total=total, desc="speed", disable=not progress, unit="run")
 
     def once(i):
-        timings, out = engine._timed_run(prepared, strategies[i], new_tokens, sampling)
+        with OthersCPU() as others:
+            timings, out = engine._timed_run(prepared, strategies[i], new_tokens, sampling)
         timings["ttft_ms"] = timings["vision_ms"] + timings["prefill_ms"]
+        timings["others_cpu"] = others.share
         bar.update(1)
         return timings, out
 
@@ -425,6 +461,8 @@ def run_speed(engine, configs: list[dict], notes: list[str], image=None, questio
                   memory=memory, progress=progress)
     model = model_info(engine, source, geometry, built)
     peak_kind = out["rows"][0]["peak_memory_kind"]
+    shares = [t["others_cpu"] for r in out["rows"] for t in r["runs"] if t.get("others_cpu") is not None]
+    others = spread(shares) if shares else None
     all_notes = depth_notes(model, geometry) + list(notes) + [
         f"timings: medians (min-max) of {repeats} repeats after {warmup} untimed warm-up run(s) of every "
         "configuration; configurations interleaved round robin within each repeat, each repeat starting one "
@@ -433,11 +471,14 @@ def run_speed(engine, configs: list[dict], notes: list[str], image=None, questio
         "alone); predicted: TFLOPs of none over the configuration's (the engine's estimate from the token counts "
         "it ran, pruning.cost); efficiency = measured / predicted",
         f"peak memory: {peak_kind}, from one more untimed run per configuration",
-    ]
+    ] + ([f"other processes took {others['median']:.1%} of the machine's CPU time during the median timed run, "
+          f"{others['max']:.1%} at most (0: the machine was ours; each run's share is in runs[].others_cpu)"]
+         if others else [])
     return {
         "command": command, "model": model, "machine": {**machine_info(str(engine.device)),
                                                          "load_average_before": load_before,
-                                                         "load_average_after": load_average()},
+                                                         "load_average_after": load_average(),
+                                                         "others_cpu": others},
         "settings": {"repeats": repeats, "warmup": warmup, "new_tokens": new_tokens, "question": question,
                      **out["prompt"], "wall_s": round(time.time() - started, 1)},
         "notes": all_notes, "order": out["order"], "rows": out["rows"],

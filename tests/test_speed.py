@@ -45,6 +45,7 @@ def test_schema(report):
             assert set(stats) == STATS and stats["n"] == 2
             assert 0 < stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"], name
         assert [t["repeat"] for t in row["runs"]] == [0, 1]
+        assert all(t["others_cpu"] is None or 0 <= t["others_cpu"] <= 1 for t in row["runs"])
         for t in row["runs"]:
             assert t["ttft_ms"] == pytest.approx(t["vision_ms"] + t["prefill_ms"])
         assert row["decoded_tokens"] == 2  # the timing geometry never decodes EOS
