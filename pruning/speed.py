@@ -254,7 +254,7 @@ class OthersCPU:
         wall = time.perf_counter() - self._t0
         if self._c0 is not None and c1 is not None and wall > 0:
             others = max((c1[0] - self._c0[0]) - (c1[1] - self._c0[1]), 0) / _CLK
-            self.share = others / (wall * (os.cpu_count() or 1))
+            self.share = min(others / (wall * (os.cpu_count() or 1)), 1.0)  # ticks are coarse on short runs
         return False
 
 
