@@ -57,8 +57,6 @@ def card_details(r: dict) -> str:
              f"{r['image_tokens_per_layer'][-1]} reach its last layer  \n"
              f"prefill {t['prefill_ms']:.1f} ms · {t['decode_ms_per_token']:.2f} ms per decoded token · "
              f"**{r['speedup']:.2f}x** vs none (TFLOPs predict {r['speedup_predicted']:.2f}x)")
-    if r.get("cached"):
-        stats += "  \n_timings reused from an earlier identical run_"
     if r.get("notes"):
         stats += "  \n_" + "; ".join(r["notes"]) + "_"
     return stats
