@@ -126,7 +126,9 @@ def _check_local_dir(path: Path) -> None:
     if model_type != "llava":
         raise ModelLoadError(f"{cfg} has model_type={model_type!r}, not a LLaVA config ('llava')")
     if not any(path.glob("*.safetensors")):
-        raise ModelLoadError(f"model directory {str(path)!r} holds no .safetensors weights")
+        pickles = sorted(p.name for ext in ("bin", "pt", "pth", "ckpt", "pkl") for p in path.glob(f"*.{ext}"))
+        said = f" ({', '.join(pickles)}: pickle checkpoints are never loaded, convert to safetensors)" if pickles else ""
+        raise ModelLoadError(f"model directory {str(path)!r} holds no .safetensors weights{said}")
 
 
 def load_model(name_or_path: str, load_in_4bit: bool = False, device: str | None = None,

@@ -242,7 +242,7 @@ LIBRARY_REFUSED = [
     ("model-without-safetensors", lambda s, f: load_model(f.no_safetensors, device="cpu"),
      ["no-safetensors", "holds no .safetensors weights"]),
     ("model-pickle-only", lambda s, f: load_model(f.pickle_only, device="cpu"),
-     ["pickle-only", "holds no .safetensors weights"]),
+     ["pickle-only", "holds no .safetensors weights", "pytorch_model.bin: pickle checkpoints are never loaded"]),
 ]
 
 
@@ -401,7 +401,8 @@ def test_cli_calibrate_refuses(capsys, argv, words):
 
 @pytest.mark.parametrize("model, words", [("not_llava", ["model_type='bert'", "not a LLaVA"]),
                                           ("no_safetensors", ["holds no .safetensors weights"]),
-                                          ("pickle_only", ["holds no .safetensors weights"])],
+                                          ("pickle_only", ["holds no .safetensors weights",
+                                                           "pytorch_model.bin: pickle checkpoints are never loaded"])],
                          ids=["model-not-llava", "model-without-safetensors", "model-pickle-only"])
 def test_cli_refuses_models(capsys, files, model, words):
     _cli_refuses(capsys, _ask(str(EXAMPLE), QUESTION, "--model", getattr(files, model)), [getattr(files, model), *words])
@@ -517,7 +518,7 @@ def test_app_refuses_broken_models_the_host_allowed(files):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         for model, words in ((files.not_llava, ["model_type='bert'", "not a LLaVA"]),
                              (files.no_safetensors, ["holds no .safetensors weights"]),
-                             (files.pickle_only, ["holds no .safetensors weights"])):
+                             (files.pickle_only, ["pytorch_model.bin: pickle checkpoints are never loaded"])):
             _app_refuses(client, [model, *words], model=model)
         assert not os.path.exists(files.marker), "the pickle was unpickled"
     finally:
