@@ -205,8 +205,9 @@ def load_clip(lm: LoadedModel):
     else:
         try:
             dtype = torch.float32 if lm.device == "cpu" else torch.float16
-            model = CLIPModel.from_pretrained(source, dtype=dtype, use_safetensors=True).to(lm.device).eval()
-            result = ((model, AutoTokenizer.from_pretrained(source)), None)
+            model = CLIPModel.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                              trust_remote_code=False).to(lm.device).eval()
+            result = ((model, AutoTokenizer.from_pretrained(source, trust_remote_code=False)), None)
         except OSError as e:
             result = (None, f"no CLIP text encoder: cannot load {source!r} ({str(e).splitlines()[0]})")
     lm._clip = result

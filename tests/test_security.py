@@ -87,3 +87,38 @@ def test_a_pickle_checkpoint_is_refused_and_never_unpickled(model_dirs, tmp_path
     with pytest.raises(ModelLoadError, match="no .safetensors"):
         load_model(str(target), device="cpu")
     assert calls == []
+
+
+def test_models_load_with_safetensors_only_and_no_remote_code(monkeypatch):
+    """Every loader PruneScope calls (the LLaVA, its processor, IVTP's CLIP and tokenizer), for a local directory and
+    for a hub id, is asked for safetensors only and no remote code."""
+    import transformers
+
+    from pruning.model import load_clip
+
+    calls = []
+
+    def recorder(name, fail=False):
+        def from_pretrained(source, *args, **kwargs):
+            calls.append((name, source, kwargs))
+            if fail:
+                raise OSError("recorded, not loaded")
+            return original[name](source, *args, **kwargs)
+        return from_pretrained
+
+    original = {name: getattr(transformers, name).from_pretrained for name in
+                ("LlavaForConditionalGeneration", "AutoProcessor", "CLIPModel", "AutoTokenizer")}
+    for name in original:
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", recorder(name))
+    lm = load_model(str(ROOT / "assets" / "model"), device="cpu")
+    load_clip(lm)
+    monkeypatch.setattr(transformers.LlavaForConditionalGeneration, "from_pretrained",
+                        recorder("LlavaForConditionalGeneration", fail=True))
+    with pytest.raises(ModelLoadError, match="nobody/no-such-llava"):
+        load_model("nobody/no-such-llava", device="cpu")
+    assert {name for name, _, _ in calls} == set(original)
+    for name, source, kwargs in calls:
+        assert kwargs.get("trust_remote_code") is False, (name, source)
+        if name in ("LlavaForConditionalGeneration", "CLIPModel"):
+            assert kwargs.get("use_safetensors") is True, (name, source)
+    assert ("LlavaForConditionalGeneration", "nobody/no-such-llava") in {(n, s) for n, s, _ in calls}
