@@ -44,6 +44,27 @@ def undecoded(image: gr.Image) -> gr.Image:
     return image
 
 
+def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
+    """Keep a visitor's session from growing with every streamed comparison (a Gradio 6 leak).
+
+    An output a generator's yield leaves out is a skip (``{"__type__": "update"}``), and Gradio answers each skip by
+    constructing a fresh copy of that component (a new id) for the session; when a later yield gives the component
+    a value, the copy is registered in the session's config under its own id, holding the value (plots, images).
+    Each streamed comparison would add ~18 such entries (~0.3 MB) to the session, kept until an hour after it
+    closes. They are never looked up by a page (which knows the components by their original ids), so they are
+    dropped before each run. Does nothing where Gradio's internals differ."""
+    try:
+        state = demo.state_holder.session_data.get(request.session_hash) if request is not None else None
+        if state is None:
+            return
+        config = state.blocks_config.blocks
+        for key in [k for k in config if k not in demo.blocks]:
+            config.pop(key, None)
+            state.config_values.pop(key, None)
+    except AttributeError:
+        return
+
+
 # ------------------------------------------------------------------ formatting (plain values -> text)
 
 def card_title(r: dict) -> str:
@@ -252,8 +273,9 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
                 out.setdefault(name, {})[key] = value
             return out
 
-        def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name, *values,
-                        progress=gr.Progress()):
+        def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
+                        request: gr.Request, *values, progress=gr.Progress()):
+            forget_skipped_outputs(demo, request)
             params = collect_params(values)
             results: list[dict] = []
             view = None

@@ -52,6 +52,7 @@ COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
 BUDGET_FREE = ("none", "vtw")  # strategies that ignore the budget (keep is not passed to them)
 SEEDED = {"random", "kmeans"}  # strategies whose rule draws random numbers (the seed matters only there)
 ETA = 0.003  # VTW's KL threshold (Algorithm 1)
+VISION_CACHE = 8  # images whose vision pass Scope keeps for the analyses of a re-run
 
 
 def strategy_controls() -> dict[str, list[dict]]:
@@ -193,6 +194,9 @@ class Scope:
         # (which ignore the budget) and VTW's KL are not recomputed.
         self._runs = _LRU(cache_size)
         self._analyses = _LRU(cache_size)
+        # The vision pass of the last few images (tensors, on the model's device: ~10 MB for LLaVA-1.5): only
+        # a re-run on the same image (the budget slider) needs it.
+        self._vision = _LRU(min(cache_size, VISION_CACHE))
 
     # ------------------------------------------------------------ what the UI needs to build itself
     def info(self) -> dict:
@@ -304,7 +308,7 @@ class Scope:
         engine, g = self.engine, self.engine.geometry
         question = prepared.question
         sample = [bench.Sample(image, question, "")]
-        vision, _ = self._analyses.get_or(("vision", digest), lambda: engine.vision_pass(prepared))
+        vision, _ = self._vision.get_or(digest, lambda: engine.vision_pass(prepared))
         out: dict = {"cls_attention": None, "consistency": None, "vtw_kl": None, "ivtp_relevance": None}
         if vision.cls_attention is not None:
             out["cls_attention"] = vision.cls_attention.float().mean(1).tolist()  # (L_v, N)

@@ -59,3 +59,20 @@ def test_sixteen_concurrent_visitors_get_their_own_results(app_server, requests)
     assert len(distinct_views) > 1, "different images give different kept sets"
     print(f"\n{VISITORS} concurrent /compare requests: {t_together:.1f} s; the same {VISITORS} one by one: "
           f"{t_alone:.1f} s")
+
+
+def test_a_visitors_session_does_not_grow_with_streamed_comparisons(app_server, requests):
+    """The Compare button's stream (``/compare_stream``) three times in one session: Gradio's per-session config
+    keeps no copy of a component from an earlier run (``app.ui.forget_skipped_outputs``; without it, ~18 entries
+    and their plots and images more per run)."""
+    client = Client(app_server.url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/compare_stream"]
+    unset = {p["parameter_name"]: None for p in api["parameters"] if not p["parameter_has_default"]}
+    demo, sizes = app_server.demo, []
+    for image, question, _ in requests[:3]:
+        status = client.predict(image_path=handle_file(image), question_text=question, chosen=["vtc-cls", "fastv"],
+                                keep_value=KEEP, max_new_tokens=2, api_name="/compare_stream", **unset)[0]
+        assert status.startswith("Done:")
+        session = demo.state_holder.session_data[client.session_hash]
+        sizes.append(len(session.blocks_config.blocks))
+    assert sizes[1] == sizes[2] and sizes[2] - len(demo.blocks) <= 20, sizes
