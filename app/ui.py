@@ -8,6 +8,7 @@ computes what the library computes: it formats, draws and lays out.
 from __future__ import annotations
 
 import csv
+import logging
 import json
 import tempfile
 
@@ -44,6 +45,9 @@ def undecoded(image: gr.Image) -> gr.Image:
     return image
 
 
+_FORGET_WARNED = False
+
+
 def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
     """Keep a visitor's session from growing with every streamed comparison (a Gradio 6 leak).
 
@@ -61,8 +65,13 @@ def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
         for key in [k for k in config if k not in demo.blocks]:
             config.pop(key, None)
             state.config_values.pop(key, None)
-    except AttributeError:
-        return
+    except AttributeError as e:  # said once, not swallowed: the app still works, only this session may grow
+        global _FORGET_WARNED
+        if not _FORGET_WARNED:
+            _FORGET_WARNED = True
+            logging.getLogger("prunescope.app").warning(
+                "cannot drop skipped outputs from the session (Gradio's internals differ: %s); "
+                "streamed comparisons may grow a session's memory until it expires", e)
 
 
 # ------------------------------------------------------------------ formatting (plain values -> text)
