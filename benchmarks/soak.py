@@ -9,10 +9,11 @@ identical requests (``--stream``: ``/compare_stream``, what the Compare button c
 and per-image analyses). Prints the process's RSS (app and client share the process) after request 1, every tenth
 request, and the growth from request 10 (warm: first-call allocations done) to the last: the goal is under 5%.
 
-What could grow, and what bounds it: the app's per-model LRU of attention traces of identical requests and of
-per-image analyses (``Scope(cache_size=...)``, 128 entries each: after 128 distinct requests the oldest go), and
-Gradio's copies of the uploaded images, which are files in its temp directory (disk, not memory; Gradio's
-``delete_cache`` can age them out).
+What could grow, and what bounds it: the app's per-model LRUs of attention traces of identical requests and of
+per-image analyses (``Scope(cache_size=...)``, 128 entries each: once full the oldest go) and of the last 8 images'
+vision passes; a visitor's Gradio session (the copies Gradio makes of outputs a streamed yield skips are dropped
+before each run: ``app.ui.forget_skipped_outputs``); Gradio's copies of the uploaded images, which are files in its
+temp directory (disk, not memory). docs/robustness.md has the figures.
 """
 
 from __future__ import annotations
