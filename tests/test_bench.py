@@ -24,8 +24,12 @@ def test_calibration_picks_first_layer_under_eta(engines, images):
     out = calibrate_vtw(engine, samples, eta=1e9, min_layer=2, progress=False)
     assert out["k"] == 2 and set(out["kl_per_layer"]) == {"1", "2", "3", "4", "5"}
     assert all(v >= 0 for v in out["kl_per_layer"].values())
-    strict = calibrate_vtw(engine, samples, eta=-1.0, min_layer=2, progress=False)
-    assert strict["k"] is None
+    smallest_kl = min(out["kl_per_layer"].values())
+    assert smallest_kl > 0
+    strict = calibrate_vtw(engine, samples, eta=smallest_kl / 2, min_layer=2, progress=False)
+    assert strict["k"] is None  # no layer's KL is below eta
+    with pytest.raises(ValueError, match="eta=-1.0"):
+        calibrate_vtw(engine, samples, eta=-1.0, min_layer=2, progress=False)
     ks = sorted(out["kl_per_layer"].items(), key=lambda kv: float(kv[1]))
     smallest = min(out["kl_per_layer"].values())
     threshold = smallest * 1.0001
