@@ -183,20 +183,23 @@ def check_eta(eta) -> float:
     return float(eta)
 
 
-def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: int = 4,
+def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: int | None = None,
                   progress: bool = True) -> dict:
     """VTW eq. 6 / Algorithm 1: the mean KL between the full model's and the withdrawn model's output
     distribution (the first answer token) for every withdrawal layer; the chosen layer is the first one >=
     ``min_layer`` whose KL is below eta (None when none is).
 
     Layers are the engine's 0-based ``layer`` (the image rows are dropped before it runs), the paper's K is
-    1-based (eq. 5 runs layers 1..K-1 with them): K = layer + 1. The default ``min_layer=4`` is the paper's
-    K >= 5 (Algorithm 1 line 3); the authors' code starts its search at 0-based 5 (``min_layer=5``, K >= 6).
+    1-based (eq. 5 runs layers 1..K-1 with them): K = layer + 1. The default ``min_layer`` (None) is 4, the
+    paper's K >= 5 (Algorithm 1 line 3); the authors' code starts its search at 0-based 5 (``min_layer=5``, K >= 6).
+    A ``min_layer`` given beyond the model's depth is refused (the default is not: a shallow model gets k None).
     The result gives both: ``k`` / ``min_layer`` / ``kl_per_layer`` in the engine's numbering (what
     ``get_strategy("vtw", layer=k)`` takes), ``k_paper`` / ``min_k_paper`` / ``kl_per_k_paper`` in the paper's."""
     eta = check_eta(eta)
     n_layers = engine.geometry.llm_layers
-    if isinstance(min_layer, bool) or not isinstance(min_layer, int) or not 0 <= min_layer < n_layers:
+    if min_layer is None:
+        min_layer = 4
+    elif isinstance(min_layer, bool) or not isinstance(min_layer, int) or not 0 <= min_layer < n_layers:
         raise ValueError(f"min_layer={min_layer!r} (K >= {min_layer + 1 if isinstance(min_layer, int) else '?'}): "
                          f"the model has {n_layers} LLM layers; expected 0..{n_layers - 1}")
     full = get_strategy("none")

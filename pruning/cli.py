@@ -340,7 +340,7 @@ def _calibrate(args) -> int:
     check_eta(args.eta)
     if args.min_k is not None and args.min_k < 1:
         raise ValueError("--min-k counts from 1 (the paper's K); use --min-layer for the 0-based layer")
-    min_layer = args.min_k - 1 if args.min_k is not None else (args.min_layer if args.min_layer is not None else 4)
+    min_layer = args.min_k - 1 if args.min_k is not None else args.min_layer  # None: calibrate_vtw's 4 (K >= 5)
     engine = Engine(load_model(resolve_model(args.model)))
     result = calibrate_vtw(engine, load_samples(args.questions, args.samples), eta=args.eta, min_layer=min_layer)
     if args.json:
@@ -352,8 +352,8 @@ def _calibrate(args) -> int:
             print(f"layer={k:>3}  K={int(k) + 1:>3}  KL={v:.5f}")
         chosen = result["k"]
         print(f"chosen: layer {chosen} (the paper's K = {chosen + 1})" if chosen is not None else
-              f"no layer >= {min_layer} (K >= {min_layer + 1}) has KL < {args.eta}: withdrawal is not lossless "
-              "on this sample")
+              f"no layer >= {result['min_layer']} (K >= {result['min_k_paper']}) has KL < {args.eta}: withdrawal "
+              "is not lossless on this sample")
     return 0
 
 
