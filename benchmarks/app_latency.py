@@ -185,7 +185,8 @@ def main(argv=None) -> int:
               f"{fmt(min(values)) if values else '':>6} {fmt(max(values)) if values else '':>6}  {met}")
     print(f"({args.repeats} rounds after the cold one; each from a freshly loaded page with a question not asked "
           "before; default strategies none, vtc-cls, fastv, vtw at budget 72, the slider released at about 36: "
-          "none and vtw, which ignore the budget, are reused on the re-run)")
+          "every strategy is timed again on the re-run; none's and vtw's attention traces, which ignore the "
+          "budget, are reused)")
     if sweep is not None:
         said = re.search(r"x (\d+) configurations", sweep[1])
         n_configs = int(said.group(1)) if said else len(SWEEP_STRATEGIES) * len(args.budgets.split(","))
