@@ -21,15 +21,15 @@ and the app share this machine's CPUs, so on a small machine the browser's rende
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
-import socket
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.serving import free_port, load_app_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -37,20 +37,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 SWEEP_STRATEGIES = ["vtc-cls", "fastv", "vtw", "tome"]
 GOALS = {"click -> first card": 1.0, "click -> full comparison": 3.0, "slider release -> cards updated": 1.0}
 TIMEOUT_MS = 300_000
-
-
-def load_app_main():
-    """``app.py`` as a module (``import app`` finds the ``app/`` package, not the file)."""
-    spec = importlib.util.spec_from_file_location("prunescope_app_main", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def chromium_path() -> str:

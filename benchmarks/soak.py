@@ -20,30 +20,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.serving import free_port, load_app_main
+
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_GROWTH = 0.05
-
-
-def load_app_main():
-    """``app.py`` as a module (``import app`` finds the ``app/`` package, not the file)."""
-    spec = importlib.util.spec_from_file_location("prunescope_app_main", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def rss_bytes() -> int:

@@ -1,9 +1,7 @@
 """Shared fixtures: random-init LLaVA checkpoints built on disk once per session, offline; the web app served
 in-process on a free port (``app_server``, for the app tests)."""
 
-import importlib.util
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.serving import free_port, load_app_main
 from pruning.engine import Engine
 from pruning.model import load_model
 from pruning.toy import build_random_llava
@@ -54,20 +53,6 @@ def engines(model_dirs):
 # ------------------------------------------------------------------ the web app, served in-process (tests/test_app_*)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_app_main():
-    """``app.py`` (the composition root) as a module. ``import app`` finds the ``app/`` package, not the file."""
-    spec = importlib.util.spec_from_file_location("prunescope_app_main", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
