@@ -265,7 +265,7 @@ class Engine:
         prompt = self.lm.prompt(question)
         inputs = self.lm.processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
         ids = inputs["input_ids"][0]
-        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        context = self.context
         if context is not None and ids.shape[0] >= context:
             n_question = len(self.lm.processor.tokenizer(question, add_special_tokens=False).input_ids)
             raise ValueError(f"question is too long: {n_question} tokens; with the image's {self.geometry.n_patches} "
