@@ -179,7 +179,7 @@ class Scope:
         source = model or str(DEFAULT_MODEL_DIR)
         self.is_embedded = Path(source).resolve() == DEFAULT_MODEL_DIR.resolve()
         # The embedded model's matrices are tiny: one CPU thread is as fast as two, and it never stalls
-        # when the other core is busy (two OpenMP threads on one free core ran 30x slower here).
+        # when the other core is busy (two OpenMP threads sharing one free core wait on each other).
         if threads is None and self.is_embedded:
             threads = 1
         if threads is not None:
