@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
+SPEED_REPORT = ROOT / "assets" / "reports" / "speed-7b.json"
 
 
 def truthy(value: str | None) -> bool:
@@ -31,6 +32,11 @@ def load_examples(directory: Path = EXAMPLES_DIR) -> list[dict]:
         return []
     rows = json.loads(index.read_text())
     return [{**row, "image": str(directory / row["image"])} for row in rows]
+
+
+def load_speed_report(path: Path = SPEED_REPORT) -> dict | None:
+    """The measured speed report the Sweep tab shows (``python -m pruning speed --json``), or None without one."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +72,7 @@ def make_demo(model: str | None = None, load_in_4bit: bool = False, device: str 
                      load_in_4bit=load_in_4bit, device=device, threads=threads)
     if warm_up:
         pool.get().warm_up()
-    demo = build(pool, load_examples() if pool.get().info()["embedded"] else [])
+    demo = build(pool, load_examples() if pool.get().info()["embedded"] else [], load_speed_report())
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -175,6 +177,77 @@ def sweep_figures(rows: list[dict]) -> tuple[go.Figure, go.Figure]:
             fig.add_hline(y=ref["accuracy"], line_dash="dot", annotation_text=f"no pruning: {ref['accuracy']:.1%}")
         fig.update_layout(yaxis_title="accuracy", yaxis_tickformat=".0%", yaxis_range=[0, 1.05],
                           legend_title="strategy")
+    front = pareto_front([(r["prefill_tflops"], r["accuracy"], r.get("label", r["name"])) for r in rows])
+    if len(front) > 1:
+        by_tflops.add_trace(go.Scatter(
+            x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto front",
+            line=dict(color="rgba(0,0,0,0.45)", width=6), customdata=[p[2] for p in front],
+            hovertemplate="Pareto front: %{customdata}, %{x:.4g} TFLOPs -> %{y:.1%}<extra></extra>"))
     by_budget.update_layout(title="Accuracy against budget", xaxis_title="visual tokens entering the LLM (mean)")
-    by_tflops.update_layout(title="Accuracy against compute", xaxis_title="prefill TFLOPs (estimate, mean)")
+    by_tflops.update_layout(title="Accuracy against compute (grey: the Pareto front)",
+                            xaxis_title="prefill TFLOPs (estimate, mean)")
     return by_budget, by_tflops
+
+
+def pareto_front(points: list[tuple]) -> list[tuple]:
+    """The points (cost, value, ...) no other point beats: none cheaper or as cheap with a higher value. Sorted
+    by cost; ties in cost keep the best value only."""
+    front, best = [], float("-inf")
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def _series_label(row: dict) -> str:
+    """A speed row's label without its budget ("fastv 64 (layer 1)" -> "fastv (layer 1)"); rows without a label:
+    the strategy, and its layer when it has one."""
+    if row.get("label"):
+        return re.sub(r" \d+(?= |$)", "", row["label"], count=1)
+    return row["strategy"] + (f" (layer {row['params']['layer']})" if "layer" in row["params"] else "")
+
+
+def speed_figure(report: dict, stage: str = "prefill") -> go.Figure:
+    """Measured and TFLOPs-predicted speedup over no pruning against the budget, one colour per strategy, from a
+    ``python -m pruning speed`` report: solid with the per-repeat quartiles as error bars (measured), dotted
+    (predicted). ``stage``: ``prefill`` or ``ttft`` (vision + prefill)."""
+    if stage not in ("prefill", "ttft"):
+        raise ValueError(f"stage={stage!r}: expected 'prefill' or 'ttft'")
+    prefix = "prefill_" if stage == "prefill" else ""
+    rows = [r for r in report["rows"] if r["strategy"] != "none"]
+    fig = go.Figure()
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    budgets = sorted({r["params"]["keep"] for r in rows if r["params"].get("keep") is not None})
+    for i, name in enumerate(dict.fromkeys(r["strategy"] for r in rows)):
+        pts = [r for r in rows if r["strategy"] == name]
+        if all(r["params"].get("keep") is None for r in pts):  # no budget (vtw): one level across the budgets
+            pts = pts[:1] * 2 if budgets else pts[:1]
+            x = [budgets[0], budgets[-1]] if budgets else [0]
+        else:
+            pts = sorted((r for r in pts if r["params"].get("keep") is not None), key=lambda r: r["params"]["keep"])
+            x = [r["params"]["keep"] for r in pts]
+        colour = palette[i % len(palette)]
+        paired = [r.get(f"{prefix}speedup_paired") or {} for r in pts]
+        measured = [r[f"{prefix}speedup"] for r in pts]
+        label = _series_label(pts[0])
+        fig.add_trace(go.Scatter(
+            x=x, y=measured, mode="lines+markers", name=f"{label}: measured", line=dict(color=colour),
+            error_y=dict(type="data", symmetric=False,
+                         array=[max(p.get("q3", m) - m, 0) for p, m in zip(paired, measured)],
+                         arrayminus=[max(m - p.get("q1", m), 0) for p, m in zip(paired, measured)]),
+            customdata=[r[f"{prefix}efficiency"] for r in pts],
+            hovertemplate=f"{label} keep %{{x}}: %{{y:.2f}}x measured (efficiency %{{customdata:.2f}})<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=x, y=[r[f"{prefix}speedup_predicted"] for r in pts], mode="lines+markers", name=f"{label}: predicted",
+            line=dict(color=colour, dash="dot"), marker=dict(symbol="circle-open"),
+            hovertemplate=f"{label} keep %{{x}}: %{{y:.2f}}x predicted by TFLOPs<extra></extra>"))
+    what = "prefill" if stage == "prefill" else "time to first token (vision + prefill)"
+    model = report.get("model", {})
+    depth = (f"{model.get('llm_layers')} LLM + {model.get('vit_layers')} ViT layers"
+             if model.get("llm_layers") else "")
+    fig.add_hline(y=1.0, line_dash="dash", line_color="grey")
+    fig.update_layout(title=f"Speedup of the {what} over no pruning" + (f" ({depth})" if depth else ""),
+                      xaxis_title="visual tokens kept (vtw has no budget: one level across)",
+                      yaxis_title="speedup over none (x)", legend_title="solid: measured, dotted: TFLOPs")
+    return fig

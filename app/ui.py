@@ -137,8 +137,20 @@ def sweep_table(rows: list[dict]) -> list[list]:
 
 # ------------------------------------------------------------------ the Blocks
 
-def build(pool, examples: list[dict]) -> gr.Blocks:
-    """``pool``: a ``pruning.compare.ScopePool`` (its default model is loaded to lay the page out)."""
+def speed_caption(report: dict) -> str:
+    """What the measured-speed figure shows, from the report itself: the command, the model, the machine."""
+    m, mach = report.get("model", {}), report.get("machine", {})
+    return (f"Measured with `{report.get('command', 'python -m pruning speed')}`: LLaVA-1.5-7B's real widths with "
+            f"random weights and {m.get('llm_layers')} LLM + {m.get('vit_layers')} ViT layers (per-layer cost is the "
+            f"real model's; totals scale with depth), fp32 on {mach.get('cpu', 'a CPU')} with "
+            f"{mach.get('torch_threads')} threads. Solid: measured (bars: the per-repeat quartiles); dotted: what "
+            "the TFLOPs predict. Not this page's model: the toy above is too small for its timings to mean much. "
+            "See docs/performance.md.")
+
+
+def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Blocks:
+    """``pool``: a ``pruning.compare.ScopePool`` (its default model is loaded to lay the page out);
+    ``speed_report``: a ``python -m pruning speed --json`` report shown in the Sweep tab (none: not shown)."""
     scope = pool.get()
     info = scope.info()
     n_patches, grid = info["n_patches"], info["grid"]
@@ -252,6 +264,15 @@ def build(pool, examples: list[dict]) -> gr.Blocks:
                 sweep_df = gr.Dataframe(headers=["strategy", "keep", "accuracy", "tokens into LLM", "tokens last layer",
                                                  "prefill TFLOPs", "prefill ms"], interactive=False)
                 sweep_file = gr.File(label="Download the table (CSV)")
+                if speed_report is not None:
+                    with gr.Accordion("Measured speed on LLaVA-1.5-7B's widths: speedup against budget",
+                                      open=False, elem_id="ps-speed"):
+                        gr.Markdown(speed_caption(speed_report))
+                        with gr.Row():
+                            gr.Plot(plots.speed_figure(speed_report, "prefill"), label="Prefill speedup",
+                                    elem_id="ps-plot-speed-prefill")
+                            gr.Plot(plots.speed_figure(speed_report, "ttft"), label="Time-to-first-token speedup",
+                                    elem_id="ps-plot-speed-ttft")
 
             # -------------------------------------------------------- How it works
             with gr.Tab("How it works", id="about"):

@@ -6,7 +6,7 @@ row count (what pruning changes: the rows of every matrix product in the LLM).
 
 For each configuration (``name`` or ``name:keep``; fastv and vtw at the layer ``speed`` uses): one warm-up run,
 then one run under ``torch.profiler`` with the three stages marked (the engine's own ``vision_pass``, ``prefill``
-and ``decode``, the calls ``Engine._timed_run`` makes), and the profiler's self CPU time grouped as
+and ``decode``, the calls ``Engine.timed_run`` makes), and the profiler's self CPU time grouped as
 
 - ``gemm``: aten::mm / addmm / bmm / matmul / linear (the projections, the MLP, the LM head);
 - ``attention``: scaled_dot_product_attention and the softmax / einsum of the [CLS] and last-query rows;
@@ -66,7 +66,7 @@ def profile_one(engine, prepared, strategy, new_tokens: int) -> dict:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     sampling = dict(temperature=0.0, top_p=1.0, seed=0)
-    engine._timed_run(prepared, strategy, new_tokens, sampling)  # warm-up
+    engine.timed_run(prepared, strategy, new_tokens, sampling)  # warm-up
     stages = {}
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()

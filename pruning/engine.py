@@ -597,7 +597,11 @@ class Engine:
         tokens = self.decode(state, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         return self.lm.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip(), state
 
-    def _timed_run(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict):
+    def timed_run(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict):
+        """One untraced run of ``strategy`` on ``prepared``, each stage timed (``cost.Stopwatch``, synchronised
+        on CUDA): returns ``({"vision_ms", "prefill_ms", "decode_ms_per_token", "total_ms"}, (state, tokens))``.
+        ``sampling``: ``temperature``, ``top_p``, ``seed``. What ``run``, ``python -m pruning speed`` and the
+        benchmarks time; ``make_result`` turns its output into a ``Result``."""
         dev = str(self.device)
         with cost.Stopwatch(dev) as sw_v:
             vision = self.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
@@ -622,10 +626,10 @@ class Engine:
         if str(self.device).startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         timings, (state, tokens) = cost.repeat_timed(
-            lambda: self._timed_run(prepared, strategy, max_new_tokens, sampling), repeats, warmup)
+            lambda: self.timed_run(prepared, strategy, max_new_tokens, sampling), repeats, warmup)
         peak = torch.cuda.max_memory_allocated() if str(self.device).startswith("cuda") else None
         trace_dict = self.trace(prepared, strategy, max_new_tokens, sampling) if trace else None
-        return self._result(prepared, strategy, state, tokens, timings, peak, trace_dict)
+        return self.make_result(prepared, strategy, state, tokens, timings, peak, trace_dict)
 
     def trace(self, prepared: Prepared, strategy: Strategy, max_new_tokens: int, sampling: dict) -> dict:
         """A traced run: per LLM layer, how the generating queries' attention splits over the segments,
@@ -636,7 +640,9 @@ class Engine:
         tokens = self.decode(state, max_new_tokens, trace_store=store, **sampling)
         return summarize_trace(store, state.layer_tokens, prepared, self.geometry.n_patches, len(tokens))
 
-    def _result(self, prepared, strategy, state: PrefillState, tokens, timings, peak, trace_dict) -> Result:
+    def make_result(self, prepared, strategy, state: PrefillState, tokens, timings, peak, trace_dict) -> Result:
+        """The ``Result`` of a run: the answer, token counts, ``timings`` as given, TFLOPs from the token counts the
+        run had, KV-cache bytes, ``peak`` memory (or None) and ``trace_dict`` (or None)."""
         tokenizer = self.lm.processor.tokenizer
         answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         kv_layers = cost.kv_cache_bytes(state.cache)

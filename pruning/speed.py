@@ -314,7 +314,7 @@ def measure(engine, image, question: str, configs: list[dict], repeats: int = 5,
 
     def once(i):
         with OthersCPU() as others:
-            timings, out = engine._timed_run(prepared, strategies[i], new_tokens, sampling)
+            timings, out = engine.timed_run(prepared, strategies[i], new_tokens, sampling)
         timings["ttft_ms"] = timings["vision_ms"] + timings["prefill_ms"]
         timings["others_cpu"] = others.share
         bar.update(1)
@@ -343,7 +343,7 @@ def measure(engine, image, question: str, configs: list[dict], repeats: int = 5,
     for i, (config, strategy) in enumerate(zip(configs, strategies)):
         state, tokens = last[i]
         medians = {k: statistics.median(t[k] for t in runs[i]) for k in TIMINGS}
-        result = engine._result(prepared, strategy, state, tokens, medians, peaks[i][0], None)
+        result = engine.make_result(prepared, strategy, state, tokens, medians, peaks[i][0], None)
         rows.append(_row(config, result, runs[i], peaks[i], prepared))
     _add_speedups(rows)
     text_tokens = int(prepared.input_ids.shape[0]) - prepared.n_image

@@ -153,3 +153,23 @@ def test_bench_rows_carry_predicted_speedup():
     add_prefill_speedups(rows)
     assert rows[0]["prefill_speedup"] == rows[0]["prefill_speedup_predicted"] == rows[0]["prefill_efficiency"] == 1
     assert (rows[1]["prefill_speedup"], rows[1]["prefill_speedup_predicted"], rows[1]["prefill_efficiency"]) == (2, 4, 0.5)
+
+
+def test_figures_from_a_speed_report(report, tmp_path, capsys):
+    """benchmarks.figures draws the measured and predicted speedups of a real report into HTML files."""
+    from app.plots import speed_figure
+    from benchmarks import figures
+
+    src = tmp_path / "speed.json"
+    src.write_text(json.dumps(report))
+    assert figures.main(["--speed", str(src), "--out", str(tmp_path / "fig")]) == 0
+    written = capsys.readouterr().out.split()
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == ["speedup-prefill.html", "speedup-ttft.html"]
+    html = (tmp_path / "fig" / "speedup-prefill.html").read_text()
+    assert "plotly" in html and "random: measured" in html
+    fig = speed_figure(report)
+    rows = {r["label"]: r for r in report["rows"]}
+    random = next(t for t in fig.data if t.name == "random: measured")
+    assert list(random.y) == [rows[f"random {b}"]["prefill_speedup"] for b in sorted(BUDGETS)]
+    with pytest.raises(SystemExit):
+        figures.main([])  # nothing to draw: a usage error
