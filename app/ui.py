@@ -251,16 +251,17 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                                    value=[s for s in info["default_strategies"] if s != "none"],
                                                    multiselect=True, label="Strategies (none runs as the reference)")
                     sweep_budgets = gr.Textbox(value=",".join(str(round(n_patches * f)) for f in (0.333, 0.222, 0.111)),
-                                               label="Budgets (visual tokens, comma-separated)")
-                    sweep_n = gr.Slider(5, 400, value=40, step=5, label="Questions")
+                                               label="Budgets (visual tokens, comma-separated)", elem_id="ps-sweep-budgets")
+                    sweep_n = gr.Slider(5, 400, value=40, step=5, label="Questions", elem_id="ps-sweep-n")
                     sweep_types = gr.CheckboxGroup(["colour", "shape", "exist", "count", "position"],
                                                    value=["colour", "shape", "exist", "count", "position"],
                                                    label="Question types")
-                sweep_run = gr.Button("Run sweep", variant="primary")
-                sweep_status = gr.Markdown("")
+                sweep_run = gr.Button("Run sweep", variant="primary", elem_id="ps-sweep-run")
+                sweep_status = gr.Markdown("", elem_id="ps-sweep-status")
                 with gr.Row():
-                    sweep_budget_plot = gr.Plot(label="Accuracy vs budget")
-                    sweep_tflops_plot = gr.Plot(label="Accuracy vs TFLOPs")
+                    sweep_budget_plot = gr.Plot(label="Accuracy vs budget", elem_id="ps-plot-sweep-budget")
+                    sweep_tflops_plot = gr.Plot(label="Accuracy vs TFLOPs (with the Pareto front)",
+                                                elem_id="ps-plot-sweep-tflops")
                 sweep_df = gr.Dataframe(headers=["strategy", "keep", "accuracy", "tokens into LLM", "tokens last layer",
                                                  "prefill TFLOPs", "prefill ms"], interactive=False)
                 sweep_file = gr.File(label="Download the table (CSV)")

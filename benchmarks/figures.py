@@ -7,7 +7,8 @@
   (``app.plots.speed_figure``);
 - from ``python -m pruning bench --json > FILE`` rows: ``accuracy-tflops.html``, accuracy against prefill TFLOPs
   with the Pareto front, and ``accuracy-budget.html`` (``app.plots.sweep_figures``, the Sweep tab's figures);
-- a PNG beside each HTML file when ``--png`` is given and kaleido can render (it needs a Chrome or Chromium).
+- a PNG beside each HTML file with ``--png`` (kaleido, pinned in requirements-dev.txt; it drives a Chrome or
+  Chromium: ``BROWSER_PATH``, default Debian's ``/usr/bin/chromium`` where it exists).
 
 The HTML files load plotly.js from its CDN (``include_plotlyjs="cdn"``): open them in a browser with a network.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.speed and not args.bench:
         p.error("give --speed, --bench or both")
+    if args.png and "BROWSER_PATH" not in os.environ and Path("/usr/bin/chromium").exists():
+        os.environ["BROWSER_PATH"] = "/usr/bin/chromium"
     from app import plots
 
     out = Path(args.out)

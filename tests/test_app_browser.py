@@ -128,3 +128,35 @@ def test_compare_and_slider_in_chromium(app_server, browser, shots):
         page.wait_for_selector(f"#{plot} .js-plotly-plot", state="visible")
     page.screenshot(path=str(shots / "3-after-slider.png"), full_page=True)
     page.close()
+
+
+def legend_names(page, elem_id: str) -> list[str]:
+    """The trace names in a plotly figure's legend (SVG text, which inner_text cannot read)."""
+    return page.eval_on_selector_all(f"#{elem_id} .legendtext", "els => els.map(e => e.textContent)")
+
+
+def test_sweep_tab_pareto_front_and_measured_speed(app_server, browser, shots):
+    """The Sweep tab: a small sweep draws accuracy against TFLOPs with its Pareto front, and the measured speed
+    report (assets/reports/speed-7b.json) opens as two plots."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_server.url)
+    page.get_by_role("tab", name="Sweep").click()
+    page.wait_for_selector("#ps-sweep-run", state="visible")
+    page.fill("#ps-sweep-budgets textarea", "48")
+    number = page.locator("#ps-sweep-n input[type=number]")
+    number.fill("5")
+    number.press("Enter")
+    page.click("#ps-sweep-run")
+    page.wait_for_function("() => { const s = document.querySelector('#ps-sweep-status');"
+                           " return s && s.innerText.includes('5 questions x'); }", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#ps-plot-sweep-tflops .js-plotly-plot", state="visible")
+    legend = legend_names(page, "ps-plot-sweep-tflops")
+    assert "Pareto front" in legend and "vtc-cls" in legend
+    page.click("#ps-speed button, #ps-speed .label-wrap")
+    for plot in ("ps-plot-speed-prefill", "ps-plot-speed-ttft"):
+        page.wait_for_selector(f"#{plot} .js-plotly-plot", state="visible")
+    assert "fastv (layer 1): measured" in legend_names(page, "ps-plot-speed-prefill")
+    assert "python -m pruning speed" in page.inner_text("#ps-speed")
+    page.screenshot(path=str(shots / "4-sweep.png"), full_page=True)
+    page.close()
