@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,29 +106,53 @@ def configs(strategies: str, budgets: list[int], position_variants: bool = True)
     return rows
 
 
-def evaluate(engine, samples: list[Sample], params: dict, max_new_tokens: int = 4) -> dict:
-    strategy = get_strategy(**params)
+def timed_prefill(engine, prepared, strategy, keep_hidden: bool = False):
+    """The vision pass, then the prefill timed on its own: ``(state, prefill_ms)``."""
+    vision = engine.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
+    with cost.Stopwatch(str(engine.device)) as sw:
+        state = engine.prefill(prepared, vision, strategy, keep_hidden=keep_hidden)
+    return state, sw.ms
+
+
+def prefill_cost(engine, prepared, state, prefill_ms: float) -> dict:
+    """What one request cost before its first token: visual tokens before pruning, entering the LLM and in its
+    last layer, prompt tokens entering the LLM, the prefill's milliseconds and its TFLOPs estimate (projector +
+    LLM + LM head, as ``Result.tflops["prefill"]``)."""
+    return {"visual_tokens": prepared.n_image, "visual_tokens_kept": len(state.kept_before),
+            "visual_tokens_last_layer": state.image_tokens_per_layer[-1], "prompt_tokens": state.tokens_per_layer[0],
+            "prefill_ms": prefill_ms,
+            "prefill_tflops": (cost.projector_flops(engine.vision_shape, len(state.kept_before))
+                               + cost.prefill_flops(engine.llm_shape, state.tokens_per_layer)) / 1e12}
+
+
+def sample_record(engine, sample: Sample, strategy, max_new_tokens: int = 4) -> dict:
+    """One question, greedy: the answer, whether it is right, and ``prefill_cost``."""
+    prepared = engine.prepare(sample.image, sample.question)
+    state, ms = timed_prefill(engine, prepared, strategy)
+    tokens = engine.decode(state, max_new_tokens)
+    answer = engine.lm.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    return {"type": sample.type, "answer": answer.strip(), "hit": int(normalise(answer) == normalise(sample.answer)),
+            **prefill_cost(engine, prepared, state, ms)}
+
+
+def summarise(strategy, records: list[dict]) -> dict:
+    """A sweep row from per-question records (in question order): accuracy overall and per type, mean tokens
+    and TFLOPs, median prefill ms."""
     hits: dict[str, list[int]] = {}
-    prefill_ms, entering, last_layer, tflops = [], [], [], []
-    dev = str(engine.device)
-    for s in samples:
-        prepared = engine.prepare(s.image, s.question)
-        vision = engine.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
-        with cost.Stopwatch(dev) as sw:
-            state = engine.prefill(prepared, vision, strategy)
-        tokens = engine.decode(state, max_new_tokens)
-        answer = engine.lm.processor.tokenizer.decode(tokens, skip_special_tokens=True)
-        hits.setdefault(s.type, []).append(int(normalise(answer) == normalise(s.answer)))
-        prefill_ms.append(sw.ms)
-        entering.append(len(state.kept_before))
-        last_layer.append(state.image_tokens_per_layer[-1])
-        tflops.append((cost.projector_flops(engine.vision_shape, len(state.kept_before))
-                       + cost.prefill_flops(engine.llm_shape, state.tokens_per_layer)) / 1e12)
-    all_hits = [h for v in hits.values() for h in v]
+    for r in records:
+        hits.setdefault(r["type"], []).append(r["hit"])
+    all_hits = [r["hit"] for r in records]
     return {"name": strategy.name, "params": strategy.params(), "accuracy": sum(all_hits) / len(all_hits),
             "per_type": {t: sum(v) / len(v) for t, v in sorted(hits.items())},
-            "tokens_entering_llm": statistics.mean(entering), "tokens_last_layer": statistics.mean(last_layer),
-            "prefill_tflops": statistics.mean(tflops), "prefill_ms": statistics.median(prefill_ms)}
+            "tokens_entering_llm": statistics.mean(r["visual_tokens_kept"] for r in records),
+            "tokens_last_layer": statistics.mean(r["visual_tokens_last_layer"] for r in records),
+            "prefill_tflops": statistics.mean(r["prefill_tflops"] for r in records),
+            "prefill_ms": statistics.median(r["prefill_ms"] for r in records)}
+
+
+def evaluate(engine, samples: list[Sample], params: dict, max_new_tokens: int = 4) -> dict:
+    strategy = get_strategy(**params)
+    return summarise(strategy, [sample_record(engine, s, strategy, max_new_tokens) for s in samples])
 
 
 def sweep(engine, samples: list[Sample], strategies: str, budgets: list[int], progress: bool = True,
@@ -152,6 +178,209 @@ def add_prefill_speedups(rows: list[dict]) -> None:
         measured = ref["prefill_ms"] / max(r["prefill_ms"], 1e-9)
         predicted = ref["prefill_tflops"] / max(r["prefill_tflops"], 1e-18)
         r.update(prefill_speedup=measured, prefill_speedup_predicted=predicted, prefill_efficiency=measured / predicted)
+
+
+# ---------------------------------------------------------------- data-parallel sweeps
+# The questions are split as lmms-eval splits a task: process r of N takes questions r, r + N, r + 2N, ...
+# Every process runs every configuration on its share; the shares are merged in question order and summarised
+# as one process would. Two ways in: ``sweep_processes`` spawns N workers itself (``bench --processes N``), and
+# ``sweep_launched`` is one of N processes a launcher started (torchrun, ``accelerate launch``), found by the
+# launcher's WORLD_SIZE / RANK / LOCAL_RANK.
+
+
+@dataclass
+class SweepJob:
+    """What every process of a sharded sweep needs to rebuild the same sweep on its own."""
+
+    model: str
+    questions: str = "shapes"
+    n: int = 200
+    strategies: str = "all"
+    keep: str = "0.333,0.222,0.111"
+    load_in_4bit: bool = False
+    position_variants: bool = True
+    device: str | None = None  # None: one GPU per process when there are GPUs, else the CPU
+    threads: int | None = None  # CPU threads per process; None: the cores shared out evenly
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def process_device(job: SweepJob, local_rank: int) -> str:
+    """Process ``local_rank``'s device: GPU ``local_rank`` modulo the GPUs (processes share GPUs when there are
+    more processes than GPUs), or the CPU."""
+    if job.device is not None and job.device != "cuda":
+        return job.device
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    if job.device == "cuda":
+        raise ValueError("device cuda: no GPU is visible to this process")
+    return "cpu"
+
+
+def run_shard(job: SweepJob, rank: int, world: int, local_rank: int, on_total=None, on_step=None) -> dict:
+    """Process ``rank`` of ``world``: load the model and the questions, run every configuration on questions
+    rank, rank + world, ... Returns the configurations, the number of questions and, per configuration, the
+    (question index, record) pairs."""
+    from .engine import Engine
+    from .model import load_model
+
+    device = process_device(job, local_rank)
+    if device == "cpu":
+        torch.set_num_threads(job.threads or max(1, cpu_count() // world))
+    engine = Engine(load_model(job.model, load_in_4bit=job.load_in_4bit, device=device))
+    samples = load_samples(job.questions, job.n)
+    rows = configs(job.strategies, parse_budgets(job.keep, engine.geometry.n_patches), job.position_variants)
+    mine = list(range(rank, len(samples), world))
+    if on_total:
+        on_total(len(mine) * len(rows))
+    records = []
+    for _, params in rows:
+        strategy = get_strategy(**params)
+        done = []
+        for i in mine:
+            done.append((i, sample_record(engine, samples[i], strategy)))
+            if on_step:
+                on_step()
+        records.append(done)
+    return {"configs": rows, "n_samples": len(samples), "records": records, "device": device}
+
+
+def merge_shards(shards: list[dict]) -> list[dict]:
+    """The sweep's rows from every process's ``run_shard``, as ``sweep`` gives them in one process."""
+    first = shards[0]
+    for s in shards[1:]:
+        if s["configs"] != first["configs"] or s["n_samples"] != first["n_samples"]:
+            raise ValueError("the processes of a sharded sweep built different sweeps (configurations or questions "
+                             "differ); every process must see the same model, questions and budgets")
+    rows = []
+    for c, (label, params) in enumerate(first["configs"]):
+        pairs = sorted(pair for s in shards for pair in s["records"][c])
+        if [i for i, _ in pairs] != list(range(first["n_samples"])):
+            raise ValueError(f"{label}: the shards do not cover every question once")
+        row = summarise(get_strategy(**params), [r for _, r in pairs])
+        row["label"] = label
+        rows.append(row)
+    add_prefill_speedups(rows)
+    return rows
+
+
+def _worker(rank: int, world: int, job: SweepJob, queue) -> None:
+    """A spawned process of ``sweep_processes``: its shard, or the error, through ``queue``."""
+    try:
+        out = run_shard(job, rank, world, rank, on_total=lambda n: queue.put(("total", rank, n)),
+                        on_step=lambda: queue.put(("step", rank, 1)))
+        queue.put(("done", rank, out))
+    except (ValueError, FileNotFoundError) as e:  # bad input: the message is the whole story
+        queue.put(("error", rank, str(e)))
+    except BaseException:  # anything else: the traceback, so the parent can show where it broke
+        queue.put(("error", rank, traceback.format_exc()))
+
+
+def sweep_processes(job: SweepJob, processes: int, progress: bool = True) -> list[dict]:
+    """``job`` over ``processes`` spawned processes (one per GPU, or the CPU cores shared out), one progress bar."""
+    import multiprocessing
+    import queue as queues
+
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes={processes!r}: expected an integer >= 1")
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or OpenMP state
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, processes, job, q), daemon=True) for r in range(processes)]
+    for p in procs:
+        p.start()
+    shards: dict[int, dict] = {}
+    totals: dict[int, int] = {}
+    bar = tqdm(total=0, desc=f"bench ({processes} processes)", disable=not progress)
+    try:
+        while len(shards) < processes:
+            try:
+                kind, rank, value = q.get(timeout=2)
+            except queues.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in shards]
+                if dead:  # give a message already on its way a moment to arrive
+                    try:
+                        kind, rank, value = q.get(timeout=5)
+                    except queues.Empty:
+                        r = dead[0]
+                        raise RuntimeError(f"bench process {r} exited with code {procs[r].exitcode} before finishing "
+                                           "(killed for memory?)") from None
+                else:
+                    continue
+            if kind == "error":
+                raise ValueError(f"bench process {rank}: {value}")
+            if kind == "total":
+                totals[rank] = value
+                bar.total = sum(totals.values())
+                bar.refresh()
+            elif kind == "step":
+                bar.update(value)
+            elif kind == "done":
+                shards[rank] = value
+    finally:
+        bar.close()
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+    return merge_shards([shards[r] for r in range(processes)])
+
+
+def launched_world() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when a launcher (torchrun, ``accelerate launch``) started several copies of
+    this process; None otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+
+
+def sweep_launched(job: SweepJob, progress: bool = True) -> list[dict] | None:
+    """This process's shard of ``job`` when a launcher started several; the shards meet on rank 0 (torch.distributed,
+    gloo: plain Python objects, no GPU needed for them), which returns the rows; the other ranks return None."""
+    import torch.distributed as dist
+
+    where = launched_world()
+    if where is None:
+        raise ValueError("sweep_launched: WORLD_SIZE is not > 1 (no launcher started several processes)")
+    rank, world, local_rank = where
+    own_group = not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("gloo")  # the launcher's MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE
+    try:
+        bar = tqdm(total=0, desc=f"bench (rank 0 of {world})", disable=not progress or rank != 0)
+
+        def on_total(n):
+            bar.total = n
+            bar.refresh()
+
+        try:  # every rank reaches the gather, with its shard or its error, so no rank waits forever
+            out = run_shard(job, rank, world, local_rank, on_total=on_total, on_step=lambda: bar.update(1))
+        except (ValueError, FileNotFoundError) as e:
+            out = {"error": str(e)}
+        except Exception:
+            out = {"error": traceback.format_exc()}
+        finally:
+            bar.close()
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(out, gathered, dst=0)
+        if rank != 0:
+            if "error" in out:
+                raise ValueError(f"bench rank {rank}: {out['error']}")
+            return None
+        failed = [(r, g["error"]) for r, g in enumerate(gathered) if "error" in g]
+        if failed:
+            raise ValueError("; ".join(f"bench rank {r}: {e}" for r, e in failed))
+        return merge_shards(gathered)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="budgets: counts or fractions of the grid (default: 192/128/64 of 576, as fractions)")
     bench.add_argument("--n", type=_positive_int, default=200, help="questions (split evenly over types)")
     bench.add_argument("--4bit", dest="load_in_4bit", action="store_true")
+    bench.add_argument("--processes", type=_positive_int, default=1,
+                       help="split the questions over N processes (one GPU each when there are GPUs, else the CPU "
+                       "cores shared out); under torchrun / accelerate launch the launcher's processes split them")
+    bench.add_argument("--threads", type=_positive_int, help="CPU threads per process (default: the cores shared out)")
     bench.add_argument("--json", action="store_true")
 
     an = sub.add_parser("analyze", help="the papers' analyses: VTC-CLS Fig. 2, VTW Fig. 4 and 8b (JSON + HTML)")
@@ -358,13 +362,37 @@ def _calibrate(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import load_samples, markdown_table, parse_budgets, sweep
-    from .engine import Engine
-    from .model import load_model
+    from .bench import (SweepJob, configs, launched_world, load_samples, markdown_table, parse_budgets, sweep,
+                        sweep_launched, sweep_processes)
 
-    engine = Engine(load_model(resolve_model(args.model), load_in_4bit=args.load_in_4bit))
-    budgets = parse_budgets(args.keep, engine.geometry.n_patches)
-    rows = sweep(engine, load_samples(args.questions, args.n), args.strategies, budgets)
+    if args.processes < 1:
+        raise ValueError("--processes 0: expected at least 1 process")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads 0: expected at least 1 thread")
+    launched = launched_world()
+    if launched and args.processes > 1:
+        raise ValueError(f"--processes {args.processes} under a launcher that started {launched[1]} processes "
+                         "(WORLD_SIZE): use one or the other")
+    configs(args.strategies, [1])  # an unknown strategy fails here, before any model loads
+    job = SweepJob(model=resolve_model(args.model), questions=args.questions, n=args.n, strategies=args.strategies,
+                   keep=args.keep, load_in_4bit=args.load_in_4bit, threads=args.threads)
+    if launched:
+        rows = sweep_launched(job)
+        if rows is None:  # not rank 0: rank 0 prints the table
+            return 0
+    elif args.processes > 1:
+        rows = sweep_processes(job, args.processes)
+    else:
+        import torch
+
+        from .engine import Engine
+        from .model import load_model
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        engine = Engine(load_model(job.model, load_in_4bit=args.load_in_4bit))
+        budgets = parse_budgets(args.keep, engine.geometry.n_patches)
+        rows = sweep(engine, load_samples(args.questions, args.n), args.strategies, budgets)
     print(json.dumps(rows) if args.json else markdown_table(rows))
     return 0
 
