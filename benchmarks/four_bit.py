@@ -15,12 +15,13 @@ two precisions answer with the same tokens (nf4 rounds the weights, so they may 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import time
+
+from benchmarks import timing_parser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -40,15 +41,8 @@ def weight_bytes(model) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.four_bit", description=__doc__.split("\n")[0])
-    p.add_argument("--geometry", default="llava-1.5-7b")
-    p.add_argument("--llm-layers", type=int, default=2)
-    p.add_argument("--vit-layers", type=int, default=4)
+    p = timing_parser("python -m benchmarks.four_bit", __doc__.split("\n")[0], new_tokens=8, repeats=5)
     p.add_argument("--configs", default="none,vtc-cls:64,random:64,fastv:64,vtw")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json")
     args = p.parse_args(argv)
 
     import torch

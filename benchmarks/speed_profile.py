@@ -19,11 +19,12 @@ on this machine for the LLM's three matrix shapes at the prefill row counts seen
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import time
+
+from benchmarks import timing_parser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -143,14 +144,8 @@ def main(argv=None) -> int:
     from pruning.speed import geometry_model, load_average, random_image
     from pruning.strategies import get_strategy
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.speed_profile")
-    ap.add_argument("--geometry", default="llava-1.5-7b")
-    ap.add_argument("--llm-layers", type=int, default=2)
-    ap.add_argument("--vit-layers", type=int, default=4)
+    ap = timing_parser("python -m benchmarks.speed_profile", __doc__.split("\n")[0], new_tokens=8)
     ap.add_argument("--configs", default="none,random:64,fastv:64")
-    ap.add_argument("--new-tokens", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = geometry_model(args.geometry, args.llm_layers, args.vit_layers)
