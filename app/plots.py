@@ -177,7 +177,7 @@ def sweep_figures(rows: list[dict]) -> tuple[go.Figure, go.Figure]:
             fig.add_hline(y=ref["accuracy"], line_dash="dot", annotation_text=f"no pruning: {ref['accuracy']:.1%}")
         fig.update_layout(yaxis_title="accuracy", yaxis_tickformat=".0%", yaxis_range=[0, 1.05],
                           legend_title="strategy")
-    front = pareto_front([(r["prefill_tflops"], r["accuracy"], r.get("label", r["name"])) for r in rows])
+    front = pareto_front([(r["prefill_tflops"], r["accuracy"], _point_label(r)) for r in rows])
     if len(front) > 1:
         by_tflops.add_trace(go.Scatter(
             x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto front",
@@ -187,6 +187,13 @@ def sweep_figures(rows: list[dict]) -> tuple[go.Figure, go.Figure]:
     by_tflops.update_layout(title="Accuracy against compute (grey: the Pareto front)",
                             xaxis_title="prefill TFLOPs (estimate, mean)")
     return by_budget, by_tflops
+
+
+def _point_label(row: dict) -> str:
+    """A bench row's label with its budget ("kmeans keep 32"); ``none`` and rows without a budget as they are."""
+    keep = (row.get("params") or {}).get("keep")
+    label = row.get("label", row["name"])
+    return f"{label} keep {keep}" if keep is not None else label
 
 
 def pareto_front(points: list[tuple]) -> list[tuple]:

@@ -78,14 +78,17 @@ def test_pareto_front_keeps_only_unbeaten_points():
 
 def test_sweep_accuracy_vs_tflops_draws_the_pareto_front():
     rows = [{"name": "none", "label": "none", "accuracy": 0.9, "tokens_entering_llm": 144, "prefill_tflops": 2e-3},
-            {"name": "random", "label": "random", "accuracy": 0.5, "tokens_entering_llm": 16, "prefill_tflops": 5e-4},
-            {"name": "fastv", "label": "fastv", "accuracy": 0.4, "tokens_entering_llm": 144, "prefill_tflops": 9e-4},
-            {"name": "random", "label": "random", "accuracy": 0.7, "tokens_entering_llm": 48, "prefill_tflops": 1e-3}]
+            {"name": "random", "label": "random", "accuracy": 0.5, "tokens_entering_llm": 16, "prefill_tflops": 5e-4,
+             "params": {"name": "random", "keep": 16}},
+            {"name": "fastv", "label": "fastv", "accuracy": 0.4, "tokens_entering_llm": 144, "prefill_tflops": 9e-4,
+             "params": {"name": "fastv", "keep": 16}},
+            {"name": "random", "label": "random", "accuracy": 0.7, "tokens_entering_llm": 48, "prefill_tflops": 1e-3,
+             "params": {"name": "random", "keep": 48}}]
     _, by_tflops = plots.sweep_figures(rows)
     front = [t for t in by_tflops.data if t.name == "Pareto front"]
     assert len(front) == 1
     assert list(front[0].x) == [5e-4, 1e-3, 2e-3] and list(front[0].y) == [0.5, 0.7, 0.9]
-    assert list(front[0].customdata) == ["random", "random", "none"]  # fastv is beaten: dearer and worse
+    assert list(front[0].customdata) == ["random keep 16", "random keep 48", "none"]  # fastv: dearer and worse
 
 
 def _speed_report():
