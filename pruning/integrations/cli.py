@@ -71,6 +71,8 @@ def _cell(value, fmt: str) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
+    """One line per (results file, task), the unpruned runs first."""
+    rows = sorted(rows, key=lambda r: r["args"].get("strategy", "none") != "none")
     metric_names: list[str] = []
     for r in rows:
         for m in r["metrics"]:
@@ -80,7 +82,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         args = dict(r["args"])
-        strategy, keep = args.pop("strategy", "none"), args.pop("keep", "all")
+        strategy = args.pop("strategy", "none")
+        keep = args.pop("keep", "all" if strategy == "none" else "–")  # vtw keeps no budget
         args.pop("pretrained", None)
         other = ", ".join(f"{k}={v}" for k, v in args.items()) or ""
         cells = [strategy if r["model"] == "prunescope" else f"{r['model']}", keep, other, r["task"],
