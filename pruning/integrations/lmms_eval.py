@@ -103,11 +103,10 @@ def check_keep(keep, n_patches: int | None = None):
 def build_strategy(name, params: dict):
     """The strategy from model_args, or a ValueError that names the bad argument and lists the valid ones."""
     from pruning.strategies import available, get_strategy
-    from pruning.strategies.base import _REGISTRY
 
     if not isinstance(name, str) or name not in available():
         raise ValueError(f"prunescope model_args: unknown strategy {name!r}; valid strategies: {', '.join(available())}")
-    fields = {f.name for f in dataclasses.fields(_REGISTRY[name])}
+    fields = {f.name for f in dataclasses.fields(get_strategy(name))}
     unknown = sorted(set(params) - fields)
     if unknown:
         raise ValueError(f"prunescope model_args: {', '.join(unknown)}: neither a model option "
