@@ -118,6 +118,18 @@ def test_entry_point_resolves_to_the_plugin():
     assert get_model("prunescope") is PruneScopeLMM
 
 
+def test_plugin_imported_first_still_registers(lmms_env):
+    """Importing the plugin before lmms-eval's model registry (a script that builds the model itself) must not
+    break the registry's entry-point loading."""
+    code = ("import pruning.integrations.lmms_eval as plugin\n"
+            "from lmms_eval.models import get_model\n"
+            "assert get_model('prunescope') is plugin.PruneScopeLMM\n"
+            "print('ok')")
+    proc = run([sys.executable, "-c", code], lmms_env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+    assert "Failed to load model entry-point manifests" not in proc.stdout + proc.stderr
+
+
 def test_core_still_works_with_the_eval_extra_installed(lmms_env):
     """lmms-eval's own requirements would pull a torchvision that does not match this torch (and timm, which breaks
     the accelerate command without it): the extra leaves neither behind, and the core imports and runs."""

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import torch
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from loguru import logger
 from tqdm import tqdm
 
@@ -56,8 +55,12 @@ COST_FIELDS = ("visual_tokens", "visual_tokens_kept", "visual_tokens_last_layer"
                "prefill_tflops")
 
 
-def manifests() -> list[ModelManifest]:
-    """The entry point's payload (group ``lmms_eval.models``): lmms-eval's registry imports the class on use."""
+def manifests() -> list:
+    """The entry point's payload (group ``lmms_eval.models``): lmms-eval's registry imports the class on use.
+    ``lmms_eval.models`` is imported here, not with this module: importing it builds the registry, which loads this
+    entry point, so a module-level import would find this module half-initialised when it is imported first."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return [ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.PruneScopeLMM")]
 
 
