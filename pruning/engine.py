@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -553,9 +554,11 @@ class Engine:
     # ---------------------------------------------------------------- decode
     @torch.no_grad()
     def decode(self, state: PrefillState, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int = 0, trace_store: dict | None = None) -> list[int]:
+               seed: int = 0, trace_store: dict | None = None,
+               stop: Callable[[list[int]], bool] | None = None) -> list[int]:
         """Generate up to ``max_new_tokens`` tokens from the prefill state (the first comes from the
-        prefill logits). Greedy when ``temperature == 0``."""
+        prefill logits). Greedy when ``temperature == 0``. Stops at EOS, at ``max_new_tokens``, or as soon as
+        ``stop(tokens so far)`` is true (e.g. a stop string appeared in their text)."""
         context = self.context
         check_generation(max_new_tokens, temperature, top_p, context)
         if context is not None and max(state.next_positions) + max_new_tokens - 1 > context:
@@ -563,7 +566,6 @@ class Engine:
                              f"and the model's context is {context} positions; ask for at most "
                              f"{context - max(state.next_positions) + 1}")
         pick = _sampler(temperature, top_p, seed)
-        dev = self.device
         logits = state.logits
         tokens: list[int] = []
         positions = list(state.next_positions)
@@ -573,19 +575,49 @@ class Engine:
             while True:
                 token = pick(logits)
                 tokens.append(token)
-                if token in self.eos_ids or len(tokens) >= max_new_tokens:
+                if token in self.eos_ids or len(tokens) >= max_new_tokens or (stop is not None and stop(tokens)):
                     break
-                h = self.embed_tokens(torch.tensor([[token]], device=dev))  # (1, 1, D)
-                rotary: dict[int, tuple] = {}
-                for layer_idx, layer in enumerate(self.layers):
-                    p = positions[layer_idx]
-                    if p not in rotary:
-                        rotary[p] = self._rotary(h, torch.tensor([p], device=dev))
-                    h = layer(h, attention_mask=None, position_embeddings=rotary[p], past_key_values=state.cache,
-                              use_cache=True)
+                logits = self._step(token, positions, state.cache)
                 positions = [p + 1 for p in positions]
-                logits = self.lm_head(self.norm(h)[:, -1])[0].float()
         return tokens
+
+    def _step(self, token: int, positions: list[int], cache) -> torch.Tensor:
+        """One token through every layer over the per-layer cache (layer i at position ``positions[i]``; the
+        cache grows by one per layer): the next token's logits (V,)."""
+        dev = self.device
+        h = self.embed_tokens(torch.tensor([[token]], device=dev))  # (1, 1, D)
+        rotary: dict[int, tuple] = {}
+        for layer_idx, layer in enumerate(self.layers):
+            p = positions[layer_idx]
+            if p not in rotary:
+                rotary[p] = self._rotary(h, torch.tensor([p], device=dev))
+            h = layer(h, attention_mask=None, position_embeddings=rotary[p], past_key_values=cache, use_cache=True)
+        return self.lm_head(self.norm(h)[:, -1])[0].float()
+
+    @torch.no_grad()
+    def score(self, state: PrefillState, continuation: list[int]) -> tuple[list[float], bool]:
+        """Teacher forcing after a (pruned) prefill of the context: the log-probability of each continuation token
+        (the first from the prefill's logits, each next one after feeding the one before through the per-layer
+        cache, as ``decode`` does), and whether greedy decoding would produce exactly these tokens. The context's
+        pruning is the one generation has (FastV's attention row is the context's last token's). The state's
+        cache grows by ``len(continuation) - 1`` tokens per layer: score a state once."""
+        ids = [int(t) for t in continuation]
+        if not ids:
+            raise ValueError("continuation: expected at least one token id")
+        context = self.context
+        if context is not None and max(state.next_positions) + len(ids) - 1 > context:
+            raise ValueError(f"continuation of {len(ids)} tokens: the prompt ends at position "
+                             f"{max(state.next_positions)} and the model's context is {context} positions")
+        logits, positions = state.logits, list(state.next_positions)
+        logprobs, greedy = [], True
+        for i, token in enumerate(ids):
+            lp = logits.log_softmax(-1)
+            logprobs.append(float(lp[token]))
+            greedy = greedy and int(lp.argmax()) == token
+            if i + 1 < len(ids):
+                logits = self._step(token, positions, state.cache)
+                positions = [p + 1 for p in positions]
+        return logprobs, greedy
 
     # ---------------------------------------------------------------- one request
     def generate(self, image, question: str, strategy: Strategy, max_new_tokens: int = 16,

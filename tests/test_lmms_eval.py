@@ -264,10 +264,11 @@ def test_loglikelihood_matches_transformers_forward():
 
 
 def test_loglikelihood_agrees_with_generation_under_pruning(engine):
-    """vtc-cls before the LLM and vtw inside it: the answer the pruned model generates is, scored by loglikelihood
-    with the same strategy, what greedy decoding produces."""
+    """vtc-cls before the LLM, vtw and fastv inside it, ivtp (scored by the question): the answer the pruned model
+    generates is, scored by loglikelihood with the same strategy, what greedy decoding produces."""
     questions = load_samples("shapes", 5)
-    for args in ({"strategy": "vtc-cls", "keep": KEEP}, {"strategy": "vtw", "layer": 3}):
+    for args in ({"strategy": "vtc-cls", "keep": KEEP}, {"strategy": "vtw", "layer": 3},
+                 {"strategy": "fastv", "keep": KEEP}, {"strategy": "ivtp", "keep": KEEP}):
         lm = _plugin(**args)
         lm.task_dict = {"t": {"test": [{"image": q.image} for q in questions]}}
         params = {"name": args["strategy"], **{k: v for k, v in args.items() if k != "strategy"}}
@@ -278,10 +279,42 @@ def test_loglikelihood_agrees_with_generation_under_pruning(engine):
         assert all(o.text[1] for o in lm.loglikelihood(reqs)), args
 
 
-def test_loglikelihood_refuses_text_dependent_strategies():
-    lm = _plugin(strategy="fastv", keep=KEEP)
-    with pytest.raises(NotImplementedError, match="fastv.*last prompt token's attention"):
-        lm.loglikelihood([])
+def test_engine_score_teacher_forces_what_decode_generates(engine):
+    """Engine.score after a FastV prefill: the tokens greedy decoding produced are greedy under scoring, the first
+    log-probability is the prefill logits', and a token decode did not pick is scored lower and not greedy."""
+    from pruning.bench import timed_prefill
+
+    q = load_samples("shapes", 5)[2]
+    strategy = get_strategy("fastv", keep=KEEP)
+    prepared = engine.prepare(q.image, q.question)
+    state, _ = timed_prefill(engine, prepared, strategy)
+    first = state.logits.log_softmax(-1)
+    tokens = engine.decode(state, 4)
+    state, _ = timed_prefill(engine, prepared, strategy)  # decode grew the cache: a fresh prefill to score
+    logprobs, greedy = engine.score(state, tokens)
+    assert greedy and len(logprobs) == len(tokens)
+    assert logprobs[0] == pytest.approx(float(first[tokens[0]]), abs=1e-5)
+    other = int(first.argsort()[-2])  # the second most likely first token
+    state, _ = timed_prefill(engine, prepared, strategy)
+    worse, greedy = engine.score(state, [other])
+    assert not greedy and worse[0] < logprobs[0]
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.score(state, [])
+
+
+def test_engine_decode_stops_when_told(engine):
+    q = load_samples("shapes", 5)[0]
+    prepared = engine.prepare(q.image, q.question)
+    from pruning.bench import timed_prefill
+
+    none = get_strategy("none")
+    state, _ = timed_prefill(engine, prepared, none)
+    seen = []
+    free = engine.decode(state, 8)
+    assert len(free) >= 2, "the answer has at least two tokens (the last one EOS)"
+    state, _ = timed_prefill(engine, prepared, none)
+    tokens = engine.decode(state, 8, stop=lambda toks: seen.append(list(toks)) or len(toks) >= 1)
+    assert tokens == free[:1] and seen == [free[:1]]
 
 
 def test_multiple_choice_task_runs(lmms_run, task_dir):

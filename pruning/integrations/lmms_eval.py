@@ -14,12 +14,11 @@ unknown strategy or parameter, a budget outside 1..the model's visual tokens, a 
 
 - ``generate_until``: the engine's prefill (pruned) and decode, greedy unless the task samples (temperature /
   top-p, seeded per document), ``max_new_tokens`` from the task's ``gen_kwargs`` (capped to what the context holds,
-  with a warning), the answer cut at the first of the task's ``until`` strings (the engine stops at EOS or
-  ``max_new_tokens``; the cut gives the same text, the tokens after the stop string are decoded and dropped).
-- ``loglikelihood``: the context and the continuation in one pruned prefill; the continuation's tokens are scored
-  from the last layer's rows. Strategies that pick tokens by the last prompt token (``fastv``: its attention row;
-  ``ivtp``: the question's relevance) are refused, because in that prefill the last token is the continuation's.
-  The value returned is the continuation's mean negative log-likelihood per token, as lmms-eval's own LLaVA models
+  with a warning); decoding stops at EOS, at ``max_new_tokens`` or as soon as one of the task's ``until`` strings
+  appears in the text (``Engine.decode``'s ``stop``), and the answer is cut before it.
+- ``loglikelihood``: the context is prefilled and pruned as for generation (FastV's attention row and IVTP's
+  question relevance are the context's), then the continuation's tokens are teacher-forced through the per-layer
+  cache (``Engine.score``), every strategy alike. The value returned is the continuation's mean negative log-likelihood per token, as lmms-eval's own LLaVA models
   return (lmms-eval's multiple-choice scoring takes the choice with the smallest value).
 - Per request, the result carries PruneScope's cost in its ``token_counts`` (lmms-eval writes them into every
   logged sample): visual tokens before pruning, entering the LLM and in its last layer, prompt tokens entering
@@ -312,8 +311,11 @@ class PruneScopeLMM(lmms):
                                                 f"{context_len} positions after a prompt of {max(state.next_positions)}"
                                                 f": capped to {room}")
                     max_new = room
+            until = [u for u in settings["until"] if u]
+            stop = ((lambda toks: any(u in self.tokenizer.decode(toks, skip_special_tokens=True) for u in until))
+                    if until else None)
             tokens = engine.decode(state, max_new, temperature=settings["temperature"], top_p=settings["top_p"],
-                                   seed=int(doc_id) if isinstance(doc_id, int) else 0)
+                                   seed=int(doc_id) if isinstance(doc_id, int) else 0, stop=stop)
             text = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), settings["until"]).strip()
             cost = prefill_cost(engine, prepared, state, ms)
             counts = PruneScopeCounts(input_tokens=cost["prompt_tokens"], output_tokens=len(tokens), **cost)
@@ -324,16 +326,7 @@ class PruneScopeLMM(lmms):
     def loglikelihood(self, requests) -> list:
         from pruning.bench import prefill_cost, timed_prefill
 
-        s = self.strategy
-        if s.needs_attention_row or s.needs_group_attention:
-            why = ("the last prompt token's attention" if s.needs_attention_row
-                   else "the question's relevance to the image")
-            raise NotImplementedError(
-                f"prunescope: loglikelihood with strategy {s.name!r}: it picks visual tokens by {why}, and the engine "
-                "scores a continuation in the same prefill as its context, where the last token is the "
-                "continuation's; run it on generate_until tasks, or score with a strategy that picks by the image "
-                "alone")
-        engine, out = self.engine, []
+        engine, s, out = self.engine, self.strategy, []
         for req in tqdm(requests, desc="prunescope loglikelihood", disable=self._rank != 0):
             t0 = time.perf_counter()
             if len(req.args) < 6:
@@ -344,13 +337,16 @@ class PruneScopeLMM(lmms):
             continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
             prepared = engine.prepare(image, self._question(context))
             cont = self._continuation_ids(prepared.prompt, str(continuation), where)
-            full = dataclasses.replace(prepared, input_ids=torch.cat([prepared.input_ids, cont.to(engine.device)]))
-            if engine.context is not None and full.input_ids.shape[0] > engine.context:
-                raise ValueError(f"prunescope: {where}: context and continuation hold {full.input_ids.shape[0]} "
-                                 f"tokens, beyond the model's context of {engine.context}")
-            state, ms = timed_prefill(engine, full, s, keep_hidden=True)
-            nll, greedy = self._score(state, prepared.input_ids.shape[0], cont)
-            cost = prefill_cost(engine, full, state, ms)
+            total = prepared.input_ids.shape[0] + cont.shape[0]
+            if engine.context is not None and total > engine.context:
+                raise ValueError(f"prunescope: {where}: context and continuation hold {total} tokens, beyond the "
+                                 f"model's context of {engine.context}")
+            # the context is prefilled (and pruned) as for generation; the continuation is teacher-forced through
+            # the per-layer cache (Engine.score)
+            state, ms = timed_prefill(engine, prepared, s)
+            logprobs, greedy = engine.score(state, cont.tolist())
+            nll = -sum(logprobs) / len(logprobs)
+            cost = prefill_cost(engine, prepared, state, ms)
             counts = PruneScopeCounts(input_tokens=cost["prompt_tokens"], output_tokens=0, **cost)
             self._record(req, counts, time.perf_counter() - t0)
             # lmms-eval 0.7.3 turns a bare (float, bool) tuple into its string (api/instance.py,
@@ -369,20 +365,6 @@ class PruneScopeLMM(lmms):
         if not tail:
             raise ValueError(f"prunescope: {where}: the continuation {continuation!r} adds no token to the prompt")
         return torch.tensor(tail, dtype=torch.long)
-
-    @torch.no_grad()
-    def _score(self, state, n_context: int, cont: torch.Tensor) -> tuple[float, bool]:
-        """Mean negative log-likelihood per continuation token and whether greedy decoding would produce them, from
-        the last layer's rows: the logits for the token at full index j come from the row of index j - 1."""
-        engine = self.engine
-        index = state.layer_tokens[-1].tolist()  # full-prompt index of every row of the last layer
-        where = {j: r for r, j in enumerate(index)}
-        rows = torch.tensor([where[n_context - 1 + i] for i in range(cont.shape[0])], device=state.hidden_states.device)
-        logp = engine.lm_head(state.hidden_states[rows]).float().log_softmax(-1)  # (C, V)
-        target = cont.to(logp.device)
-        ll = logp.gather(1, target[:, None]).sum()
-        greedy = bool((logp.argmax(-1) == target).all())
-        return float(-ll / target.shape[0]), greedy
 
     def generate_until_multi_round(self, requests) -> list:
         raise NotImplementedError("prunescope: generate_until_multi_round (multi-round tasks) is not supported: the "
