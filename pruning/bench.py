@@ -106,11 +106,11 @@ def configs(strategies: str, budgets: list[int], position_variants: bool = True)
     return rows
 
 
-def timed_prefill(engine, prepared, strategy, keep_hidden: bool = False):
+def timed_prefill(engine, prepared, strategy):
     """The vision pass, then the prefill timed on its own: ``(state, prefill_ms)``."""
     vision = engine.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
     with cost.Stopwatch(str(engine.device)) as sw:
-        state = engine.prefill(prepared, vision, strategy, keep_hidden=keep_hidden)
+        state = engine.prefill(prepared, vision, strategy)
     return state, sw.ms
 
 
@@ -120,9 +120,7 @@ def prefill_cost(engine, prepared, state, prefill_ms: float) -> dict:
     LLM + LM head, as ``Result.tflops["prefill"]``)."""
     return {"visual_tokens": prepared.n_image, "visual_tokens_kept": len(state.kept_before),
             "visual_tokens_last_layer": state.image_tokens_per_layer[-1], "prompt_tokens": state.tokens_per_layer[0],
-            "prefill_ms": prefill_ms,
-            "prefill_tflops": (cost.projector_flops(engine.vision_shape, len(state.kept_before))
-                               + cost.prefill_flops(engine.llm_shape, state.tokens_per_layer)) / 1e12}
+            "prefill_ms": prefill_ms, "prefill_tflops": engine.prefill_tflops(state)}
 
 
 def sample_record(engine, sample: Sample, strategy, max_new_tokens: int = 4) -> dict:

@@ -672,6 +672,12 @@ class Engine:
         tokens = self.decode(state, max_new_tokens, trace_store=store, **sampling)
         return summarize_trace(store, state.layer_tokens, prepared, self.geometry.n_patches, len(tokens))
 
+    def prefill_tflops(self, state: PrefillState) -> float:
+        """The prefill's TFLOPs estimate from the token counts it ran: projector on the kept rows, every LLM layer,
+        the LM head on the last position (``Result.tflops["prefill"]``)."""
+        return (cost.projector_flops(self.vision_shape, len(state.kept_before))
+                + cost.prefill_flops(self.llm_shape, state.tokens_per_layer)) / 1e12
+
     def make_result(self, prepared, strategy, state: PrefillState, tokens, timings, peak, trace_dict) -> Result:
         """The ``Result`` of a run: the answer, token counts, ``timings`` as given, TFLOPs from the token counts the
         run had, KV-cache bytes, ``peak`` memory (or None) and ``trace_dict`` (or None)."""
@@ -681,8 +687,7 @@ class Engine:
         # decode FLOPs are reported for the first decoded token (cache = prompt + 1 per layer)
         kv_lengths = [n + 1 for n in state.tokens_per_layer]
         tf_vision = cost.vision_flops(self.vision_shape, state.vit_tokens) / 1e12
-        tf_prefill = (cost.projector_flops(self.vision_shape, len(state.kept_before))
-                      + cost.prefill_flops(self.llm_shape, state.tokens_per_layer)) / 1e12
+        tf_prefill = self.prefill_tflops(state)
         tf_decode = cost.decode_token_flops(self.llm_shape, kv_lengths) / 1e12
         steps = max(len(tokens) - 1, 0)
         return Result(
