@@ -1,6 +1,6 @@
 """The lmms-eval plugin (pruning.integrations.lmms_eval) and the prunescope_shapes task, through lmms-eval itself.
 
-lmms-eval comes from requirements-eval.txt, installed after requirements-dev.txt, and the project is installed for
+lmms-eval comes from the test lock (requirements-dev.txt, docs/install.md), and the project is installed for
 its entry point (README, .ci/run). lmms-eval runs in subprocesses (``python -m lmms_eval``, as documented), offline,
 on the embedded model; a few calls go to the plugin class directly (the same object lmms-eval builds).
 """
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 if importlib.util.find_spec("lmms_eval") is None:
-    raise ImportError("lmms-eval is not installed: pip install --no-deps -r requirements-eval.txt && "
+    raise ImportError("lmms-eval is not installed: pip install --no-deps -r requirements-dev.txt && "
                       "pip install --no-deps -e . (README, 'Run the tests')")
 
 from pruning.bench import load_samples, sample_record

@@ -7,5 +7,5 @@
 - ``cli``: ``python -m pruning.integrations export-task`` (write the task) and ``table`` (lmms-eval results files as
   one markdown table: accuracy next to the kept tokens and the cost).
 
-Only ``lmms_eval`` imports lmms-eval (installed from requirements-eval.txt, docs/evaluation.md).
+Only ``lmms_eval`` imports lmms-eval (installed from the test lock requirements-dev.txt, docs/evaluation.md).
 """
