@@ -19,7 +19,8 @@ _OBJ = f"{_C} {_S}"
 # (type, form shown to a visitor, example, regular expression); "where" was asked in training only.
 FORMS = (
     ("colour", "What colour is the <shape>?", "What colour is the circle?", f"What colour is the {_S}\\?"),
-    ("shape", "What shape is the <colour> object?", "What shape is the red object?", f"What shape is the {_C} object\\?"),
+    ("shape", "What shape is the <colour> object?", "What shape is the red object?",
+     f"What shape is the {_C} object\\?"),
     ("exist", "Is there a <colour> <shape>?", "Is there a red circle?", f"Is there a {_OBJ}\\?"),
     ("count", "How many objects are there?", "How many objects are there?", "How many objects are there\\?"),
     ("position", "Is the <colour> <shape> left or right of the <colour> <shape>?",
