@@ -29,13 +29,14 @@ import contextlib
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from . import cost
 from .model import LoadedModel
 from .strategies import LLMContext, Selection, Strategy, VisionContext, ViTContext
+from .strategies.base import QuestionEmbeddings
 
 SEGMENTS = ("system", "image", "question", "generated")
 
@@ -70,6 +71,7 @@ class PrefillState:
     vit_tokens: list | None = None  # tokens entering each ViT layer (None: all, no pruning inside the ViT)
     kept_vit: list | None = None  # patches that left the ViT (None: all, no pruning inside the ViT)
     merge_groups: list | None = None  # per patch: the index into kept_before of the token it merged into, or -1
+    projected_rows: int | None = None  # rows the projector ran on, when not the kept ones (needs_projected: all N)
 
 
 @dataclass
@@ -368,18 +370,23 @@ class Engine:
         ids, a, n = prepared.input_ids, prepared.image_start, prepared.n_image
         dev = self.device
         # stage "before LLM"
+        if strategy.stage == "before" and (strategy.needs_projected or strategy.question_inputs()):
+            vision = self._strategy_inputs(prepared, vision, strategy)
         selection = strategy.select_before_llm(vision) if strategy.stage == "before" else None
         if selection is None:  # everything the vision pass kept (all patches unless pruned inside the ViT)
             selection = Selection(vision.patch_ids if vision.patch_ids is not None else torch.arange(n))
         idx = selection.indices
         _check_indices(idx, n, strategy.name)
-        if selection.features is not None:
-            feats = selection.features
-        elif vision.patch_ids is not None:  # features are stored for the surviving patches only
-            feats = vision.patch_features
+        if selection.features is None and vision.projected is not None:  # projected once, all N (needs_projected)
+            image_embeds = vision.projected[idx.to(dev)]
         else:
-            feats = vision.patch_features[idx.to(dev)]
-        image_embeds = self.projector(feats.to(dev))  # (U, D)
+            if selection.features is not None:
+                feats = selection.features
+            elif vision.patch_ids is not None:  # features are stored for the surviving patches only
+                feats = vision.patch_features
+            else:
+                feats = vision.patch_features[idx.to(dev)]
+            image_embeds = self.projector(feats.to(dev))  # (U, D)
         text_embeds = self.embed_tokens(ids)  # (S_full, D)
         h = torch.cat([text_embeds[:a], image_embeds.to(text_embeds.dtype), text_embeds[a + n:]])[None]  # (1, S, D)
         full_index = torch.cat([torch.arange(a), a + idx, torch.arange(a + n, ids.shape[0])]).to(dev)  # (S,)
@@ -426,6 +433,10 @@ class Engine:
                                      patch_indices=full_index[image_rows] - a, vision=vision,
                                      step=vit_points + drops.index(layer_idx), steps=vit_points + len(drops),
                                      group=maps)
+                    if strategy.needs_keys:  # layer k-1's cached keys are rotated and hold exactly h's rows
+                        k_prev = cache.layers[layer_idx - 1].keys[0]  # (KV, S, hd)
+                        ctx.keys = k_prev.transpose(0, 1).reshape(k_prev.shape[1], -1)
+                        ctx.normed_states = self.norm(h)[0]
                     keep_img = strategy.select_in_llm(ctx)
                     if keep_img is not None:
                         _check_indices(keep_img, image_rows.shape[0], strategy.name)
@@ -449,15 +460,67 @@ class Engine:
             h = self.norm(h)
         logits = self.lm_head(h[:, -1])[0].float()  # (V,)
         kept_final = (full_index[is_image] - a).tolist()
+        notes = [f"{strategy.name}: {live['note']}; the scoring query is the visual [CLS]"] if live.get("note") else []
+        notes += [f"{strategy.name}: {note}" for note in (selection.notes or [])]
         return PrefillState(
             cache=cache, logits=logits, next_positions=next_positions, layer_tokens=layer_tokens,
             kept_before=idx.tolist(), kept_final=kept_final, tokens_per_layer=tokens_per_layer,
             image_tokens_per_layer=image_per_layer, hidden_states=h[0] if keep_hidden else None,
-            notes=[f"{strategy.name}: {live['note']}; the scoring query is the visual [CLS]"] if live.get("note") else [],
+            notes=notes,
             vit_tokens=vision.vit_tokens,
             kept_vit=vision.patch_ids.tolist() if vision.patch_ids is not None else None,
             merge_groups=selection.groups.tolist() if selection.groups is not None else None,
+            projected_rows=vision.projected.shape[0] if vision.projected is not None else None,
         )
+
+    def _strategy_inputs(self, prepared: Prepared, vision: VisionContext, strategy: Strategy) -> VisionContext:
+        """A copy of ``vision`` with what the strategy asks for before the LLM: the projector's output of every patch
+        (``needs_projected``) and the question's embeddings (``question_inputs``)."""
+        if vision.patch_ids is not None:
+            raise ValueError(f"strategy {strategy.name!r} needs every patch's features (none pruned inside the ViT)")
+        extra = {}
+        if strategy.needs_projected:
+            extra["projected"] = self.projector(vision.patch_features.to(self.device))  # (N, D)
+        wanted = strategy.question_inputs()
+        if wanted:
+            extra["question"] = self.question_embeddings(prepared, vision, wanted, strategy.question_text)
+        return replace(vision, **extra)
+
+    def question_embeddings(self, prepared: Prepared, vision: VisionContext, wanted=("clip", "llm"),
+                            text_of=lambda q: q) -> QuestionEmbeddings:
+        """The question (``text_of(prepared.question)``) embedded as ``wanted`` says. "clip": CLIP's text tower, the
+        question cut into chunks of its context (zero-padded, as CDPruner's code feeds it), one projected embedding per
+        chunk, and each patch's CLIP image embedding (the vision tower's post_layernorm of the patch features, through
+        CLIP's visual_projection); ``clip_note`` says why not when no CLIP text encoder loads. "llm": the LLM's input
+        embeddings of the question's tokens (tokenised alone, no special tokens)."""
+        from .model import load_clip
+
+        text = text_of(prepared.question)
+        out = QuestionEmbeddings()
+        if "clip" in wanted:
+            clip, note = load_clip(self.lm)
+            if clip is None:
+                out.clip_note = note
+            else:
+                model, clip_tok = clip
+                dev = next(model.parameters()).device
+                width = model.config.text_config.max_position_embeddings
+                enc = clip_tok(text, return_tensors="pt")
+                ids, mask = enc.input_ids[0], enc.attention_mask[0]
+                pad = -ids.shape[0] % width
+                ids = torch.cat([ids, ids.new_zeros(pad)]).view(-1, width)
+                mask = torch.cat([mask, mask.new_zeros(pad)]).view(-1, width)
+                tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+                with torch.no_grad():
+                    pooled = model.text_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).pooler_output
+                    out.clip_text = model.text_projection(pooled).float()  # (M, C)
+                    patches = tower.post_layernorm(vision.patch_features)
+                    out.clip_patches = model.visual_projection(patches.to(dev, pooled.dtype)).float()  # (N, C)
+        if "llm" in wanted:
+            ids = self.lm.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+            with torch.no_grad():
+                out.llm_tokens = self.embed_tokens(ids.to(self.device))  # (Q, D)
+        return out
 
     # ---------------------------------------------------------------- IVTP's scoring query in the LLM
     def _pseudo_setup(self, prepared: Prepared, vision: VisionContext, strategy: Strategy) -> dict:
@@ -675,7 +738,7 @@ class Engine:
     def prefill_tflops(self, state: PrefillState) -> float:
         """The prefill's TFLOPs estimate from the token counts it ran: projector on the kept rows, every LLM layer,
         the LM head on the last position (``Result.tflops["prefill"]``)."""
-        return (cost.projector_flops(self.vision_shape, len(state.kept_before))
+        return (cost.projector_flops(self.vision_shape, state.projected_rows or len(state.kept_before))
                 + cost.prefill_flops(self.llm_shape, state.tokens_per_layer)) / 1e12
 
     def make_result(self, prepared, strategy, state: PrefillState, tokens, timings, peak, trace_dict) -> Result:

@@ -40,6 +40,8 @@ class VisionContext:
     cls_final: torch.Tensor | None = None  # (Dv,) post-layernorm [CLS] of the last ViT layer (CLIP's image token)
     patch_ids: torch.Tensor | None = None  # (N',) patches still present after pruning inside the ViT (None: all)
     vit_tokens: list | None = None  # tokens entering each ViT layer when pruned inside the ViT (None: all)
+    projected: torch.Tensor | None = None  # needs_projected: (N, D) the projector's output of every patch
+    question: QuestionEmbeddings | None = None  # question_inputs(): the question's embeddings (stage "before")
 
     def cls_scores(self, k_layers: int = 1, ensemble: str = "avg") -> torch.Tensor:
         """VTC-CLS eq. 2 and 9: [CLS] attention averaged over heads, in the ``k_layers`` layers ending at the
@@ -75,6 +77,20 @@ class LLMContext:
     step: int = 0  # index of this pruning point among all of the strategy's (ViT points first)
     steps: int = 1  # the strategy's pruning points, ViT and LLM together
     group: list | None = None  # needs_group_attention: per layer of the group, (A (M+1, M+1), value norms (M,))
+    keys: torch.Tensor | None = None  # needs_keys: (S, KV*hd) layer k-1's keys after rotary (its cache), heads
+    #                                    concatenated
+    normed_states: torch.Tensor | None = None  # needs_keys: (S, D) the LLM's final norm of hidden_states
+
+
+@dataclass
+class QuestionEmbeddings:
+    """The question in embedding spaces (what ``Strategy.question_inputs`` asks for; batch size 1)."""
+
+    clip_text: torch.Tensor | None = None  # (M, C) CLIP text tower's projected embedding, one per chunk of its context
+    clip_patches: torch.Tensor | None = None  # (N, C) CLIP image embedding of each patch: visual_projection of the
+    #                                           vision tower's post_layernorm of the patch features
+    llm_tokens: torch.Tensor | None = None  # (Q, D) the LLM's input embeddings of the question's tokens
+    clip_note: str | None = None  # why clip_text is None (no CLIP text encoder), when it was asked for
 
 
 @dataclass
@@ -99,6 +115,7 @@ class Selection:
     groups: torch.Tensor | None = None  # (N,) merging strategies: for every patch of the grid, the position
     #                                     (0..U-1) in ``indices`` of the kept token whose feature it went into,
     #                                     -1 where it went into none (what the app tints as a merged group)
+    notes: list | None = None  # what the strategy wants the result to say (e.g. which input it used)
 
     def __post_init__(self):
         self.indices = torch.as_tensor(self.indices, dtype=torch.long)
@@ -119,6 +136,9 @@ class Strategy:
     stages: ClassVar[tuple[str, ...]] = ("before",)  # stages this strategy implements
     needs_attention_row: ClassVar[bool] = False  # stage "llm": wants the attention row at layer k-1
     needs_group_attention: ClassVar[bool] = False  # stage "llm": wants attention maps of a scoring query (IVTP)
+    needs_projected: ClassVar[bool] = False  # stage "before": wants VisionContext.projected (the engine then feeds
+    #                                          the kept rows of it to the LLM: the projector runs once, on all N)
+    needs_keys: ClassVar[bool] = False  # stage "llm": wants LLMContext.keys and normed_states
 
     keep: int | None = None  # visual tokens to keep; None: all (or the strategy's own default)
     stage: str = "before"  # "before" the LLM or inside it ("llm")
@@ -160,6 +180,15 @@ class Strategy:
 
     def select_in_vit(self, ctx: "ViTContext") -> torch.Tensor:
         raise NotImplementedError(f"strategy {self.name!r} does not prune inside the ViT")
+
+    def question_inputs(self) -> tuple[str, ...]:
+        """Stage "before": the question embeddings the engine puts in ``VisionContext.question``: "clip" (CLIP's
+        text tower and patch embeddings), "llm" (the LLM's input embeddings of the question); none by default."""
+        return ()
+
+    def question_text(self, question: str) -> str:
+        """The text ``question_inputs`` embeds (the question as asked by default)."""
+        return question
 
     def pseudo_rows(self, relevance: torch.Tensor | None, text_rows: torch.Tensor) -> torch.Tensor | None:
         """needs_group_attention: text rows whose mean hidden state is the scoring query (None: visual [CLS])."""
@@ -207,5 +236,5 @@ def get_strategy(name: str, **params) -> Strategy:
     return cls(**{k: v for k, v in params.items() if v is not None})
 
 
-__all__ = ["ViTContext", "Strategy", "Selection", "VisionContext", "LLMContext", "register", "get_strategy", "available",
-           "STAGES", "POSITIONS"]
+__all__ = ["ViTContext", "Strategy", "Selection", "VisionContext", "LLMContext", "QuestionEmbeddings", "register",
+           "get_strategy", "available", "STAGES", "POSITIONS"]
