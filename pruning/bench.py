@@ -24,6 +24,11 @@ from .images import load_image
 from .strategies import available, get_strategy
 
 
+SEEDED = ("random", "kmeans")  # strategies whose rule draws random numbers (their seed matters)
+QUESTION_SEED_STRIDE = 1_000_000  # held-out scene seeds between two question seeds (a set of 1000 uses ~1100)
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
 @dataclass
 class Sample:
     image: object  # PIL image
@@ -32,8 +37,17 @@ class Sample:
     type: str = "all"
 
 
-def load_samples(source: str, n: int, types=None) -> list[Sample]:
-    """``n`` questions from ``source``; ``types`` (shapes only) limits them to some question types."""
+def check_seed(seed) -> int | None:
+    """A sweep's seed: None (the default questions and strategy seeds) or an integer 0..999."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 999):
+        raise ValueError(f"seed={seed!r}: expected a whole number 0..999")
+    return seed
+
+
+def load_samples(source: str, n: int, types=None, seed: int | None = None) -> list[Sample]:
+    """``n`` questions from ``source``; ``types`` (shapes only) limits them to some question types. ``seed`` (shapes
+    only; None and 0: the default set) draws another held-out set: scenes from seed ``HELD_OUT_SEED + seed x
+    QUESTION_SEED_STRIDE`` on, never seen in training."""
     if source == "shapes":
         from .shapes import world
 
@@ -41,9 +55,12 @@ def load_samples(source: str, n: int, types=None) -> list[Sample]:
         bad = [t for t in types if t not in world.QUESTION_TYPES]
         if bad:
             raise ValueError(f"question types {bad} unknown; valid: {', '.join(world.QUESTION_TYPES)}")
-        return [Sample(s.image, q.text, q.answer, q.type) for s, q in world.heldout_questions(n, types=types)]
+        seed0 = world.HELD_OUT_SEED + (check_seed(seed) or 0) * QUESTION_SEED_STRIDE
+        return [Sample(s.image, q.text, q.answer, q.type) for s, q in world.heldout_questions(n, seed0, types)]
     if types:
         raise ValueError("question types filter only the held-out shapes questions")
+    if seed:
+        raise ValueError("a question seed draws only held-out shapes questions; a file's questions are taken in order")
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"question set {source!r} is neither 'shapes' nor an existing JSONL file")
@@ -85,9 +102,11 @@ def parse_budgets(spec: str, n_patches: int) -> list[int]:
     return out
 
 
-def configs(strategies: str, budgets: list[int], position_variants: bool = True) -> list[tuple[str, dict]]:
+def configs(strategies: str, budgets: list[int], position_variants: bool = True,
+            seed: int | None = None) -> list[tuple[str, dict]]:
     """(label, strategy params) rows: every selection strategy at every budget; FastV at every budget;
-    VTW once (it keeps no budget); with ``position_variants``, vtc-cls and random in both position modes."""
+    VTW once (it keeps no budget); with ``position_variants``, vtc-cls and random in both position modes. ``seed``
+    (None: each strategy's default) is given to the strategies whose rule draws random numbers (``SEEDED``)."""
     names = [s for s in available() if s != "none"] if strategies == "all" else [s.strip() for s in strategies.split(",")]
     rows = [("none", {"name": "none"})]
     for name in names:
@@ -101,6 +120,10 @@ def configs(strategies: str, budgets: list[int], position_variants: bool = True)
             if position_variants and name in ("vtc-cls", "random"):
                 other = "keep" if name == "vtc-cls" else "rearrange"
                 rows.append((f"{name} ({other})", {"name": name, "keep": b, "positions": other}))
+    if check_seed(seed) is not None:
+        for _, params in rows:
+            if params["name"] in SEEDED:
+                params["seed"] = seed
     for _, params in rows:  # fail early on a bad name
         get_strategy(**params)
     return rows
@@ -130,21 +153,51 @@ def sample_record(engine, sample: Sample, strategy, max_new_tokens: int = 4) -> 
     tokens = engine.decode(state, max_new_tokens)
     answer = engine.lm.processor.tokenizer.decode(tokens, skip_special_tokens=True)
     return {"type": sample.type, "answer": answer.strip(), "hit": int(normalise(answer) == normalise(sample.answer)),
-            **prefill_cost(engine, prepared, state, ms)}
+            "visual_tokens_per_layer": list(state.image_tokens_per_layer), **prefill_cost(engine, prepared, state, ms)}
+
+
+def wilson(hits: int, n: int, z: float = Z95) -> list[float]:
+    """Wilson's score interval [low, high] for ``hits`` successes in ``n`` trials (95% by default); [0, 1] for n = 0."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [0.0 if hits == 0 else centre - half, 1.0 if hits == n else centre + half]
+
+
+def budget_label(params: dict, per_layer: list[float]) -> str:
+    """A strategy's budget in words, for a point's label: "keep 36", "all", "keep 36 from layer 2" (pruned inside
+    the LLM), "all withdrawn from layer 3" (VTW)."""
+    keep = params.get("keep")
+    what = "all" if keep is None else f"keep {keep}"
+    drop = next((i for i, v in enumerate(per_layer) if v < per_layer[0] - 1e-9), None)
+    if drop is None:
+        return what
+    if per_layer[-1] < 0.5:
+        return f"all withdrawn from layer {drop}"
+    return f"{what if keep is not None else f'{per_layer[-1]:.0f} kept'} from layer {drop}"
 
 
 def summarise(strategy, records: list[dict]) -> dict:
-    """A sweep row from per-question records (in question order): accuracy overall and per type, mean tokens
-    and TFLOPs, median prefill ms."""
+    """A sweep row from per-question records (in question order): accuracy overall and per type with Wilson 95%
+    intervals, mean tokens (entering the LLM, per LLM layer, in the last layer), TFLOPs, median prefill ms."""
     hits: dict[str, list[int]] = {}
     for r in records:
         hits.setdefault(r["type"], []).append(r["hit"])
     all_hits = [r["hit"] for r in records]
+    per_layer = [statistics.mean(layer) for layer in zip(*(r["visual_tokens_per_layer"] for r in records))]
+    tflops = statistics.mean(r["prefill_tflops"] for r in records)
     return {"name": strategy.name, "params": strategy.params(), "accuracy": sum(all_hits) / len(all_hits),
+            "n": len(all_hits), "hits": sum(all_hits), "accuracy_ci": wilson(sum(all_hits), len(all_hits)),
             "per_type": {t: sum(v) / len(v) for t, v in sorted(hits.items())},
+            "per_type_n": {t: len(v) for t, v in sorted(hits.items())},
+            "per_type_ci": {t: wilson(sum(v), len(v)) for t, v in sorted(hits.items())},
             "tokens_entering_llm": statistics.mean(r["visual_tokens_kept"] for r in records),
+            "visual_tokens_per_layer_mean": statistics.mean(per_layer), "visual_tokens_per_layer": per_layer,
             "tokens_last_layer": statistics.mean(r["visual_tokens_last_layer"] for r in records),
-            "prefill_tflops": statistics.mean(r["prefill_tflops"] for r in records),
+            "budget_label": budget_label(strategy.params(), per_layer),
+            "prefill_tflops": tflops, "prefill_gflops": tflops * 1e3,
             "prefill_ms": statistics.median(r["prefill_ms"] for r in records)}
 
 
@@ -154,11 +207,13 @@ def evaluate(engine, samples: list[Sample], params: dict, max_new_tokens: int = 
 
 
 def sweep(engine, samples: list[Sample], strategies: str, budgets: list[int], progress: bool = True,
-          position_variants: bool = True) -> list[dict]:
+          position_variants: bool = True, seed: int | None = None) -> list[dict]:
+    """One row per configuration (``configs``; ``seed`` goes to the seeded strategies) over ``samples``."""
     rows = []
-    for label, params in tqdm(configs(strategies, budgets, position_variants), desc="bench", disable=not progress):
+    for label, params in tqdm(configs(strategies, budgets, position_variants, seed), desc="bench",
+                              disable=not progress):
         row = evaluate(engine, samples, params)
-        row["label"] = label
+        row.update(label=label, seed=seed)
         rows.append(row)
     add_prefill_speedups(rows)
     return rows
@@ -199,6 +254,7 @@ class SweepJob:
     position_variants: bool = True
     device: str | None = None  # None: one GPU per process when there are GPUs, else the CPU
     threads: int | None = None  # CPU threads per process; None: the cores shared out evenly
+    seed: int | None = None  # questions and seeded strategies (``load_samples``, ``configs``); None: the defaults
 
 
 def cpu_count() -> int:
@@ -232,8 +288,8 @@ def run_shard(job: SweepJob, rank: int, world: int, local_rank: int, on_total=No
     if device == "cpu":
         torch.set_num_threads(job.threads or max(1, cpu_count() // world))
     engine = Engine(load_model(job.model, load_in_4bit=job.load_in_4bit, device=device))
-    samples = load_samples(job.questions, job.n)
-    rows = configs(job.strategies, parse_budgets(job.keep, engine.geometry.n_patches), job.position_variants)
+    samples = load_samples(job.questions, job.n, seed=job.seed if job.questions == "shapes" else None)
+    rows = configs(job.strategies, parse_budgets(job.keep, engine.geometry.n_patches), job.position_variants, job.seed)
     mine = list(range(rank, len(samples), world))
     if on_total:
         on_total(len(mine) * len(rows))
@@ -246,7 +302,7 @@ def run_shard(job: SweepJob, rank: int, world: int, local_rank: int, on_total=No
             if on_step:
                 on_step()
         records.append(done)
-    return {"configs": rows, "n_samples": len(samples), "records": records, "device": device}
+    return {"configs": rows, "n_samples": len(samples), "records": records, "device": device, "seed": job.seed}
 
 
 def merge_shards(shards: list[dict]) -> list[dict]:
@@ -262,7 +318,7 @@ def merge_shards(shards: list[dict]) -> list[dict]:
         if [i for i, _ in pairs] != list(range(first["n_samples"])):
             raise ValueError(f"{label}: the shards do not cover every question once")
         row = summarise(get_strategy(**params), [r for _, r in pairs])
-        row["label"] = label
+        row.update(label=label, seed=first.get("seed"))
         rows.append(row)
     add_prefill_speedups(rows)
     return rows

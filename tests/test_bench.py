@@ -98,3 +98,45 @@ def test_cli_analyze_writes_json_and_html(model_dirs, images, tmp_path, capsys):
     assert all(abs(sum(shares[s][i] for s in shares) - 1) < 1e-4 for i in range(6))
     html = (out / "analysis.html").read_text()
     assert html.count("plotly-graph-div") >= 3 and "VTC-CLS Fig. 2" in html
+
+
+def test_wilson_interval_known_values():
+    from pruning.bench import wilson
+
+    assert wilson(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)  # the textbook example
+    assert wilson(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)  # (rule of three would say 0.3)
+    assert wilson(10, 10) == pytest.approx([0.7225, 1.0], abs=1e-4)
+    assert wilson(36, 40) == pytest.approx([0.7695, 0.9604], abs=1e-4)  # 90% at the Sweep tab's n = 40
+    assert wilson(0, 0) == [0.0, 1.0]
+
+
+def test_sweep_axis_separates_fastv_budgets_and_vtw(engines, images):
+    """Average visual tokens per LLM layer: fastv's budgets (all entering the LLM) and vtw's layer each get their
+    own x; with Wilson intervals and budget labels."""
+    engine = engines("llava15")  # 576 visual tokens, 6 LLM layers: fastv drops before layer 2, vtw withdraws there
+    rows = {r["budget_label"]: r for r in sweep(engine, [Sample(images[0], "what?", "x")], "fastv,vtw", [64, 32, 16],
+                                                 progress=False, position_variants=False)}
+    assert set(rows) == {"all", "keep 64 from layer 2", "keep 32 from layer 2", "keep 16 from layer 2",
+                         "all withdrawn from layer 2"}
+    for keep in (64, 32, 16):
+        row = rows[f"keep {keep} from layer 2"]
+        assert row["tokens_entering_llm"] == 576
+        assert row["visual_tokens_per_layer"] == [576, 576] + [keep] * 4
+        assert row["visual_tokens_per_layer_mean"] == pytest.approx((2 * 576 + 4 * keep) / 6)
+    assert rows["all withdrawn from layer 2"]["visual_tokens_per_layer_mean"] == pytest.approx(2 * 576 / 6)
+    assert len({r["visual_tokens_per_layer_mean"] for r in rows.values()}) == 5
+    for r in rows.values():
+        assert r["n"] == 1 and r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
+        assert r["prefill_gflops"] == pytest.approx(r["prefill_tflops"] * 1e3)
+
+
+def test_seed_draws_other_held_out_questions_and_seeds_random_rules():
+    default = [(s.question, s.answer) for s in load_samples("shapes", 5)]
+    assert [(s.question, s.answer) for s in load_samples("shapes", 5, seed=0)] == default
+    other = load_samples("shapes", 5, seed=3)
+    assert [s.image.tobytes() for s in other] == [s.image.tobytes() for s in load_samples("shapes", 5, seed=3)]
+    assert [s.image.tobytes() for s in other] != [s.image.tobytes() for s in load_samples("shapes", 5)]
+    seeded = dict((p["name"], p) for _, p in configs("random,kmeans,vtc-cls", [10], position_variants=False, seed=7))
+    assert seeded["random"]["seed"] == 7 and seeded["kmeans"]["seed"] == 7 and "seed" not in seeded["vtc-cls"]
+    with pytest.raises(ValueError, match="seed=-1"):
+        load_samples("shapes", 5, seed=-1)
