@@ -245,7 +245,7 @@ class TokenSchedule:
     """Tokens per layer for one strategy, derived from its parameters without running it."""
 
     vit: list[int]  # tokens entering each ViT layer ([CLS] included), every layer of the tower
-    projected: int  # visual tokens through the projector (= entering the LLM)
+    projected: int  # visual tokens through the projector (= entering the LLM; all N for PROJECT_ALL_BEFORE)
     visual: list[int]  # visual tokens in each LLM layer
     text: int
     notes: list[str]
@@ -258,8 +258,10 @@ class TokenSchedule:
 # Strategies whose stage "before" hands the LLM exactly ``budget(N)`` tokens (merging ones included: EViT's fused
 # token, PruMerge+'s extra token and k-means' centres count in the budget; ToMe merges until the budget is met).
 EXACT_BUDGET_BEFORE = {"random", "topk-sim", "vtc-cls", "evit", "kmeans", "tome", "prumerge+"}
-# Strategies whose stage "llm" keeps ``budget(M)`` of the M image rows at their layer (FastV: or its ratio).
-EXACT_BUDGET_LLM = {"random", "vtc-cls", "fastv"}
+# Strategies that select on the projector's output: it runs on all N patches, ``budget(N)`` of them enter the LLM.
+PROJECT_ALL_BEFORE = {"cdpruner", "divprune"}
+# Strategies whose stage "llm" keeps ``budget(M)`` of the M image rows at their layer (FastV, DART: or their ratio).
+EXACT_BUDGET_LLM = {"random", "vtc-cls", "fastv", "dart"}
 
 
 def _grid(geometry, visual_tokens: int, what: str) -> tuple[int, int]:
@@ -296,6 +298,7 @@ def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> 
     elif name == "none":
         pass
     elif strategy.stage == "before":
+        entering = None
         if name == "pooling":
             from .strategies.pooling import pooled_shape
 
@@ -305,10 +308,12 @@ def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> 
                 notes.append(f"pooling: keep={keep} pools the grid to {h} x {w} = {projected} tokens")
         elif name in EXACT_BUDGET_BEFORE:
             projected = strategy.budget(n)
+        elif name in PROJECT_ALL_BEFORE:
+            entering = strategy.budget(n)
         else:
             raise ValueError(f"strategy {name!r}: its token counts cannot be derived without running the model "
                              "(pruning.cost has no counting rule for it)")
-        visual = [projected] * L
+        visual = [projected if entering is None else entering] * L
     elif strategy.stage == "llm":
         layers = sorted(strategy.llm_drop_layers(L))
         for k in layers:
@@ -320,6 +325,8 @@ def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> 
             import math
 
             after = n - math.floor(n * strategy.ratio)
+        elif name == "dart" and keep is None:
+            after = round(n * (1 - strategy.ratio))
         elif name in EXACT_BUDGET_LLM:
             after = strategy.budget(n)
         else:

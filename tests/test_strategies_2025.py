@@ -298,3 +298,16 @@ def test_2025_app_controls():
     assert {c["name"]: c["default"] for c in controls["divprune"]} == {"positions": "rearrange"}
     dart = {c["name"]: c["default"] for c in controls["dart"]}
     assert dart == {"layer": 2, "positions": "keep", "ratio": 0.778, "image_pivots": 4, "text_pivots": 4}
+
+
+def test_2025_cost_estimate():
+    from pruning import cost
+    from pruning.geometries import load_geometry
+
+    g = load_geometry("llava-1.5-7b")
+    for name in ("cdpruner", "divprune"):  # the projector runs on all 576 patches, 64 enter the LLM
+        s = cost.token_schedule(get_strategy(name, keep=64), g, 576, 60)
+        assert s.projected == 576 and s.visual == [64] * 32
+    s = cost.token_schedule(get_strategy("dart", keep=64), g, 576, 60)
+    assert s.projected == 576 and s.visual == [576] * 2 + [64] * 30
+    assert cost.token_schedule(get_strategy("dart"), g, 576, 60).visual[-1] == 128  # their ratio 0.778
