@@ -468,9 +468,15 @@ def check_eta(eta) -> float:
 
 def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: int | None = None,
                   progress: bool = True) -> dict:
-    """VTW eq. 6 / Algorithm 1: the mean KL between the full model's and the withdrawn model's output
+    """VTW eq. 6 / Algorithm 1: the mean KL between the withdrawn model's and the full model's output
     distribution (the first answer token) for every withdrawal layer; the chosen layer is the first one >=
-    ``min_layer`` whose KL is below eta (None when none is).
+    ``min_layer`` whose KL is at most eta (None when none is).
+
+    As the authors' code does it (lzhxmu/VTW @ a3d8cfc, llava/model/language_model/VTW.py, the ``findk`` branch of
+    ``forward``: ``nn.KLDivLoss(reduction='batchmean')(log_softmax(full), softmax(withdrawn))``, which is
+    KL(withdrawn || full); lmms-evaluation/lmms_eval/__main__.py: the first layer with ``kl <= eta``). The paper's
+    text writes KL(lm_head(X), lm_head(X')) < eta (eq. 6 and Algorithm 1 line 6: full first, strict), which read as
+    KL(full || withdrawn) picks another layer for some eta; docs/strategies.md names the difference.
 
     Layers are the engine's 0-based ``layer`` (the image rows are dropped before it runs), the paper's K is
     1-based (eq. 5 runs layers 1..K-1 with them): K = layer + 1. The default ``min_layer`` (None) is 4, the
@@ -493,9 +499,9 @@ def calibrate_vtw(engine, samples: list[Sample], eta: float = 0.003, min_layer: 
         ref = engine.prefill(prepared, vision, full).logits
         for k in kl:
             out = engine.prefill(prepared, vision, get_strategy("vtw", layer=k)).logits
-            kl[k].append(kl_divergence(ref, out))
+            kl[k].append(kl_divergence(out, ref))  # KL(withdrawn || full), the authors' KLDivLoss
     mean = {k: statistics.mean(v) for k, v in kl.items()}
-    chosen = next((k for k in sorted(mean) if k >= min_layer and mean[k] < eta), None)
+    chosen = next((k for k in sorted(mean) if k >= min_layer and mean[k] <= eta), None)  # the authors' <=
     return {"k": chosen, "eta": eta, "min_layer": min_layer, "samples": len(samples), "layers": n_layers,
             "kl_per_layer": {str(k): v for k, v in mean.items()},
             "k_paper": None if chosen is None else chosen + 1, "min_k_paper": min_layer + 1,

@@ -34,7 +34,24 @@ def test_calibration_picks_first_layer_under_eta(engines, images):
     smallest = min(out["kl_per_layer"].values())
     threshold = smallest * 1.0001
     picked = calibrate_vtw(engine, samples, eta=threshold, min_layer=1, progress=False)["k"]
-    assert picked == min(int(k) for k, v in out["kl_per_layer"].items() if v < threshold) and ks
+    assert picked == min(int(k) for k, v in out["kl_per_layer"].items() if v <= threshold) and ks
+    exact = min((int(k), v) for k, v in out["kl_per_layer"].items() if int(k) >= 1)  # eta equal to a KL: <= takes it
+    assert calibrate_vtw(engine, samples, eta=exact[1], min_layer=exact[0], progress=False)["k"] == exact[0]
+
+
+def test_calibration_kl_is_withdrawn_against_full_as_the_authors_code(engines, images):
+    """The authors' KLDivLoss(log_softmax(full), softmax(withdrawn)) is KL(withdrawn || full), not the reverse."""
+    from pruning.strategies import get_strategy
+
+    engine = engines("llava15")
+    sample = Sample(images[0], "what?", "x")
+    out = calibrate_vtw(engine, [sample], eta=1e9, min_layer=1, progress=False)
+    prepared = engine.prepare(sample.image, sample.question)
+    vision = engine.vision_pass(prepared)
+    full = engine.prefill(prepared, vision, get_strategy("none")).logits
+    withdrawn = engine.prefill(prepared, vision, get_strategy("vtw", layer=2)).logits
+    assert out["kl_per_layer"]["2"] == pytest.approx(kl_divergence(withdrawn, full), rel=1e-5)
+    assert kl_divergence(withdrawn, full) != pytest.approx(kl_divergence(full, withdrawn), rel=1e-3)
 
 
 def test_budgets_and_configs():
