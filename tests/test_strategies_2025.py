@@ -311,3 +311,18 @@ def test_2025_cost_estimate():
     s = cost.token_schedule(get_strategy("dart", keep=64), g, 576, 60)
     assert s.projected == 576 and s.visual == [576] * 2 + [64] * 30
     assert cost.token_schedule(get_strategy("dart"), g, 576, 60).visual[-1] == 128  # their ratio 0.778
+
+
+def test_cdpruner_clip_text_depends_on_the_question():
+    # the embedded CLIP's tokenizer adds no </s>, where CLIP pools: without it every question embedded alike
+    from pruning.shapes import world
+
+    engine = _embedded_engine()
+    scene = world.make_scene(world.HELD_OUT_SEED + 3)
+    texts, kept = [], []
+    for question in ("How many objects are there?", "What colour is the circle?"):
+        prepared = engine.prepare(scene.image, question)
+        vision = engine.vision_pass(prepared)
+        texts.append(engine.question_embeddings(prepared, vision, ("clip",)).clip_text)
+        kept.append(engine.prefill(prepared, vision, get_strategy("cdpruner", keep=36)).kept_final)
+    assert not torch.allclose(texts[0], texts[1], atol=1e-3) and kept[0] != kept[1]
