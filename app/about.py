@@ -39,6 +39,24 @@ STRATEGIES = {
     "prumerge+": ("PruMerge, Sec. 3.2-3.3, and its '+' variant", "Keeps the [CLS]-attention outliers (IQR rule) "
                   "plus spatially spread samples, then adds to each kept token its nearest pruned neighbours' "
                   "features weighted by attention. The overlay tints each kept token's neighbours."),
+    "cdpruner": ("CDPruner (arXiv 2506.10967) and its authors' code", "Greedily picks the patches whose kernel has "
+                 "the largest determinant, the kernel being the patches' cosine similarity after the projector "
+                 "weighted on both sides by each patch's relevance to the question (from CLIP's text tower, or the "
+                 "LLM's own word embeddings where there is none; as in the authors' code, patches least like the "
+                 "question's embedding weigh most). A large determinant needs tokens both unlike each other and "
+                 "weighty, so the kept set is spread out and depends on the question. Look for kept patches "
+                 "scattered over every distinct region rather than piled on one object, and for the set changing "
+                 "when only the question changes; a note under the card says when the LLM's embeddings stood in "
+                 "for CLIP."),
+    "divprune": ("DivPrune (CVPR 2025) and its authors' code", "Farthest-point sampling on the projected patch "
+                 "features: first the patch least like any other, then each time the patch farthest (cosine) from "
+                 "its nearest kept one. Look for a few patches from each uniform region and the rest on the objects "
+                 "and their edges; the question plays no part, so one image always keeps the same set."),
+    "dart": ("DART (EMNLP 2025) and its authors' code", "Runs the first K LLM layers on every token, takes as pivots "
+             "the 4 image and 4 text tokens (question and answer prompt) whose layer K-1 keys have the largest L1 norm, and keeps the image "
+             "tokens least similar to the pivots (duplicates of a pivot are dropped). Look at the tokens-alive "
+             "plot's drop at K and at kept patches spread over regions unlike each other; it reads no attention "
+             "map, so it runs with SDPA and in 4-bit."),
 }
 
 
