@@ -3,31 +3,37 @@
 Every patch of the grid is in one state (``patch_states``):
 
 - ``kept``: enters the LLM and is still there in its last layer (drawn as is);
-- ``llm``: entered the LLM but was dropped inside it (FastV, VTW, IVTP stage 2): amber stripes, so the
-  picture still shows what the early layers saw;
+- ``llm``: entered the LLM but was dropped inside it (FastV, VTW, IVTP stage 2): a thin neutral hatch (dark and
+  light lines, the pixels between them untouched), so the picture, and every object's colour, still shows what
+  the early layers saw (an amber hatch once turned a red circle orange);
 - ``before``: dropped before the LLM (VTC-CLS, random, ...): dark grey;
 - ``vit``: dropped inside the vision encoder (IVTP stage 1): dark blue;
-- ``merged``: not kept itself, but its feature went into a kept token (merging strategies): tinted with
-  that token's group colour; the kept token of each group is tinted the same and marked with a white dot.
+- ``merged``: not kept itself, but its feature went into a kept token (merging strategies: PruMerge+, ToMe,
+  k-means, pooling, EViT's fused token). Merges keep the picture visible: each group's boundary is outlined (a
+  white line with dark edges, wherever two groups or a group and another state meet), groups of two or more
+  patches are tinted lightly (neighbouring groups in different tints), and the token each group became is marked
+  with a ring (its pixels show through the ring).
 
 No torch here: numpy and Pillow only.
 """
 
 from __future__ import annotations
 
-import colorsys
-
 import numpy as np
 from PIL import Image
 
 STATES = ("kept", "llm", "before", "vit", "merged")
-COLOURS = {"llm": (255, 170, 0), "before": (28, 28, 28), "vit": (20, 40, 150)}
+COLOURS = {"before": (28, 28, 28), "vit": (20, 40, 150)}
+HATCH_DARK, HATCH_LIGHT, HATCH_ALPHA = (32, 32, 32), (255, 255, 255), 0.55
+TINTS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (23, 190, 207))
+TINT_ALPHA = 0.16  # a merged group's tint: 16% of the way to the tint colour
+LINE_LIGHT, LINE_DARK = (255, 255, 255), (20, 20, 20)
 LEGEND = [
     ("kept", None, "kept: reaches the LLM's last layer"),
-    ("llm", COLOURS["llm"], "dropped inside the LLM (seen by its early layers)"),
+    ("llm", HATCH_DARK, "dropped inside the LLM (seen by its early layers): grey hatch"),
     ("before", COLOURS["before"], "dropped before the LLM"),
     ("vit", COLOURS["vit"], "dropped inside the vision encoder"),
-    ("merged", (150, 90, 220), "merged into a kept token (one tint per group; dot = the kept token)"),
+    ("merged", TINTS[0], "merged: each group outlined and lightly tinted; ring = the token it became"),
 ]
 DISPLAY = 384  # target side in pixels of the drawn overlay (integer upscaling, nearest neighbour)
 
@@ -54,14 +60,43 @@ def patch_states(result: dict) -> list[str]:
     return states
 
 
-def group_colour(group: int) -> tuple[int, int, int]:
-    """A distinct, saturated colour per merge group (golden-ratio hues)."""
-    r, g, b = colorsys.hsv_to_rgb((group * 0.618033988749895) % 1.0, 0.75, 1.0)
-    return int(r * 255), int(g * 255), int(b * 255)
+def group_colour(index: int) -> tuple[int, int, int]:
+    """The tint of colour index ``index`` (``group_tints`` gives each group one so that neighbours differ)."""
+    return TINTS[index % len(TINTS)]
+
+
+def group_tints(groups: list[int], rows: int, cols: int, states: list[str] | None = None) -> dict[int, int]:
+    """A tint index per merge group of two or more patches, greedily chosen so that groups touching each other
+    (4-neighbours) differ; groups in grid order of their first patch."""
+    members: dict[int, list[int]] = {}
+    for p, g in enumerate(groups):
+        if g >= 0 and (states is None or states[p] in ("kept", "merged")):
+            members.setdefault(g, []).append(p)
+    neighbours: dict[int, set[int]] = {g: set() for g in members}
+    for p, g in enumerate(groups):
+        if g not in members:
+            continue
+        r, c = divmod(p, cols)
+        for q in ([p + 1] if c + 1 < cols else []) + ([p + cols] if r + 1 < rows else []):
+            h = groups[q]
+            if h != g and h in members:
+                neighbours[g].add(h)
+                neighbours[h].add(g)
+    tint: dict[int, int] = {}
+    for g in sorted(members, key=lambda g: members[g][0]):
+        if len(members[g]) < 2:
+            continue
+        used = {tint[h] for h in neighbours[g] if h in tint}
+        tint[g] = next((i for i in range(len(TINTS)) if i not in used), len(tint) % len(TINTS))
+    return tint
 
 
 def scale_for(view: np.ndarray, display: int = DISPLAY) -> int:
     return max(1, display // max(view.shape[0], view.shape[1]))
+
+
+def _blend(region: np.ndarray, mask: np.ndarray, colour, alpha: float) -> None:
+    region[mask] = (1 - alpha) * region[mask] + alpha * np.asarray(colour, np.float32)
 
 
 def overlay(view: np.ndarray, result: dict, display: int = DISPLAY) -> Image.Image:
@@ -76,23 +111,108 @@ def overlay(view: np.ndarray, result: dict, display: int = DISPLAY) -> Image.Ima
     groups = result.get("merge_groups")
     kept = result["kept"]
     yy, xx = np.mgrid[0:ph, 0:pw]
-    stripes = ((xx + yy) // max(2, s)) % 3 == 0  # diagonal hatch for "llm"
+    step = max(2, min(ph, pw) // 12)  # hatch line width; a dark and a light line every 4 widths
+    phase = (xx + yy) % (4 * step)
+    hatch_dark, hatch_light = phase < step, (phase >= 2 * step) & (phase < 3 * step)
+    tint = group_tints(groups, rows, cols, states) if groups is not None else {}
     for p, state in enumerate(states):
         r, c = divmod(p, cols)
         tile = img[r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]
         group = groups[p] if groups is not None else -1
-        if state == "before" or state == "vit":
+        if state in ("before", "vit"):
             tile[:] = 0.15 * tile + 0.85 * np.array(COLOURS[state], np.float32)
         elif state == "llm":
-            tile[:] = 0.6 * tile + 0.4 * np.array(COLOURS["llm"], np.float32)
-            tile[stripes] = np.array(COLOURS["llm"], np.float32)
-        elif group >= 0:  # merged, or a kept token that absorbed others
-            tile[:] = 0.45 * tile + 0.55 * np.array(group_colour(group), np.float32)
-        if groups is not None and state == "kept" and group >= 0 and 0 <= group < len(kept) and kept[group] == p:
-            cy, cx = ph // 2, pw // 2
-            rad = max(1, min(ph, pw) // 6)
-            tile[(yy - cy) ** 2 + (xx - cx) ** 2 <= rad * rad] = 255.0
+            _blend(tile, hatch_dark, HATCH_DARK, HATCH_ALPHA)
+            _blend(tile, hatch_light, HATCH_LIGHT, HATCH_ALPHA)
+        if state in ("kept", "merged") and group in tint:
+            tile[:] = (1 - TINT_ALPHA) * tile + TINT_ALPHA * np.array(group_colour(tint[group]), np.float32)
+    if groups is not None:
+        _outline_groups(img, groups, states, rows, cols, ph, pw)
+        _mark_representatives(img, groups, states, kept, cols, ph, pw)
     return Image.fromarray(img.clip(0, 255).round().astype(np.uint8))
+
+
+def _sizes(groups: list[int], states: list[str]) -> dict[int, int]:
+    """Patches per merge group (kept or merged patches only)."""
+    sizes: dict[int, int] = {}
+    for p, g in enumerate(groups):
+        if g >= 0 and states[p] in ("kept", "merged"):
+            sizes[g] = sizes.get(g, 0) + 1
+    return sizes
+
+
+def _group_key(groups: list[int], states: list[str], p: int, sizes: dict[int, int]):
+    """What an outline separates: a group of two or more patches, or a state (a token nothing merged into is kept,
+    like any kept patch)."""
+    g = groups[p]
+    return ("group", g) if sizes.get(g, 0) >= 2 and states[p] in ("kept", "merged") else ("state", states[p])
+
+
+def boundary_edges(result: dict) -> list[tuple[int, int]]:
+    """The pairs of neighbouring patches (p, q), q right of or below p, whose shared edge is outlined: they lie in
+    different merge groups, or one is in a group and the other is not (a group: two or more patches merged into
+    one token)."""
+    rows, cols = result["grid"]
+    groups = result.get("merge_groups")
+    if groups is None:
+        return []
+    return _edges(groups, patch_states(result), rows, cols)
+
+
+def _outline_groups(img: np.ndarray, groups, states, rows: int, cols: int, ph: int, pw: int) -> None:
+    """A light line with dark edges along every edge in ``boundary_edges``: visible on any background."""
+    t = max(1, min(ph, pw) // 16)  # half the light line's width
+    light = np.zeros(img.shape[:2], bool)
+    dark = np.zeros(img.shape[:2], bool)
+    for p, q in _edges(groups, states, rows, cols):
+        r, c = divmod(p, cols)
+        if q == p + 1:  # vertical edge at the right of p
+            x = (c + 1) * pw
+            y0, y1 = r * ph, (r + 1) * ph
+            light[y0:y1, max(0, x - t):x + t] = True
+            dark[y0:y1, max(0, x - t - 1):x + t + 1] = True
+        else:  # horizontal edge below p
+            y = (r + 1) * ph
+            x0, x1 = c * pw, (c + 1) * pw
+            light[max(0, y - t):y + t, x0:x1] = True
+            dark[max(0, y - t - 1):y + t + 1, x0:x1] = True
+    dark &= ~light
+    _blend(img, dark, LINE_DARK, 0.7)
+    _blend(img, light, LINE_LIGHT, 0.9)
+
+
+def _edges(groups, states, rows: int, cols: int) -> list[tuple[int, int]]:
+    sizes = _sizes(groups, states)
+    edges = []
+    for p in range(rows * cols):
+        r, c = divmod(p, cols)
+        for q in ([p + 1] if c + 1 < cols else []) + ([p + cols] if r + 1 < rows else []):
+            a, b = _group_key(groups, states, p, sizes), _group_key(groups, states, q, sizes)
+            if a != b and (a[0] == "group" or b[0] == "group"):
+                edges.append((p, q))
+    return edges
+
+
+def _mark_representatives(img: np.ndarray, groups, states, kept, cols: int, ph: int, pw: int) -> None:
+    """A white ring with dark edges on the token each group of two or more patches became (``kept[group]``); its
+    pixels show inside."""
+    yy, xx = np.mgrid[0:ph, 0:pw]
+    d = np.sqrt((yy - (ph - 1) / 2) ** 2 + (xx - (pw - 1) / 2) ** 2)
+    radius = max(2.5, min(ph, pw) * 0.28)
+    width = max(1.0, radius * 0.3)
+    ring = (d >= radius - width / 2) & (d <= radius + width / 2)
+    edge = (d >= radius - width / 2 - 1) & (d <= radius + width / 2 + 1) & ~ring
+    sizes = _sizes(groups, states)
+    for g in sorted(g for g, size in sizes.items() if size >= 2):
+        if not 0 <= g < len(kept):
+            continue
+        p = kept[g]
+        if not 0 <= p < len(states) or states[p] != "kept" or groups[p] != g:
+            continue
+        r, c = divmod(p, cols)
+        tile = img[r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]
+        _blend(tile, edge, LINE_DARK, 0.75)
+        _blend(tile, ring, LINE_LIGHT, 0.95)
 
 
 def legend_html() -> str:
@@ -102,13 +222,17 @@ def legend_html() -> str:
         if colour is None:
             swatch = "background:linear-gradient(135deg,#bbb,#eee);"
         elif state == "llm":
-            swatch = (f"background:repeating-linear-gradient(45deg,rgb{colour} 0 3px,rgba{colour + (0.4,)} 3px 7px);")
+            swatch = ("background:repeating-linear-gradient(45deg,rgba(32,32,32,.55) 0 2px,transparent 2px 4px,"
+                      "rgba(255,255,255,.55) 4px 6px,transparent 6px 8px),linear-gradient(135deg,#bbb,#eee);")
         elif state == "merged":
-            swatch = "background:linear-gradient(90deg,#e0457b,#45b0e0,#7be045);"
+            swatch = ("background:radial-gradient(circle,transparent 0 3px,#fff 3px 5px,transparent 5px),"
+                      f"linear-gradient(rgba{colour + (0.25,)},rgba{colour + (0.25,)}),linear-gradient(135deg,#bbb,#eee);"
+                      "box-shadow:inset 0 0 0 2px #fff;")
         else:
             swatch = f"background:rgb{colour};"
         items.append(f"<span class='ps-legend-item'><span class='ps-swatch' style='{swatch}'></span>{words}</span>")
     return "<div class='ps-legend'>" + "".join(items) + "</div>"
 
 
-__all__ = ["overlay", "patch_states", "legend_html", "group_colour", "LEGEND", "STATES"]
+__all__ = ["overlay", "patch_states", "legend_html", "group_colour", "group_tints", "boundary_edges", "LEGEND",
+           "STATES"]
