@@ -54,3 +54,41 @@ def test_no_image_and_wrong_types():
         images.load_image(None)
     with pytest.raises(ValueError, match="uint8 array"):
         images.load_image(np.zeros((4, 4), np.float32))
+
+
+def test_invalid_exif_orientation_is_said_and_nothing_is_rotated(tmp_path):
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 9  # not an orientation (1-8)
+    Image.fromarray(stored).save(tmp_path / "o9.jpg", exif=exif, quality=95)
+    notes = []
+    img = images.load_image(str(tmp_path / "o9.jpg"), notes=notes)
+    assert img.size == (40, 20)  # as stored
+    assert notes == ["EXIF orientation 9 is not a valid value (1-8): the image is used as stored"]
+
+
+def test_int32_tiff_note_says_what_was_done(tmp_path):
+    values = (np.arange(30 * 40).reshape(30, 40) * 50).astype(np.int32)  # up to 59950
+    Image.fromarray(values, mode="I").save(tmp_path / "i32.tif")
+    notes = []
+    img = images.load_image(str(tmp_path / "i32.tif"), notes=notes)
+    assert notes == ["32-bit integer image: samples clipped to 0..65535, then reduced to 8 bits per sample"]
+    assert np.array_equal(np.asarray(img)[..., 0], (values >> 8).astype(np.uint8))
+
+
+def test_header_check_refuses_extreme_aspect_without_decoding(tmp_path):
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", 1, 100_000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    (tmp_path / "thin.png").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="100,000:1"):
+        images.check_header(str(tmp_path / "thin.png"), "'thin.png'")
+    Image.new("RGB", (200, 10)).save(tmp_path / "ok.png")
+    assert images.check_header(str(tmp_path / "ok.png")) == (200, 10)

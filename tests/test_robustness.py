@@ -107,9 +107,11 @@ def files(tmp_path_factory):
 
     # odd but valid
     Image.new("RGB", (1, 1), (200, 10, 10)).save(path("1x1.png"))
-    wide = np.zeros((10, 10_000, 3), np.uint8)
-    wide[:, :5000] = (255, 0, 0)
-    Image.fromarray(wide).save(path("wide-10000x10.png"))
+    wide = np.zeros((10, 200, 3), np.uint8)
+    wide[:, :100] = (255, 0, 0)
+    Image.fromarray(wide).save(path("wide-200x10.png"))  # 20:1, the widest accepted (pruning.images.MAX_ASPECT)
+    Image.fromarray(np.zeros((10, 10_000, 3), np.uint8)).save(path("wide-10000x10.png"))
+    _png_declaring(path("thin-1x100000.png"), 1, 100_000)  # 277 bytes; the processor would make it 336x33.6M
     Image.new("L", (40, 30), 77).save(path("grayscale.png"))
     Image.new("RGBA", (40, 30), (10, 120, 30, 0)).save(path("rgba.png"))
     Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(path("cmyk.jpg"), quality=95)
@@ -148,6 +150,8 @@ BAD_IMAGES = [
     ("bomb-30000x30000", "bomb_30000", ["bomb-30000.png", "too large to decode safely", "900000000 pixels"]),
     ("bomb-8000x8000", "bomb_8000", ["bomb-8000.png", "8000x8000", "more than the 50,000,000 accepted"]),
     ("path-does-not-exist", "missing", ["no-such-image.png", "does not exist"]),
+    ("aspect-10000x10", "wide_10000x10", ["wide-10000x10.png", "10000x10", "1,000:1", "20:1 accepted"]),
+    ("aspect-1x100000", "thin_1x100000", ["thin-1x100000.png", "1x100000", "100,000:1", "20:1 accepted"]),
 ]
 
 
@@ -160,7 +164,7 @@ def _exif_upright(img):
 # odd but valid images: (id, file attribute, pixel check on load_image's result, words of the note or None)
 ODD_IMAGES = [
     ("1x1", "1x1", lambda img: img.getpixel((0, 0)) == (200, 10, 10), None),
-    ("10000x10", "wide_10000x10", lambda img: img.size == (10000, 10) and img.getpixel((9999, 5)) == (0, 0, 0), None),
+    ("200x10", "wide_200x10", lambda img: img.size == (200, 10) and img.getpixel((199, 5)) == (0, 0, 0), None),
     ("grayscale", "grayscale", lambda img: img.getpixel((5, 5)) == (77, 77, 77), None),
     ("rgba", "rgba", lambda img: img.getpixel((5, 5)) == (10, 120, 30), None),
     ("cmyk", "cmyk", lambda img: np.allclose(img.getpixel((5, 5)), (255, 0, 0), atol=40), None),
