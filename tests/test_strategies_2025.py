@@ -326,3 +326,28 @@ def test_cdpruner_clip_text_depends_on_the_question():
         texts.append(engine.question_embeddings(prepared, vision, ("clip",)).clip_text)
         kept.append(engine.prefill(prepared, vision, get_strategy("cdpruner", keep=36)).kept_final)
     assert not torch.allclose(texts[0], texts[1], atol=1e-3) and kept[0] != kept[1]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_2025_lmms_eval_plugin(name):
+    """lmms-eval's prunescope model: generate_until answers as the bench does, and loglikelihood, with the same
+    strategy, scores that answer as what greedy decoding produces."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from pruning.bench import load_samples, sample_record
+    from pruning.integrations.lmms_eval import PruneScopeLMM
+
+    def instance(kind, arguments, i):
+        return Instance(request_type=kind, arguments=arguments, idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+
+    questions = load_samples("shapes", 3)
+    lm = PruneScopeLMM(threads=torch.get_num_threads(), strategy=name, keep=36)
+    lm.task_dict = {"t": {"test": [{"image": q.image} for q in questions]}}
+    expected = [sample_record(_embedded_engine(), q, get_strategy(name, keep=36))["answer"] for q in questions]
+    gen = lm.generate_until([instance("generate_until", (q.question, {"max_new_tokens": 4}, lambda d: [d["image"]],
+                                                         i, "t", "test"), i) for i, q in enumerate(questions)])
+    assert [g.text if hasattr(g, "text") else g for g in gen] == expected
+    scored = lm.loglikelihood([instance("loglikelihood", (q.question, f" {a}", lambda d: [d["image"]], i, "t", "test"), i)
+                               for i, (q, a) in enumerate(zip(questions, expected))])
+    assert all(o.text[1] for o in scored)
