@@ -351,3 +351,22 @@ def test_2025_lmms_eval_plugin(name):
     scored = lm.loglikelihood([instance("loglikelihood", (q.question, f" {a}", lambda d: [d["image"]], i, "t", "test"), i)
                                for i, (q, a) in enumerate(zip(questions, expected))])
     assert all(o.text[1] for o in scored)
+
+
+def test_2025_compare_cards_and_sweep():
+    """The app's Compare cards (with the parameters the app passes) and its Sweep, on the embedded model."""
+    from pathlib import Path
+
+    from pruning.compare import Scope
+
+    scope = Scope(threads=torch.get_num_threads())
+    image = str(Path(__file__).resolve().parents[1] / "assets" / "examples" / "scene.png")
+    cards = scope.compare(image, "How many objects are there?", NEW, keep=36, repeats=1,
+                          params={"cdpruner": {"text_encoder": "llm"}, "dart": {"layer": 3}})
+    by = {c["strategy"]: c for c in cards}
+    assert [c["strategy"] for c in cards] == ["none", *NEW]
+    assert by["cdpruner"]["visual_tokens_kept"] == by["divprune"]["visual_tokens_kept"] == 36
+    assert any("LLM's input embeddings" in n for n in by["cdpruner"]["notes"]) and by["divprune"]["notes"] == []
+    assert by["dart"]["image_tokens_per_layer"] == [144] * 3 + [36] * 5 and by["dart"]["params"]["layer"] == 3
+    rows = scope.sweep(NEW, [36], n=5, types=["colour"], progress=False)
+    assert [r["label"] for r in rows] == ["none", *NEW]
