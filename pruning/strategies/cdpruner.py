@@ -17,7 +17,9 @@ Details as the authors' code has them, all followed:
   features LLaVA feeds (the penultimate layer's, [CLS] dropped); the text: CLIP's text tower
   (``text_embeds``: pooled, projected) over the question cut into chunks of the text context, zero-padded;
 - the question is the question alone; their VQA loaders strip LLaVA's "Answer the question using a single word or
-  phrase." instruction first, and ``question_text`` does the same;
+  phrase." instruction first, and ``question_text`` does the same; the engine ends the CLIP text with </s> where the
+  tokenizer does not add it (the embedded model's does not, and CLIP pools at the first </s>; OpenAI's CLIP
+  tokenizer, theirs, always adds it);
 - ``theta`` = 1 (default) uses r as it is, as their code does; ``theta`` < 1 applies the relevance weighting their
   code leaves commented out, ``r = exp(theta / (2 (1 - theta)) r)`` (OpenVINO's port uses 0.5);
 - greedy MAP: the fast incremental Cholesky update (Chen et al. 2018): pick the largest remaining marginal gain
