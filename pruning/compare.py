@@ -47,6 +47,9 @@ LABELS = {
     "attention": "[CLS] attention over heads (concat: one softmax, the authors' code)",
     "extra": "one extra token sums the pruned ones (the authors' code)",
     "fuse": "fused token's weights (raw: EViT eq. 2)", "head_keys": "keys over heads (mean: ToMe's code)",
+    "text_encoder": "question embedding (clip: the authors' CLIP text tower; llm: the LLM's; auto: clip if present)",
+    "theta": "theta: relevance weighting (1: as is, the authors' code; < 1: exp(theta / (2 (1 - theta)) r))",
+    "image_pivots": "image pivots (largest key L1 norm)", "text_pivots": "text pivots (largest key L1 norm)",
 }
 COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
 BUDGET_FREE = ("none", "vtw")  # strategies that ignore the budget (keep is not passed to them)
