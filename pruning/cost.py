@@ -260,7 +260,7 @@ class TokenSchedule:
 EXACT_BUDGET_BEFORE = {"random", "topk-sim", "vtc-cls", "evit", "kmeans", "tome", "prumerge+"}
 # Strategies that select on the projector's output: it runs on all N patches, ``budget(N)`` of them enter the LLM.
 PROJECT_ALL_BEFORE = {"cdpruner", "divprune"}
-# Strategies whose stage "llm" keeps ``budget(M)`` of the M image rows at their layer (FastV, DART: or their ratio).
+# Strategies whose stage "llm" keeps ``budget(M)`` of the M image rows at their layer (FastV, DART: or their ratios).
 EXACT_BUDGET_LLM = {"random", "vtc-cls", "fastv", "dart"}
 
 
@@ -326,7 +326,7 @@ def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> 
 
             after = n - math.floor(n * strategy.ratio)
         elif name == "dart" and keep is None:
-            after = round(n * (1 - strategy.ratio))
+            after = round(n * (1 - strategy.reduction_ratio))
         elif name in EXACT_BUDGET_LLM:
             after = strategy.budget(n)
         else:

@@ -488,11 +488,12 @@ class Engine:
 
     def question_embeddings(self, prepared: Prepared, vision: VisionContext, wanted=("clip", "llm"),
                             text_of=lambda q: q) -> QuestionEmbeddings:
-        """The question (``text_of(prepared.question)``) embedded as ``wanted`` says. "clip": CLIP's text tower, the
-        question cut into chunks of its context (zero-padded, as CDPruner's code feeds it; ended with </s> where the
-        tokenizer does not add it, as CLIP pools there), one projected embedding per chunk, and each patch's CLIP image embedding (the vision tower's post_layernorm of the patch features, through
-        CLIP's visual_projection); ``clip_note`` says why not when no CLIP text encoder loads. "llm": the LLM's input
-        embeddings of the question's tokens (tokenised alone, no special tokens)."""
+        """The question (``text_of(prepared.question)``) embedded as ``wanted`` says. "clip": CLIP's text tower over
+        the question cut into chunks of its context (zero-padded, as CDPruner's code feeds it; ended with </s> where
+        the tokenizer does not add it, as CLIP pools there), one projected embedding per chunk, and each patch's CLIP
+        image embedding (the vision tower's post_layernorm of the patch features, through CLIP's visual_projection);
+        ``clip_note`` says why not when no CLIP text encoder loads. "llm": the LLM's input embeddings of the
+        question's tokens (tokenised alone, no special tokens)."""
         from .model import load_clip
 
         text = text_of(prepared.question)
@@ -508,8 +509,8 @@ class Engine:
                 enc = clip_tok(text, return_tensors="pt")
                 ids, mask = enc.input_ids[0], enc.attention_mask[0]
                 eos = clip_tok.eos_token_id
-                if eos is not None and (ids.numel() == 0 or int(ids[-1]) != eos):  # CLIP pools at the first </s>:
-                    ids, mask = torch.cat([ids, ids.new_tensor([eos])]), torch.cat([mask, mask.new_ones(1)])  # end on it
+                if eos is not None and (ids.numel() == 0 or int(ids[-1]) != eos):  # CLIP pools at the first </s>
+                    ids, mask = torch.cat([ids, ids.new_tensor([eos])]), torch.cat([mask, mask.new_ones(1)])
                 pad = -ids.shape[0] % width
                 ids = torch.cat([ids, ids.new_zeros(pad)]).view(-1, width)
                 mask = torch.cat([mask, mask.new_zeros(pad)]).view(-1, width)

@@ -297,7 +297,7 @@ def test_2025_app_controls():
     assert cd["positions"]["default"] == "rearrange" and "layer" not in cd and "seed" not in cd
     assert {c["name"]: c["default"] for c in controls["divprune"]} == {"positions": "rearrange"}
     dart = {c["name"]: c["default"] for c in controls["dart"]}
-    assert dart == {"layer": 2, "positions": "keep", "ratio": 0.778, "image_pivots": 4, "text_pivots": 4}
+    assert dart == {"layer": 2, "positions": "keep", "reduction_ratio": 0.778, "image_pivots": 4, "text_pivots": 4}
 
 
 def test_2025_cost_estimate():
@@ -339,7 +339,8 @@ def test_2025_lmms_eval_plugin(name):
     from pruning.integrations.lmms_eval import PruneScopeLMM
 
     def instance(kind, arguments, i):
-        return Instance(request_type=kind, arguments=arguments, idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+        return Instance(request_type=kind, arguments=arguments, idx=0,
+                        metadata={"task": "t", "doc_id": i, "repeats": 1})
 
     questions = load_samples("shapes", 3)
     lm = PruneScopeLMM(threads=torch.get_num_threads(), strategy=name, keep=36)
@@ -348,7 +349,8 @@ def test_2025_lmms_eval_plugin(name):
     gen = lm.generate_until([instance("generate_until", (q.question, {"max_new_tokens": 4}, lambda d: [d["image"]],
                                                          i, "t", "test"), i) for i, q in enumerate(questions)])
     assert [g.text if hasattr(g, "text") else g for g in gen] == expected
-    scored = lm.loglikelihood([instance("loglikelihood", (q.question, f" {a}", lambda d: [d["image"]], i, "t", "test"), i)
+    scored = lm.loglikelihood([instance("loglikelihood", (q.question, f" {a}", lambda d: [d["image"]], i, "t",
+                                                          "test"), i)
                                for i, (q, a) in enumerate(zip(questions, expected))])
     assert all(o.text[1] for o in scored)
 

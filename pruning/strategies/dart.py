@@ -23,11 +23,12 @@ The budget: their kept count is ``4 + 8 * floor(B / 8)`` for their budget B (``m
 default): 4 image pivots plus B // 8 tokens per pivot (4 + 128 = 132 at B = 128, 68 at 64). Here ``keep`` = U is
 the number kept: the 4 image pivots plus U - 4 claimed tokens, split over the 8 pivots as evenly as it goes (the
 first (U - 4) mod 8 pivots in visiting order claim one more). ``keep`` = 4 + 8m reproduces their B = 8m exactly
-(68 for their 64, 132 for their 128). With ``keep`` unset, U = round(M * (1 - ratio)) with their default reduction
-ratio 0.778 (128 of 576).
+(68 for their 64, 132 for their 128). With ``keep`` unset, U = round(M * (1 - reduction_ratio)), their default
+0.778 (128 of 576); the app always sets a budget, so there it does not apply.
 
 Deviations, each with its reason:
-- the split of U - 4 above (theirs keeps 4 more than B, or up to 11 more when B is not a multiple of 8).
+- the split of U - 4 above (theirs keeps 4 + 8 floor(B / 8): B + 4 when B is a multiple of 8, B - 3 to B + 3
+  otherwise).
 - fewer than 4 text tokens after the image, or U < 4: as many pivots as there are, the top-U image pivots.
 - grouped-query attention: the L1 norm over the key-value heads, not repeated to every query head as their code's
   ``repeat_kv`` does (the same ranking: each key-value head counts equally often).
@@ -90,14 +91,15 @@ class DART(Strategy):
 
     stage: str = "llm"
     layer: int = 2  # K: rows are dropped before layer K, the keys are layer K-1's (the scripts' --pruned_layer 2)
-    ratio: float = 0.778  # share of image tokens dropped when ``keep`` is not given (their reduction_ratio)
+    reduction_ratio: float = 0.778  # share of image tokens dropped when ``keep`` is not given (their default)
     image_pivots: int = 4  # their pivot_image_token
     text_pivots: int = 4  # their pivot_text_token
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio <= 1:
-            raise ValueError(f"ratio={self.ratio!r}: expected 0..1")
+        r = self.reduction_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
+            raise ValueError(f"reduction_ratio={r!r}: expected 0..1")
         for name in ("image_pivots", "text_pivots"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -109,7 +111,7 @@ class DART(Strategy):
         if ctx.keys is None or ctx.normed_states is None:
             raise ValueError("dart needs layer K-1's keys and the normed hidden states (the engine's)")
         m = ctx.image_rows.shape[0]
-        budget = self.budget(m) if self.keep is not None else round(m * (1 - self.ratio))
+        budget = self.budget(m) if self.keep is not None else round(m * (1 - self.reduction_ratio))
         s = ctx.hidden_states.shape[0]
         after = int(ctx.image_rows.max()) + 1 if m else s
         text_rows = torch.arange(after, s, device=ctx.image_rows.device)
