@@ -50,6 +50,7 @@ LABELS = {
     "text_encoder": "question embedding (clip: the authors' CLIP text tower; llm: the LLM's; auto: clip if present)",
     "theta": "theta: relevance weighting (1: as is, the authors' code; < 1: exp(theta / (2 (1 - theta)) r))",
     "image_pivots": "image pivots (largest key L1 norm)", "text_pivots": "text pivots (largest key L1 norm)",
+    "reduction_ratio": "share of image tokens dropped when no budget is set (the app always sets one)",
 }
 COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
 BUDGET_FREE = ("none", "vtw")  # strategies that ignore the budget (keep is not passed to them)
