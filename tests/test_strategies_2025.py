@@ -240,10 +240,12 @@ def test_cdpruner_with_clip_on_576_token_model(tmp_path, images):
     assert llm.notes and llm.kept != r.kept
 
 
-def test_dart_in_4bit(engines, images):
+@pytest.mark.parametrize("name", NEW)
+def test_2025_in_4bit(engines, images, name):
     engine = engines("tiny", four_bit=True)
-    r = engine.run(images[0], QUESTIONS[0], get_strategy("dart", keep=12), max_new_tokens=3, warmup=0)
-    assert r.image_tokens_per_layer[2:] == [12] * (len(r.image_tokens_per_layer) - 2)
+    r = engine.run(images[0], QUESTIONS[0], get_strategy(name, keep=12), max_new_tokens=3, warmup=0)
+    first = 2 if name == "dart" else 0  # dart drops before layer 2; the others before the LLM
+    assert r.image_tokens_per_layer[first:] == [12] * (len(r.image_tokens_per_layer) - first)
 
 
 _EMBEDDED = {}
