@@ -105,7 +105,8 @@ def parse_budgets(spec: str, n_patches: int) -> list[int]:
 def configs(strategies: str, budgets: list[int], position_variants: bool = True,
             seed: int | None = None) -> list[tuple[str, dict]]:
     """(label, strategy params) rows: every selection strategy at every budget; FastV at every budget;
-    VTW once (it keeps no budget); with ``position_variants``, vtc-cls and random in both position modes. ``seed``
+    VTW once (it keeps no budget); with ``position_variants``, random and every before-LLM strategy whose default is
+    contiguous positions in both position modes (``_other_positions``). ``seed``
     (None: each strategy's default) is given to the strategies whose rule draws random numbers (``SEEDED``)."""
     names = [s for s in available() if s != "none"] if strategies == "all" else [s.strip() for s in strategies.split(",")]
     rows = [("none", {"name": "none"})]
@@ -117,8 +118,8 @@ def configs(strategies: str, budgets: list[int], position_variants: bool = True,
             continue
         for b in budgets:
             rows.append((f"{name}", {"name": name, "keep": b}))
-            if position_variants and name in ("vtc-cls", "random"):
-                other = "keep" if name == "vtc-cls" else "rearrange"
+            other = _other_positions(name) if position_variants else None
+            if other is not None:
                 rows.append((f"{name} ({other})", {"name": name, "keep": b, "positions": other}))
     if check_seed(seed) is not None:
         for _, params in rows:
@@ -127,6 +128,19 @@ def configs(strategies: str, budgets: list[int], position_variants: bool = True,
     for _, params in rows:  # fail early on a bad name
         get_strategy(**params)
     return rows
+
+
+def _other_positions(name: str) -> str | None:
+    """The position mode a sweep adds beside a strategy's default: ``rearrange`` for random (the control), and
+    ``keep`` for every strategy that prunes before the LLM with contiguous positions by default (the authors' way
+    for vtc-cls, cdpruner, divprune, visionzip, ...; the embedded model was trained with each patch at a fixed
+    position, so there both rows are shown)."""
+    strategy = get_strategy(name)
+    if name == "random":
+        return "rearrange"
+    if strategy.positions == "rearrange" and strategy.stage == "before":
+        return "keep"
+    return None
 
 
 def timed_prefill(engine, prepared, strategy):

@@ -62,6 +62,10 @@ def test_budgets_and_configs():
     rows = configs("vtc-cls,vtw,fastv", [10, 5])
     labels = [label for label, _ in rows]
     assert labels.count("vtw") == 1 and labels.count("vtc-cls (keep)") == 2 and labels[0] == "none"
+    # every before-LLM strategy with contiguous positions by default gets the original-positions row too
+    assert {"cdpruner (keep)", "divprune (keep)", "visionzip (keep)", "vispruner (keep)"} <= set(
+        label for label, _ in configs("all", [8]))
+    assert not any(label.startswith(("fastv (", "dart (", "tome (")) for label, _ in configs("all", [8]))
     with pytest.raises(ValueError, match="unknown strategy"):
         configs("vtc-cls,nope", [10])
 
