@@ -256,8 +256,10 @@ class TokenSchedule:
 
 
 # Strategies whose stage "before" hands the LLM exactly ``budget(N)`` tokens (merging ones included: EViT's fused
-# token, PruMerge+'s extra token and k-means' centres count in the budget; ToMe merges until the budget is met).
-EXACT_BUDGET_BEFORE = {"random", "topk-sim", "vtc-cls", "evit", "kmeans", "tome", "prumerge+"}
+# token, PruMerge+'s extra token and k-means' centres count in the budget; ToMe merges until the budget is met;
+# VisionZip's [CLS] and contextual tokens count in it too).
+EXACT_BUDGET_BEFORE = {"random", "topk-sim", "vtc-cls", "evit", "kmeans", "tome", "prumerge+", "visionzip",
+                       "vispruner"}
 # Strategies that select on the projector's output: it runs on all N patches, ``budget(N)`` of them enter the LLM.
 PROJECT_ALL_BEFORE = {"cdpruner", "divprune"}
 # Strategies whose stage "llm" keeps ``budget(M)`` of the M image rows at their layer (FastV, DART: or their ratios).
@@ -322,9 +324,7 @@ def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> 
         if name == "vtw":
             after = 0
         elif name == "fastv" and keep is None:
-            import math
-
-            after = n - math.floor(n * strategy.ratio)
+            after = strategy.default_budget(n)  # the authors' round(M * (1 - R))
         elif name == "dart" and keep is None:
             after = round(n * (1 - strategy.reduction_ratio))
         elif name in EXACT_BUDGET_LLM:

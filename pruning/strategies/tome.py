@@ -1,20 +1,34 @@
 """ToMe (Bolya et al., "Token Merging: Your ViT But Faster"), the "ToMe" baseline of VTC-CLS Table 3.
 
-Rule (bipartite soft matching, ToMe Sec. 3): split the tokens alternately into sets A and B, link each
-A token to its most similar B token (cosine similarity of the feature layer's attention keys averaged over
-heads, as ToMe's code does: ``k.mean(1)``), merge the r most similar A tokens into their B partners by a
-size-weighted average, and repeat until U tokens remain. Merged tokens stand at their B token's position.
+Followed: facebookresearch/ToMe at commit af95e4b1befa172dadccd8c81e223b10090f9579, ``tome/merge.py``
+(``bipartite_soft_matching``, ``merge_wavg``) and ``tome/patch/timm.py`` (``ToMeAttention``: the metric is the
+keys averaged over heads, ``k.mean(1)``).
+
+Rule (bipartite soft matching, ToMe Sec. 3), one round on t tokens: A = the tokens at even places of the current
+order, B = the odd ones; each A token is linked to its most similar B token (cosine similarity of the metric);
+the r A tokens with the most similar links are merged into their B partners by a size-weighted average
+(``merge_wavg``: sum of size * x over sum of sizes, all merges of a round at once), with r capped at
+(t - protected) // 2 (no protected token here: the [CLS] token is not among the patches, so t // 2). The
+survivors leave the round in ToMe's order, ``cat([unmerged A tokens, B tokens])``: the unmerged A tokens in
+descending order of their best similarity (ToMe's ``argsort`` of ``node_max``; it re-sorts them by position only
+when a class token is protected), then B in its order. That order is the next round's input, so it decides the
+next round's alternating A/B split. ``order="spatial"`` instead re-sorts the survivors into row-major order
+after each round, as this project did before issue 25 (then with the cap (t + 1) // 2, which let a round merge
+every A token when t is odd; its kept sets agreed with ToMe's at Jaccard 0.24-0.46); the cap is ToMe's in both.
+Merged tokens stand at their B token's patch; the tokens enter the LLM in row-major order of those patches.
+
 Schedule: ToMe merges a constant r per layer; here as many rounds as the ViT has layers up to the feature
-layer, r = ceil((N - U) / rounds) each (capped at |A|, with extra rounds if the cap bites), so each round
-keeps part of A and similarity decides which tokens survive. (Merging all of A in one round, r = |A|, would
-leave exactly the B tokens, the odd positions, whatever the image.) ``head_keys="concat"`` matches the keys of all heads concatenated instead
-(what this project did before following the code).
+layer, r = ceil((N - U) / rounds) each (capped at t // 2 as above, with extra rounds if the cap bites), so each
+round keeps part of A and similarity decides which tokens survive. ``head_keys="concat"`` matches the keys of
+all heads concatenated instead (what this project did before following the code).
 
 Deviations: ToMe merges a few tokens in every ViT layer, each layer matching on its own fresh keys; here,
 like VTC-CLS's baseline, it runs once on the visual tokens handed to the LLM, in as many rounds as needed,
-and a merged token's key for the next round is the size-weighted mean of its members' keys. With no keys
-available (or no [CLS] attention to tell the number of heads) the features are matched as they are.
-``Selection.groups``: every patch points at the token its merges ended in (a surviving token at itself).
+and a merged token's key for the next round is the size-weighted mean of its members' keys. No proportional
+attention (ToMe's log-size bias) in the LLM. Sorting is stable (ToMe's ``argsort`` is not: exact ties may
+order either way there). With no keys available (or no [CLS] attention to tell the number of heads) the
+features are matched as they are. ``Selection.groups``: every patch points at the token its merges ended in (a
+surviving token at itself).
 """
 
 from __future__ import annotations
@@ -29,44 +43,54 @@ from .base import Selection, Strategy, VisionContext, register
 
 
 def bipartite_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor, index: torch.Tensor, r: int,
-                    return_dest: bool = False):
-    """One round: merge the r best-matched tokens of A (even positions) into B (odd positions). With
-    ``return_dest``, also the row each input row ends in among the survivors."""
-    a, b = torch.arange(0, x.shape[0], 2), torch.arange(1, x.shape[0], 2)
+                    return_dest: bool = False, spatial: bool = False):
+    """One round of ToMe's ``bipartite_soft_matching`` + ``merge_wavg`` on the rows of ``x`` in their current
+    order: merge the r best-matched tokens of A (even places) into B (odd places), r capped at t // 2. Returns the
+    survivors' (x, keys, size, index) in ToMe's order, ``cat([unmerged A, B])`` (with ``spatial``: sorted by
+    ``index``); with ``return_dest``, also the row each input row ends in among the survivors."""
+    t = x.shape[0]
+    r = min(r, t // 2)
+    a, b = torch.arange(0, t, 2), torch.arange(1, t, 2)
+    if r <= 0:
+        out = x, keys, size, index
+        return (*out, torch.arange(t)) if return_dest else out
     sim = F.normalize(keys[a], dim=-1) @ F.normalize(keys[b], dim=-1).T  # (|A|, |B|)
     best, partner = sim.max(1)
-    merged_a = best.argsort(descending=True)[:r]  # A tokens to merge
-    keep_a = torch.ones(len(a), dtype=torch.bool)
-    keep_a[merged_a] = False
-    x, keys, size = x.clone(), keys.clone(), size.clone()
-    target = torch.arange(x.shape[0])
-    for i in merged_a.tolist():  # size-weighted average into the partner
-        src, dst = a[i], b[partner[i]]
-        total = size[src] + size[dst]
-        x[dst] = (x[dst] * size[dst] + x[src] * size[src]) / total
-        keys[dst] = (keys[dst] * size[dst] + keys[src] * size[src]) / total
-        size[dst] = total
-        target[src] = dst
-    survivors = torch.cat([a[keep_a], b]).sort().values
-    out = x[survivors], keys[survivors], size[survivors], index[survivors]
-    if not return_dest:
-        return out
-    row = torch.full((x.shape[0],), -1, dtype=torch.long)
-    row[survivors] = torch.arange(len(survivors))
-    return (*out, row[target])
+    edge = best.argsort(descending=True, stable=True)
+    src, unm = edge[:r], edge[r:]  # A tokens merged / kept, the kept ones in descending similarity
+    dst = partner[src]
+    w = size[a[src]]
+    total = size[b].clone().index_add_(0, dst, w)
+    x_b = (x[b] * size[b, None]).index_add_(0, dst, x[a[src]] * w[:, None]) / total[:, None]
+    k_b = (keys[b] * size[b, None]).index_add_(0, dst, keys[a[src]] * w[:, None]) / total[:, None]
+    rows = torch.cat([a[unm], b])  # the input row each survivor continues
+    x, keys, index = torch.cat([x[a[unm]], x_b]), torch.cat([keys[a[unm]], k_b]), index[rows]
+    size = torch.cat([size[a[unm]], total])
+    dest = torch.empty(t, dtype=torch.long)
+    dest[rows] = torch.arange(len(rows))
+    dest[a[src]] = len(unm) + dst
+    if spatial:
+        order = index.argsort()
+        x, keys, size, index = x[order], keys[order], size[order], index[order]
+        dest = order.argsort()[dest]
+    out = x, keys, size, index
+    return (*out, dest) if return_dest else out
 
 
 @register
 @dataclass
 class ToMe(Strategy):
     name = "tome"
-    choices: ClassVar[dict] = {"head_keys": ("mean", "concat")}  # for the app
+    choices: ClassVar[dict] = {"head_keys": ("mean", "concat"), "order": ("tome", "spatial")}  # for the app
     head_keys: str = "mean"  # "mean": keys averaged over heads (ToMe's code); "concat": all heads concatenated
+    order: str = "tome"  # survivors' order between rounds: "tome" cat([unmerged A, B]); "spatial": row-major
 
     def __post_init__(self):
         super().__post_init__()
         if self.head_keys not in ("mean", "concat"):
             raise ValueError(f"head_keys={self.head_keys!r}: expected 'mean' or 'concat'")
+        if self.order not in ("tome", "spatial"):
+            raise ValueError(f"order={self.order!r}: expected 'tome' or 'spatial'")
 
     def metric(self, ctx: VisionContext) -> torch.Tensor:
         """What tokens are matched on: the feature layer's keys, averaged over heads by default."""
@@ -89,7 +113,9 @@ class ToMe(Strategy):
         rounds = max(1, ctx.feature_layer + 1)  # ToMe's per-layer schedule over the ViT's layers
         per_round = -(-(n - budget) // rounds)
         while x.shape[0] > budget:
-            r = min(x.shape[0] - budget, per_round, (x.shape[0] + 1) // 2)
-            x, keys, size, index, dest = bipartite_merge(x, keys, size, index, r, return_dest=True)
+            r = min(x.shape[0] - budget, per_round)  # bipartite_merge caps it at t // 2, as ToMe
+            x, keys, size, index, dest = bipartite_merge(x, keys, size, index, r, return_dest=True,
+                                                         spatial=self.order == "spatial")
             groups = dest[groups]
-        return Selection(index, features=x.to(ctx.patch_features.dtype), groups=groups)
+        order = index.argsort()  # the tokens enter the LLM in row-major order of their patches
+        return Selection(index[order], features=x[order].to(ctx.patch_features.dtype), groups=order.argsort()[groups])
