@@ -300,9 +300,10 @@ class Engine:
         feats = out.hidden_states[g.vision_feature_layer][0]  # (T, Dv)
         if g.has_cls:
             cls_feature, patches = feats[0], feats[1:]  # "default" drops [CLS]
-            cls_attention = torch.stack(rows)[:, :, 1:]  # (L_v, H, N): [CLS] row over patch keys
+            stacked = torch.stack(rows)  # (L_v, H, T)
+            cls_attention, cls_self = stacked[:, :, 1:], stacked[:, :, 0]  # [CLS] row over patch keys; its own column
         else:
-            cls_feature, patches, cls_attention = None, feats, None
+            cls_feature, patches, cls_attention, cls_self = None, feats, None, None
         patch_keys, reader_keys = keys[g.feature_layer_index], keys[g.feature_layer_index + 1]
         if g.has_cls:
             patch_keys, reader_keys = (k[1:] if k is not None else None for k in (patch_keys, reader_keys))
@@ -310,7 +311,7 @@ class Engine:
             patch_features=patches, cls_attention=cls_attention, cls_feature=cls_feature,
             feature_layer=g.feature_layer_index, patch_keys=patch_keys, reader_keys=reader_keys,
             rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed),
-            cls_final=out.pooler_output[0] if g.has_cls else None,
+            cls_final=out.pooler_output[0] if g.has_cls else None, cls_self=cls_self,
         )
 
     def _vision_pass_pruned(self, prepared: Prepared, seed: int, strategy: Strategy) -> VisionContext:

@@ -42,6 +42,8 @@ class VisionContext:
     vit_tokens: list | None = None  # tokens entering each ViT layer when pruned inside the ViT (None: all)
     projected: torch.Tensor | None = None  # needs_projected: (N, D) the projector's output of every patch
     question: QuestionEmbeddings | None = None  # question_inputs(): the question's embeddings (stage "before")
+    cls_self: torch.Tensor | None = None  # (L_v, H_v) the [CLS] query's attention to [CLS] itself, every ViT layer
+    #                                     (the column ``cls_attention`` drops; the same softmax's own entry)
 
     def cls_scores(self, k_layers: int = 1, ensemble: str = "avg") -> torch.Tensor:
         """VTC-CLS eq. 2 and 9: [CLS] attention averaged over heads, in the ``k_layers`` layers ending at the
