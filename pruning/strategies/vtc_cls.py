@@ -13,6 +13,12 @@ Table 6 follows FastV there and FastV's code keeps the kept tokens' original pos
 
 Choice the paper leaves open: the score is the softmax row over all keys restricted to the patches (the
 [CLS]-to-[CLS] weight is dropped, not renormalised; renormalising would not change the ranking).
+
+Against the authors' code (THU-MIG/VTC-CLS at e41ac9b4c0db235b3f68a84dbd6bd35f24156a7c,
+``llava/model/multimodal_encoder/clip_encoder.py``, ``cls_token_only``): they *sum* the per-layer scores over
+``attentions[start_layer:-1]`` where E = avg here averages them (the same ranking); K = 3 is the paper's, while
+their eval loaders' ``--layer`` defaults to 16, i.e. 7 layers (16-22) of LLaVA-1.5's 24-layer CLIP
+(``k_layers=7`` reproduces it).
 """
 
 from __future__ import annotations
