@@ -57,6 +57,17 @@ STRATEGIES = {
              "tokens least similar to the pivots (duplicates of a pivot are dropped). Look at the tokens-alive "
              "plot's drop at K and at kept patches spread over regions unlike each other; it reads no attention "
              "map, so it runs with SDPA and in 4-bit."),
+    "visionzip": ("VisionZip (CVPR 2025) and its authors' code", "Keeps the dominant tokens, the vision encoder's "
+                  "[CLS] token and the patches it attends to most, then merges all the other patches into a few "
+                  "contextual tokens (10 of every 64): evenly spaced targets each take the patches whose keys are "
+                  "most like theirs, and become their own feature plus the mean of that group. Look at the overlay's "
+                  "large tinted groups (one per contextual token) around the dominant patches, and for the one "
+                  "patch that stands for the [CLS] token, the first one neither dominant nor a target."),
+    "vispruner": ("VisPruner (ICCV 2025) and its authors' code", "Keeps half the budget as the patches the vision "
+                  "encoder's [CLS] token attends to most, then fills the other half from the rest by repeatedly "
+                  "dropping near-duplicates (the tokens most similar to another remaining one, up to 8 per round). "
+                  "Look for the kept set covering the [CLS] heatmap's bright cells plus patches spread over regions "
+                  "unlike each other; the question plays no part."),
 }
 
 
