@@ -51,6 +51,11 @@ LABELS = {
     "theta": "theta: relevance weighting (1: as is, the authors' code; < 1: exp(theta / (2 (1 - theta)) r))",
     "image_pivots": "image pivots (largest key L1 norm)", "text_pivots": "text pivots (largest key L1 norm)",
     "reduction_ratio": "share of image tokens dropped when no budget is set (the app always sets one)",
+    "contextual": "contextual tokens (empty: 10 of every 64 kept, the authors' split)",
+    "cls_token": "[CLS] token enters the LLM as a dominant token (the authors' code)",
+    "important_ratio": "r: share of the budget kept by [CLS] attention (the rest: diverse tokens)",
+    "per_round": "near-duplicates dropped per round, at most (the authors' 8)",
+    "order": "token order between merge rounds (tome: ToMe's code; spatial: row-major)",
 }
 COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
 BUDGET_FREE = ("none", "vtw")  # strategies that ignore the budget (keep is not passed to them)
