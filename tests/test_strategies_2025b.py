@@ -386,3 +386,37 @@ def test_2025b_compare_cards():
     assert [c["strategy"] for c in cards] == ["none", *NEW]
     assert by["visionzip"]["visual_tokens_kept"] == by["vispruner"]["visual_tokens_kept"] == 36
     assert len(by["visionzip"]["merge_groups"]) == 144 and by["vispruner"]["params"]["important_ratio"] == 0.75
+
+
+def test_2025b_sweep():
+    from pruning.compare import Scope
+
+    rows = Scope(threads=torch.get_num_threads()).sweep(NEW, [36], n=5, types=["colour"], progress=False)
+    labels = [r["label"] for r in rows]
+    assert labels[0] == "none" and all(any(lab.startswith(n) for lab in labels) for n in NEW)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_2025b_lmms_eval_plugin(name):
+    """lmms-eval's prunescope model answers as the bench does with the same strategy, and scores those answers."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from pruning.bench import load_samples, sample_record
+    from pruning.integrations.lmms_eval import PruneScopeLMM
+
+    def instance(kind, arguments, i):
+        return Instance(request_type=kind, arguments=arguments, idx=0,
+                        metadata={"task": "t", "doc_id": i, "repeats": 1})
+
+    questions = load_samples("shapes", 3)
+    lm = PruneScopeLMM(threads=torch.get_num_threads(), strategy=name, keep=36)
+    lm.task_dict = {"t": {"test": [{"image": q.image} for q in questions]}}
+    expected = [sample_record(_embedded_engine(), q, get_strategy(name, keep=36))["answer"] for q in questions]
+    gen = lm.generate_until([instance("generate_until", (q.question, {"max_new_tokens": 4}, lambda d: [d["image"]],
+                                                         i, "t", "test"), i) for i, q in enumerate(questions)])
+    assert [g.text if hasattr(g, "text") else g for g in gen] == expected
+    scored = lm.loglikelihood([instance("loglikelihood", (q.question, f" {a}", lambda d: [d["image"]], i, "t",
+                                                          "test"), i)
+                               for i, (q, a) in enumerate(zip(questions, expected))])
+    assert all(o.text[1] for o in scored)
