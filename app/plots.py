@@ -330,7 +330,7 @@ def attention_shares_figure(results: list[dict], columns: int = 3) -> go.Figure:
 def _slider_heatmaps(maps: list[list], rows: int, cols: int, title: str, layer_word: str, colorbar: str,
                      present: list | None = None, start: int = 0) -> go.Figure:
     """One heatmap per layer over the patch grid and a slider to pick the layer (no server round trip). Patches
-    not present in a layer (pruned before it) are grey cells with a cross, named in the legend."""
+    not present in a layer (pruned before it) are grey cells with a cross, with a key above the grid."""
     fig = go.Figure()
     n = len(maps)
     heat = []
@@ -348,7 +348,7 @@ def _slider_heatmaps(maps: list[list], rows: int, cols: int, title: str, layer_w
                 continue
             fig.add_trace(go.Scatter(
                 x=[p % cols for p in gone], y=[p // cols for p in gone], mode="markers", visible=i == start,
-                name="pruned before this layer", legendgroup="pruned", showlegend=True,
+                name="pruned before this layer", showlegend=False,
                 marker={"symbol": "x-thin", "size": max(4, min(12, 220 // max(rows, cols))), "color": "#7a7a7a",
                         "line": {"width": 1.2, "color": "#7a7a7a"}},
                 hovertemplate=f"{layer_word} {i}: row %{{y}}, column %{{x}}: pruned before this layer<extra></extra>"))
@@ -372,7 +372,11 @@ def _slider_heatmaps(maps: list[list], rows: int, cols: int, title: str, layer_w
     fig.update_yaxes(range=[rows - 0.5, -0.5], scaleanchor="x", constrain="domain", showgrid=False, zeroline=False,
                      nticks=7)
     _finish(fig, f"{head}<br>{layer_word} {start}", sub or None, height=540)
-    fig.update_layout(legend={"yref": "paper", "y": 1.0, "yanchor": "bottom", "x": 0, "xanchor": "left"})
+    if pruned_of:  # the key to the crosses, as a note above the grid (a legend there pushed the margins about)
+        fig.add_annotation(text="× = pruned before this layer (grey cells)", xref="paper", yref="paper", x=0,
+                           xanchor="left", y=1, yanchor="bottom", yshift=4, showarrow=False,
+                           font={"size": 11, "color": "#444"})
+    fig.update_layout(showlegend=False)
     return fig
 
 

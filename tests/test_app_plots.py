@@ -47,8 +47,9 @@ def test_llm_heatmap_marks_pruned_patches_and_has_a_layer_slider():
     assert len(heat) == 3 and len(fig.layout.sliders[0].steps) == 3
     z = heat[1].z  # layer 1: patches 0, 1 present
     assert z[0][0] == 0.02 * 1 and z[1][0] is None and z[1][1] is None
-    # the pruned cells of layers 1 and 2 are crossed and named in the legend; layer 0 has none
+    # the pruned cells of layers 1 and 2 are crossed, with a key above the grid; layer 0 has none
     assert len(pruned) == 2 and all(t.name == "pruned before this layer" for t in pruned)
+    assert any("pruned before this layer" in a.text for a in fig.layout.annotations)
     assert sorted(zip(pruned[0].x, pruned[0].y)) == [(0, 1), (1, 1)]  # (column, row) of patches 2, 3
     assert fig.layout.plot_bgcolor == plots.PRUNED_CELL
     step = fig.layout.sliders[0].steps[2]
@@ -256,7 +257,7 @@ def test_every_figure_labels_its_axes_in_words_and_fits_a_phone():
         subtitle = [re.sub(r"<[^>]+>", "", line) for line in lines if "font-size" in line]
         assert all(len(line) <= 40 for line in title), (name, title)  # fits 390 px at the title's size (15 px)
         assert all(len(line) <= 64 for line in subtitle), (name, subtitle)  # the subtitle's 11 px
-        assert layout.legend.orientation == "h", name  # legend in rows, below the plot (or above a heatmap)
+        assert layout.legend.orientation == "h", name  # legend in rows, below the plot
         assert "zoom2d" in layout.modebar.remove and "toImage" not in layout.modebar.remove, name
         assert layout.dragmode is False, name
         for ann in layout.annotations:  # notes and subplot titles wrapped to the phone's width too
