@@ -5,9 +5,11 @@ the app's queue also runs model calls one by one). Everything it returns is plai
 numbers, strings and one uint8 numpy array for the image the model sees), so the UI draws it without
 importing torch.
 
-- ``Scope.compare_stream``: yields ``{"kind": "view", ...}`` first (the image as the model sees it), then
-  one ``{"kind": "result", "result": {...}}`` per strategy as it finishes (the unpruned reference
-  ``none`` first, always), then ``{"kind": "inspect", ...}`` with this image's analyses.
+- ``Scope.compare_stream``: yields ``{"kind": "view", ...}`` first (the image as the model sees it, how it was
+  resized, and the off-world warnings), then one ``{"kind": "result", "result": {...}}`` per strategy as it
+  finishes (the unpruned reference ``none`` first, always; timings with their spread, speedups from paired runs,
+  the projection to LLaVA-1.5-7B), then ``{"kind": "inspect", ...}`` with this image's analyses.
+  docs/architecture.md lists every field.
 - ``Scope.compare``: the JSON API, the list of per-strategy results (the fields of ``python -m pruning
   ask --json`` plus what the overlay needs).
 - ``Scope.sweep``: the library's ``bench`` sweep on held-out shapes questions, as table rows.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import threading
 from collections import OrderedDict
 from dataclasses import MISSING, fields
@@ -25,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import analysis, bench
+from . import analysis, bench, cost, offworld, projection
 from .engine import Engine
 from .images import load_image
 from .model import DEFAULT_MODEL_DIR, load_model
+from .shapes import grammar
+from .speed import spread
 from .strategies import POSITIONS, available, get_strategy
 from .strategies.base import Strategy
 
@@ -40,7 +45,8 @@ LABELS = {
     "k_layers": "K: [CLS] layers ensembled (VTC-CLS eq. 9)", "ensemble": "E: how the K layers combine (eq. 9)",
     "layer": "layer: LLM layer where tokens are dropped (K)", "stage": "stage: where it prunes",
     "positions": "positions after pruning", "seed": "seed", "tau": "tau: question-word relevance threshold (eq. 8)",
-    "ratio": "R: share dropped when no budget is set", "neighbours": "k: neighbours merged into each kept token",
+    "ratio": "R: share of image tokens dropped at layer K (given, it replaces the budget)",
+    "neighbours": "k: neighbours merged into each kept token",
     "iterations": "k-means iterations", "group": "layers per group", "llm_fraction": "share of LLM layers that prune",
     "vit": "stage 1: prune inside the ViT", "llm": "stage 2: prune inside the LLM",
     "qk_layer": "ViT layer whose q/k score and match (reader: the authors' code)",
@@ -57,9 +63,17 @@ LABELS = {
     "per_round": "near-duplicates dropped per round, at most (the authors' 8)",
     "order": "token order between merge rounds (tome: ToMe's code; spatial: row-major)",
 }
+# Longer explanations of parameters whose effect depends on others, keyed (strategy, parameter).
+HELP = {("fastv", "ratio"): "Used only when given: fastv then drops this share of its image tokens at layer K, and the "
+                            "shared budget (keep, the budget slider) does not apply to fastv; the result's notes say "
+                            "so. Not given, the budget decides; with no budget either, R's default (0.5) does."}
 COMPARE_DEFAULT = ("none", "vtc-cls", "fastv", "vtw")
 BUDGET_FREE = ("none", "vtw")  # strategies that ignore the budget (keep is not passed to them)
-SEEDED = {"random", "kmeans"}  # strategies whose rule draws random numbers (the seed matters only there)
+OWN_BUDGET = {"fastv": "ratio"}  # a parameter that, given for its strategy, sets that strategy's budget instead of keep
+SEEDED = set(bench.SEEDED)  # strategies whose rule draws random numbers (the seed matters only there)
+REPEATS = 5  # timed repeats per strategy in a comparison, each paired with one of none's (see Scope.compare_stream)
+TIMINGS = ("vision_ms", "prefill_ms", "decode_ms_per_token", "total_ms", "ttft_ms")
+SAMPLING = {"temperature": 0.0, "top_p": 1.0, "seed": 0}
 ETA = 0.003  # VTW's KL threshold (Algorithm 1)
 VISION_CACHE = 8  # images whose vision pass Scope keeps for the analyses of a re-run
 
@@ -99,7 +113,8 @@ def strategy_controls() -> dict[str, list[dict]]:
             label = LABELS.get(f.name, f.name)
             if name == "vtc-cls" and f.name == "positions":
                 label += " (left as it is: rearrange before the LLM, keep at stage llm)"
-            controls.append({"name": f.name, "label": label, "kind": kind, "default": default, "choices": choices})
+            controls.append({"name": f.name, "label": label, "kind": kind, "default": default, "choices": choices,
+                             "help": HELP.get((name, f.name))})
         out[name] = controls
     return out
 
@@ -147,6 +162,96 @@ def compare_fields(result, reference: dict | None) -> dict:
     return relative_fields(own_fields(result), reference)
 
 
+def own_budget_notes(strategy, keep: int | None) -> list[str]:
+    """The note for a strategy whose own budget parameter was given (``OWN_BUDGET``: fastv's R) while a shared
+    budget was set: the budget did not apply to it."""
+    param = OWN_BUDGET.get(strategy.name)
+    if param is None or keep is None or strategy.keep is not None:
+        return []
+    value = getattr(strategy, param)
+    return [f"{strategy.name}: R = {value:g} was given, so it drops {value:.0%} of its image tokens at layer "
+            f"{strategy.layer}; the budget ({keep} tokens) does not apply to it"]
+
+
+def first_token_run(engine, prepared, strategy) -> dict:
+    """The vision pass and the prefill alone, timed as ``Engine.timed_run`` times them: the reference side of a
+    timed pair (no decode: only none's time to first token is compared)."""
+    dev = str(engine.device)
+    with cost.Stopwatch(dev) as sw_v:
+        vision = engine.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
+    with cost.Stopwatch(dev) as sw_p:
+        engine.prefill(prepared, vision, strategy)
+    return {"vision_ms": sw_v.ms, "prefill_ms": sw_p.ms, "ttft_ms": sw_v.ms + sw_p.ms}
+
+
+def timed_pairs(engine, prepared, strategy, max_new_tokens: int, repeats: int, warmup: int, reference=None):
+    """``warmup`` untimed runs of ``strategy``, then ``repeats`` timed runs (``Engine.timed_run``, plus ``ttft_ms``);
+    with a ``reference`` strategy, each repeat also times the reference's first token (``first_token_run``) right
+    before it (even repeats) or right after (odd), so each pair shares the machine's state of the moment. Returns
+    ``(runs, reference_runs, (state, tokens) of the last run)``."""
+    def run():
+        timings, value = engine.timed_run(prepared, strategy, max_new_tokens, SAMPLING)
+        return {**timings, "ttft_ms": timings["vision_ms"] + timings["prefill_ms"]}, value
+
+    for _ in range(warmup):
+        run()
+    runs, refs, value = [], [], None
+    for i in range(repeats):
+        if reference is not None and i % 2 == 0:
+            refs.append(first_token_run(engine, prepared, reference))
+        timings, value = run()
+        runs.append(timings)
+        if reference is not None and i % 2 == 1:
+            refs.append(first_token_run(engine, prepared, reference))
+    return runs, refs, value
+
+
+SPEEDUP_METHOD = ("ratio of medians: none's time to first token (vision + prefill), timed right before or after each "
+                  "of this strategy's repeats, over this strategy's; spread: min, quartiles and max of the per-repeat "
+                  "ratios")
+
+
+def timing_fields(runs: list[dict], refs: list[dict]) -> dict:
+    """``timings`` (medians, as ``ask --json``), ``timing_spread`` (median, min, max, quartiles, n of each of
+    ``TIMINGS``), ``repeats``; with reference runs, ``speedup`` / ``prefill_speedup`` (ratio of medians) and
+    ``speedup_spread`` / ``prefill_speedup_spread`` (the per-repeat ratios), else those spreads are None."""
+    out = {"timings": {k: statistics.median(r[k] for r in runs) for k in TIMINGS if k != "ttft_ms"},
+           "timing_spread": {k: spread([r[k] for r in runs]) for k in TIMINGS}, "repeats": len(runs),
+           "speedup_spread": None, "prefill_speedup_spread": None, "speedup_method": SPEEDUP_METHOD}
+    if refs:
+        for prefix, key in (("", "ttft_ms"), ("prefill_", "prefill_ms")):
+            ref_median = statistics.median(r[key] for r in refs)
+            out[f"{prefix}speedup"] = ref_median / max(out["timing_spread"][key]["median"], 1e-9)
+            out[f"{prefix}speedup_spread"] = spread([a[key] / max(b[key], 1e-9) for a, b in zip(refs, runs)])
+    return out
+
+
+def timing_note(fields_: dict, reference: dict, embedded: bool, report: dict | None = None) -> str | None:
+    """One line saying why the measured speedup is below 1 or not distinguishable from 1 (its per-repeat range
+    holds 1), with the figures it rests on; None when the speedup is clear (or for the reference itself)."""
+    sp = fields_.get("speedup_spread")
+    if sp is None or (fields_["speedup"] >= 1 and sp["min"] >= 1):
+        return None
+    measured = (f"measured {fields_['speedup']:.2f}x ({sp['min']:.2f}x to {sp['max']:.2f}x over {sp['n']} pairs; "
+                f"FLOPs predict {fields_['speedup_predicted']:.2f}x)")
+    if not embedded:
+        if sp["max"] < 1:
+            return (f"Slower in every pair: {measured}; this strategy's own work (scoring, selecting, merging) costs "
+                    "more here than the arithmetic it removes.")
+        return f"Within the noise: {measured}; the difference is smaller than the run-to-run variation here."
+    gflops = reference["tflops"]["prefill"] * 1e3
+    ms = reference["timings"]["prefill_ms"]
+    why = (f"{gflops:.2f} GFLOPs in {ms:.1f} ms ({gflops / ms * 1e3:.0f} GFLOP/s): at that size fixed per-layer costs "
+           "(Python, kernel launches, the selection) dominate, and pruning does not remove them")
+    if report is not None and projection.unavailable(report) is None:
+        none = next(r for r in report["rows"] if r.get("strategy") == "none")
+        rate = none["tflops"]["prefill"] * 1e3 / none["timings"]["prefill_ms"]["median"] * 1e3  # GFLOP/s
+        why = (f"{gflops:.2f} GFLOPs, {gflops / rate * 1e3:.1f} ms of arithmetic at the {rate:.0f} GFLOP/s the speed "
+               f"report measured at LLaVA-7B's widths, yet it takes {ms:.1f} ms: the rest is fixed per-layer cost "
+               "(Python, kernel launches, the selection) that pruning does not remove")
+    return f"Toy timings are overhead-bound: {measured}. The toy's unpruned prefill is {why}."
+
+
 class _LRU(OrderedDict):
     """A small least-recently-used cache (results of identical requests, per model)."""
 
@@ -184,8 +289,13 @@ class Scope:
     """One loaded model and the requests the app makes of it (one at a time)."""
 
     def __init__(self, model: str | None = None, load_in_4bit: bool = False, device: str | None = None,
-                 threads: int | None = None, cache_size: int = 128):
+                 threads: int | None = None, cache_size: int = 128, speed_report=projection.DEFAULT_REPORT):
+        """``speed_report``: the ``python -m pruning speed --json`` report (a dict, or a path; default: the one the
+        app's Sweep tab shows) each result's ``projected`` costs come from; None: none (``projected`` then says
+        so)."""
         source = model or str(DEFAULT_MODEL_DIR)
+        self.speed_report = (speed_report if speed_report is None or isinstance(speed_report, dict)
+                             else projection.load_report(speed_report))
         self.is_embedded = Path(source).resolve() == DEFAULT_MODEL_DIR.resolve()
         # The embedded model's matrices are tiny: one CPU thread is as fast as two, and it never stalls
         # when the other core is busy (two OpenMP threads sharing one free core wait on each other).
@@ -215,7 +325,18 @@ class Scope:
                 "image_size": g.image_size, "llm_layers": g.llm_layers, "vision_layers": g.vision_layers,
                 "feature_layer": g.feature_layer_index, "strategies": available(),
                 "default_strategies": [s for s in COMPARE_DEFAULT if s in available()],
-                "controls": strategy_controls()}
+                "controls": strategy_controls(), "repeats": REPEATS,
+                "question_forms": grammar.question_forms() if self.is_embedded else [],
+                "projection": self.projection_info()}
+
+    def projection_info(self) -> dict:
+        """Whether results carry a projection to LLaVA-1.5-7B: ``available``, ``label`` (what it is projected from,
+        on which machine) or ``reason`` (why not)."""
+        reason = projection.unavailable(self.speed_report)
+        if reason is not None:
+            return {"available": False, "reason": reason}
+        return {"available": True, "machine": projection.machine_words(self.speed_report),
+                "command": self.speed_report.get("command")}
 
     def model_card(self) -> dict | None:
         """The embedded model's measured accuracy (its evaluation report), or None for other models."""
@@ -236,20 +357,27 @@ class Scope:
         out = []
         for name in names:
             p = dict(params.get(name) or {})
-            if name not in BUDGET_FREE and keep is not None:
+            if name not in BUDGET_FREE and keep is not None and OWN_BUDGET.get(name) not in p:
                 p["keep"] = keep
             out.append(get_strategy(name, **p))
         return out
 
     def compare_stream(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
-                       params: dict | None = None, max_new_tokens: int = 8, repeats: int = 3, warmup: int = 1,
+                       params: dict | None = None, max_new_tokens: int = 8, repeats: int = REPEATS, warmup: int = 1,
                        eta: float = ETA, inspect: bool = True):
         """Run every strategy (``none`` first) on one image and question; yield plain events as they finish.
         Every request is checked before anything runs; what was changed in it (the image's animation or
         rotation, control characters removed from the question, a budget above the grid clamped) is said in
-        each result's ``notes``, before the strategy's own."""
+        each result's ``notes``, before the strategy's own.
+
+        Timing: ``none`` runs ``warmup`` + ``repeats`` times; every other strategy ``warmup`` + ``repeats`` times,
+        each repeat paired with a timed vision pass + prefill of ``none`` right before or after it (``timed_pairs``),
+        so its speedup is a ratio of runs made moments apart, with the per-repeat spread (``timing_fields``)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected 1..512")
+        for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 50:
+                raise ValueError(f"{name}={value!r}: expected {low}..50")
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question is empty: type a question about the image")
         eta = bench.check_eta(eta)
@@ -263,30 +391,51 @@ class Scope:
         with self.lock:
             prepared = self.engine.prepare(image, question)
             digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
-            yield {"kind": "view", "view": self.view(prepared), "grid": [self.engine.geometry.rows,
-                                                                          self.engine.geometry.cols]}
+            view = self.view(prepared)
+            world = offworld.check(view, image.size, prepared.question, self.engine.lm.processor.image_processor,
+                                   self.is_embedded)
+            yield {"kind": "view", "view": view, "grid": [self.engine.geometry.rows, self.engine.geometry.cols],
+                   "view_note": world["resize"]["sentence"], "resize": world["resize"], "warnings": world["warnings"],
+                   "image_stats": world["image_stats"]}
             request_notes = image_notes + list(prepared.notes or [])
             reference = None
             for strategy in chosen:
-                # Timings are measured for every request, so each speedup is a ratio of two runs made in this
-                # one request; only the traced run (untimed, deterministic) is reused for an identical request.
-                result = self.engine.run(image, question, strategy, max_new_tokens=max_new_tokens, repeats=repeats,
-                                         warmup=warmup, trace=False)
+                fields_ = self._measured(prepared, strategy, reference, max_new_tokens, repeats, warmup)
                 key = (digest, prepared.question, strategy.name, json.dumps(strategy.params(), sort_keys=True),
                        max_new_tokens)
-                result.trace, reused = self._runs.get_or(key, lambda: self.engine.trace(
-                    prepared, strategy, max_new_tokens, {"temperature": 0.0, "top_p": 1.0, "seed": 0}))
-                own = own_fields(result)
-                own["notes"] = own["notes"][len(prepared.notes or []):]  # the question's notes are request_notes
-                fields_ = relative_fields(own, reference)
-                fields_["notes"] = request_notes + (budget_notes if strategy.name not in BUDGET_FREE else []) + \
-                    own["notes"]
+                fields_["trace"], reused = self._runs.get_or(key, lambda: self.engine.trace(
+                    prepared, strategy, max_new_tokens, dict(SAMPLING)))
+                fields_["notes"] = request_notes + (budget_notes if strategy.keep is not None else []) + \
+                    own_budget_notes(strategy, keep) + fields_["notes"]
                 fields_["trace_reused"] = reused  # True: the attention trace of an earlier identical request
+                fields_["offworld_warnings"] = world["warnings"]
                 if reference is None:
                     reference = fields_
                 yield {"kind": "result", "result": fields_}
             if inspect:
                 yield {"kind": "inspect", **self._inspect(image, digest, prepared, chosen, keep, eta)}
+
+    def _measured(self, prepared, strategy, reference: dict | None, max_new_tokens: int, repeats: int,
+                  warmup: int) -> dict:
+        """One strategy's entry, untraced: its runs timed (paired with none's unless it is the reference itself),
+        ``compare_fields`` with the paired speedups and their spread, ``timing_note`` and ``projected``."""
+        if str(self.engine.device).startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        runs, refs, (state, tokens) = timed_pairs(self.engine, prepared, strategy, max_new_tokens, repeats, warmup,
+                                                  None if reference is None else get_strategy("none"))
+        peak = torch.cuda.max_memory_allocated() if str(self.engine.device).startswith("cuda") else None
+        measured = timing_fields(runs, refs)
+        result = self.engine.make_result(prepared, strategy, state, tokens, measured.pop("timings"), peak, None)
+        own = own_fields(result)
+        own["notes"] = own["notes"][len(prepared.notes or []):]  # the question's notes are the request's
+        out = relative_fields(own, reference)
+        out.update(measured)
+        if reference is not None:
+            out["efficiency"] = out["speedup"] / out["speedup_predicted"]
+        out["timing_note"] = None if reference is None else timing_note(out, reference, self.is_embedded,
+                                                                          self.speed_report)
+        out["projected"] = projection.project(out, self.speed_report)
+        return out
 
     def warm_up(self) -> None:
         """One untimed comparison on a blank image, so the first visitor does not pay for cold kernels
@@ -297,7 +446,8 @@ class Scope:
             pass
 
     def compare(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
-                params: dict | None = None, max_new_tokens: int = 8, repeats: int = 3, warmup: int = 1) -> list[dict]:
+                params: dict | None = None, max_new_tokens: int = 8, repeats: int = REPEATS,
+                warmup: int = 1) -> list[dict]:
         """The JSON API: one dict per strategy (``none`` first)."""
         return [e["result"] for e in self.compare_stream(image, question, strategies, keep, params, max_new_tokens,
                                                           repeats, warmup, inspect=False) if e["kind"] == "result"]
@@ -347,8 +497,14 @@ class Scope:
         return {"tokens": [[w, v] for w, v in zip(words, values)], "tau": strategy.tau, "note": None}
 
     # ------------------------------------------------------------ sweep
-    def sweep(self, strategies, budgets: list[int], n: int = 40, types=None, progress: bool = True) -> list[dict]:
-        """Accuracy and cost per (strategy, budget) on ``n`` held-out shapes questions (the ``bench`` sweep)."""
+    def sweep(self, strategies, budgets: list[int], n: int = 40, types=None, progress: bool = True,
+              seed: int | None = None) -> list[dict]:
+        """Accuracy and cost per (strategy, budget) on ``n`` held-out shapes questions (the ``bench`` sweep): per
+        row ``bench.summarise``'s fields, among them ``visual_tokens_per_layer_mean`` (an x on which every
+        method's budget is comparable), ``prefill_gflops``, ``accuracy_ci`` (Wilson 95%) and ``budget_label``.
+        ``seed`` (0..999; None or 0: the default set) draws another held-out question set and seeds random and
+        kmeans."""
+        seed = bench.check_seed(seed)
         if isinstance(strategies, str):
             strategies = [s.strip() for s in strategies.split(",") if s.strip()]
         if not strategies:
@@ -359,9 +515,9 @@ class Scope:
         if not budgets:
             raise ValueError("give at least one budget")
         with self.lock:
-            samples = bench.load_samples("shapes", n, types=types)
+            samples = bench.load_samples("shapes", n, types=types, seed=seed)
             return bench.sweep(self.engine, samples, ",".join(strategies), budgets, progress=progress,
-                               position_variants=False)
+                               position_variants=False, seed=seed)
 
 
 class ScopePool:
@@ -401,4 +557,4 @@ class ScopePool:
 
 
 __all__ = ["Scope", "ScopePool", "strategy_controls", "result_json", "compare_fields", "own_fields", "relative_fields",
-           "COMPARE_DEFAULT"]
+           "timed_pairs", "timing_fields", "timing_note", "COMPARE_DEFAULT", "REPEATS"]

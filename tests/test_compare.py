@@ -164,3 +164,100 @@ def test_app_package_never_imports_torch():
     for path in (ROOT / "app").glob("*.py"):
         text = path.read_text()
         assert "import torch" not in text and "from pruning" not in text, path
+
+
+# ---------------------------------------------------------------- issue 23: timings, projection, off-world, fastv's R
+def test_timing_fields_ratio_of_medians_and_per_repeat_spread():
+    from pruning.compare import timing_fields
+
+    runs = [{"vision_ms": v, "prefill_ms": p, "decode_ms_per_token": 1.0, "total_ms": v + p + 7, "ttft_ms": v + p}
+            for v, p in ((2, 8), (2, 10), (3, 12))]  # ttft 10, 12, 15
+    refs = [{"vision_ms": 2, "prefill_ms": p, "ttft_ms": 2 + p} for p in (18, 22, 10)]  # ttft 20, 24, 12
+    out = timing_fields(runs, refs)
+    assert out["timings"] == {"vision_ms": 2, "prefill_ms": 10, "decode_ms_per_token": 1.0, "total_ms": 19}
+    assert out["repeats"] == 3 and out["timing_spread"]["ttft_ms"] == {"median": 12, "min": 10, "max": 15, "q1": 11,
+                                                                        "q3": 13.5, "n": 3}
+    assert out["speedup"] == pytest.approx(20 / 12)  # median of none's over the strategy's
+    assert out["speedup_spread"]["min"] == pytest.approx(12 / 15) and out["speedup_spread"]["max"] == pytest.approx(2)
+    assert out["speedup_spread"]["median"] == pytest.approx(2) and out["speedup_spread"]["n"] == 3
+    assert out["prefill_speedup"] == pytest.approx(18 / 10)
+    alone = timing_fields(runs, [])
+    assert alone["speedup_spread"] is None and "speedup" not in alone
+
+
+def test_timing_note_gives_the_reason_with_its_figures():
+    from pruning.compare import timing_note
+    from pruning.projection import load_report
+
+    reference = {"tflops": {"prefill": 0.00065}, "timings": {"prefill_ms": 40.0}}
+    spread = {"median": 1.1, "min": 0.8, "max": 1.3, "q1": 1.0, "q3": 1.2, "n": 5}
+    straddles = {"speedup": 1.05, "speedup_predicted": 1.8, "speedup_spread": spread}
+    note = timing_note(straddles, reference, embedded=True, report=load_report())
+    assert note.startswith("Toy timings are overhead-bound: measured 1.05x (0.80x to 1.30x over 5 pairs")
+    assert "0.65 GFLOPs" in note and "40.0 ms" in note and "130 GFLOP/s" in note and "5.0 ms of arithmetic" in note
+    assert "16 GFLOP/s" in timing_note(straddles, reference, embedded=True, report=None)
+    slower = {**straddles, "speedup": 0.9, "speedup_spread": {**spread, "min": 0.85, "max": 0.95}}
+    assert timing_note(slower, reference, embedded=False).startswith("Slower in every pair")
+    assert timing_note(straddles, reference, embedded=False).startswith("Within the noise")
+    clear = {**straddles, "speedup": 1.5, "speedup_spread": {**spread, "min": 1.2, "max": 1.9}}
+    assert timing_note(clear, reference, embedded=True) is None
+    assert timing_note({**clear, "speedup_spread": None}, reference, embedded=True) is None  # the reference itself
+
+
+def test_results_carry_spread_paired_speedup_projection_and_warnings(scope):
+    image, question = _example(1)
+    events = list(scope.compare_stream(image, question, ["vtc-cls", "vtw"], keep=36, repeats=2, inspect=False))
+    view = events[0]
+    assert view["view_note"] == "Your 96 x 96 image is what the model sees (no resizing or cropping)."
+    assert view["warnings"] == [] and view["resize"]["cut"] is None
+    none, vtc, vtw = (e["result"] for e in events[1:])
+    assert none["speedup"] == 1.0 and none["speedup_spread"] is None and none["timing_note"] is None
+    for r in (none, vtc, vtw):
+        assert r["repeats"] == 2 and r["timing_spread"]["prefill_ms"]["n"] == 2 and r["offworld_warnings"] == []
+        assert r["timings"]["prefill_ms"] == pytest.approx(r["timing_spread"]["prefill_ms"]["median"])
+        assert r["projected"]["available"] and r["projected"]["label"].startswith("Projected for LLaVA-1.5-7B")
+    for r in (vtc, vtw):
+        assert r["speedup_spread"]["n"] == 2 and r["speedup"] > 0 and "per-repeat" in r["speedup_method"]
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["speedup_predicted"])
+        assert r["projected"]["speedup_ttft"] > 1
+        assert r["projected"]["kv_cache_bytes"] < none["projected"]["kv_cache_bytes"]
+        assert (r["timing_note"] is None) == (r["speedup"] >= 1 and r["speedup_spread"]["min"] >= 1)
+    assert vtc["projected"]["visual_tokens_kept"] == 144 and none["projected"]["visual_tokens_kept"] == 576
+    json.dumps([e["result"] for e in events[1:]])  # plain values only
+
+
+def test_off_world_inputs_warn_on_every_card(scope):
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)  # 4:3 noise: neither grey nor six flat colours
+    events = list(scope.compare_stream(photo, "What is in the sky?", ["random"], keep=36, repeats=1, inspect=False))
+    view = events[0]
+    assert view["view"].shape == (96, 96, 3) and "cut off" in view["view_note"] and "(4:3)" in view["view_note"]
+    assert len(view["warnings"]) >= 2 and any("trained only on questions" in w for w in view["warnings"])
+    assert all(e["result"]["offworld_warnings"] == view["warnings"] for e in events[1:])
+
+
+def test_fastv_ratio_given_replaces_the_budget_and_says_so(scope):
+    image, question = _example(0)
+    budget, own = scope.compare(image, question, ["fastv"], keep=100, repeats=1)[1], \
+        scope.compare(image, question, ["fastv"], keep=100, params={"fastv": {"ratio": 0.75}}, repeats=1)[1]
+    assert budget["image_tokens_per_layer"][-1] == 100 and not any("R = " in n for n in budget["notes"])
+    assert own["image_tokens_per_layer"][-1] == 144 - 108 and own["params"]["keep"] is None
+    assert any("R = 0.75 was given" in n and "does not apply" in n for n in own["notes"])
+    help_ = {c["name"]: c for c in strategy_controls()["fastv"]}["ratio"]["help"]
+    assert "Used only when given" in help_
+    assert all("help" in c for cs in strategy_controls().values() for c in cs)
+
+
+def test_info_offers_the_question_forms_and_the_projection(scope):
+    info = scope.info()
+    assert info["question_forms"][0]["example"] == "What colour is the circle?" and info["repeats"] == 5
+    assert info["projection"]["available"] and "AMD EPYC" in info["projection"]["machine"]
+
+
+def test_sweep_seed_and_comparable_axis(scope):
+    rows = scope.sweep(["random"], [36], n=5, types=["count"], progress=False, seed=2)
+    assert all(r["seed"] == 2 for r in rows) and rows[1]["params"]["seed"] == 2
+    assert rows[1]["visual_tokens_per_layer_mean"] == 36 and rows[0]["visual_tokens_per_layer_mean"] == 144
+    assert all(r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1] for r in rows)
+    with pytest.raises(ValueError, match="seed"):
+        scope.sweep(["random"], [36], n=5, seed=-3, progress=False)
