@@ -115,7 +115,7 @@ def resize_note(original: tuple[int, int], processor, view_shape: tuple[int, ...
                  else f"{cut[1]} px from the top and {cut[3]} px from the bottom")
         return {**base, "sentence": f"Your {w} x {h} image ({_ratio(w, h)}) was scaled to {rw} x {rh} (shorter side "
                                     f"{short} px, shape kept), then only its centre {out_w} x {out_h} was kept: "
-                                    f"{sides} were cut off, {lost:.0%} of the picture the model never sees."}
+                                    f"{sides} were cut off: the model never sees {lost:.0%} of the picture."}
     if all(fixed):
         squashed = abs(w * out_h - h * out_w) > 0.01 * w * out_h
         how = (f"without keeping its shape: its {_ratio(w, h)} picture squashed to {_ratio(out_w, out_h)}"
