@@ -68,8 +68,8 @@ def test_visionzip_by_hand_without_cls():
 
 
 def test_visionzip_split_follows_the_authors():
-    # 54:10 at 64, 108:20 at 128, 162:30 at 192 (the paper's settings; llmc's VisionZip configs); [CLS] is one of
-    # the dominant tokens, so 53 patches + [CLS] + 10 contextual at 64
+    # the authors' 54:10 at 64, and that share of 10/64 contextual at other budgets (108:20 at 128, 162:30 at 192);
+    # [CLS] is one of the dominant tokens, so 53 patches + [CLS] + 10 contextual at 64
     assert [contextual_count(u) for u in (64, 128, 192)] == [10, 20, 30]
     zip_ = get_strategy("visionzip", keep=64)
     assert zip_.split(64) == (54, 10) and zip_.split(36) == (30, 6) and zip_.split(1) == (1, 0)

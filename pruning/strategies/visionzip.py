@@ -11,10 +11,11 @@ among the remaining patches each take the remaining patches whose head-averaged 
 and a contextual token is its target's own state *plus* the mean of the states assigned to it.
 
 In detail, as the authors' code does it, for a budget of U tokens:
-1. D = U - C dominant tokens, C contextual (``contextual``; None: round(U * 10 / 64), the authors' split
-   54:10 at 64 and, in the paper's settings (also llmc's VisionZip configs), 108:20 at 128 and 162:30 at 192:
-   the contextual share is 10/64 = 5/32 at every budget). With ``cls_token`` (default, as the authors), D
-   counts the [CLS] token: D - 1 patches are dominant.
+1. D = U - C dominant tokens, C contextual (``contextual``; None: round(U * 10 / 64)). The authors' README
+   gives 54:10 at 64 tokens, the only budget their repository states (``visionzip()``'s defaults, 191 and 30,
+   make 221 tokens); other budgets keep that share, 10/64 of the budget contextual (108:20 at 128, 162:30 at
+   192): an extrapolation, since the paper's own splits for 128 and 192 could not be read here. With
+   ``cls_token`` (default, as the authors), D counts the [CLS] token: D - 1 patches are dominant.
 2. Dominant patches: the top D - 1 patches by the [CLS] row of the feature layer's attention summed over
    heads ([CLS] column dropped, as their ``attn_weights[:, :, 0, 1:]``). Their states enter the LLM as they are.
 3. The M remaining patches, in row-major order: targets at positions 0, s, 2s, ... (s = max(1, M // C), the
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 
 from .base import Selection, Strategy, VisionContext, register
 
-CONTEXTUAL_SHARE = (10, 64)  # the authors' 54 dominant + 10 contextual of 64 (108:20 at 128, 162:30 at 192)
+CONTEXTUAL_SHARE = (10, 64)  # the authors' 54 dominant + 10 contextual of 64, kept at every budget
 
 
 def contextual_count(budget: int) -> int:
