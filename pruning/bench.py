@@ -467,6 +467,36 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """Rows of the same configuration run with different seeds (``row["seed"]``), summarised: one dict per
+    (label, keep) with the seeds, the mean accuracy, its min and max and the population standard deviation, overall
+    and per question type."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["params"].get("keep")), []).append(r)
+    out = []
+    for (label, keep), rs in groups.items():
+        acc = [r["accuracy"] for r in rs]
+        types = sorted({t for r in rs for t in r["per_type"]})
+        out.append({"label": label, "keep": keep, "seeds": [r["seed"] for r in rs], "accuracy_mean": statistics.mean(acc),
+                    "accuracy_min": min(acc), "accuracy_max": max(acc), "accuracy_sd": statistics.pstdev(acc),
+                    "per_type_mean": {t: statistics.mean(r["per_type"][t] for r in rs) for t in types}})
+    return out
+
+
+def seed_table(summary: list[dict]) -> str:
+    """``seed_summary`` as a markdown table: mean accuracy with its range and standard deviation over the seeds."""
+    types = sorted({t for s in summary for t in s["per_type_mean"]})
+    head = ["strategy", "keep", "seeds", "overall mean", "min-max", "sd", *[f"{t} mean" for t in types]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        cells = [s["label"], "all" if s["keep"] is None else str(s["keep"]), ",".join(map(str, s["seeds"])),
+                 f"{s['accuracy_mean']:.1%}", f"{s['accuracy_min']:.1%}-{s['accuracy_max']:.1%}",
+                 f"{s['accuracy_sd']:.1%}", *[f"{s['per_type_mean'][t]:.1%}" for t in types]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     """KL(P || Q) of the two next-token distributions given by logits."""
     logp, logq = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)

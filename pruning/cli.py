@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split the questions over N processes (one GPU each when there are GPUs, else the CPU "
                        "cores shared out); under torchrun / accelerate launch the launcher's processes split them")
     bench.add_argument("--threads", type=_positive_int, help="CPU threads per process (default: the cores shared out)")
+    bench.add_argument("--seeds", default=None,
+                       help="comma-separated seeds: the seeded strategies among --strategies (random, kmeans) run "
+                            "once per seed on the same questions, and a second table gives their mean and spread "
+                            "(one process only)")
     bench.add_argument("--json", action="store_true")
 
     an = sub.add_parser("analyze", help="the papers' analyses: VTC-CLS Fig. 2, VTW Fig. 4 and 8b (JSON + HTML)")
@@ -362,8 +366,8 @@ def _calibrate(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import (SweepJob, configs, launched_world, load_samples, markdown_table, parse_budgets, sweep,
-                        sweep_launched, sweep_processes)
+    from .bench import (SEEDED, SweepJob, configs, launched_world, load_samples, markdown_table, parse_budgets,
+                        seed_summary, seed_table, sweep, sweep_launched, sweep_processes)
 
     if args.processes < 1:
         raise ValueError("--processes 0: expected at least 1 process")
@@ -374,6 +378,9 @@ def _bench(args) -> int:
         raise ValueError(f"--processes {args.processes} under a launcher that started {launched[1]} processes "
                          "(WORLD_SIZE): use one or the other")
     configs(args.strategies, [1])  # an unknown strategy fails here, before any model loads
+    seeds = _seed_list(args.seeds) if args.seeds is not None else None
+    if seeds is not None and (launched or args.processes > 1):
+        raise ValueError("--seeds runs in one process: drop --processes (or the launcher)")
     job = SweepJob(model=resolve_model(args.model), questions=args.questions, n=args.n, strategies=args.strategies,
                    keep=args.keep, load_in_4bit=args.load_in_4bit, threads=args.threads)
     if launched:
@@ -392,9 +399,34 @@ def _bench(args) -> int:
             torch.set_num_threads(args.threads)
         engine = Engine(load_model(job.model, load_in_4bit=args.load_in_4bit))
         budgets = parse_budgets(args.keep, engine.geometry.n_patches)
-        rows = sweep(engine, load_samples(args.questions, args.n), args.strategies, budgets)
+        samples = load_samples(args.questions, args.n)
+        rows = sweep(engine, samples, args.strategies, budgets)
+        if seeds is not None:
+            seeded = [r for r in rows if r["name"] in SEEDED]
+            names = ",".join(dict.fromkeys(r["name"] for r in seeded))
+            if not names:
+                raise ValueError(f"--seeds: none of --strategies {args.strategies!r} draws random numbers "
+                                 f"(seeded strategies: {', '.join(SEEDED)})")
+            by_seed = [r for seed in seeds for r in sweep(engine, samples, names, budgets, seed=seed)
+                       if r["name"] in SEEDED]
+            summary = seed_summary(by_seed)
+            if args.json:
+                print(json.dumps({"rows": rows, "seeded_rows": by_seed, "seed_summary": summary}))
+            else:
+                print(markdown_table(rows) + "\n\nOver seeds " + ",".join(map(str, seeds)) + ":\n\n" + seed_table(summary))
+            return 0
     print(json.dumps(rows) if args.json else markdown_table(rows))
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2,3,4") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: expected distinct integers >= 0, e.g. 0,1,2,3,4")
+    return seeds
 
 
 def _analyze(args) -> int:

@@ -161,3 +161,24 @@ def test_seed_draws_other_held_out_questions_and_seeds_random_rules():
     assert seeded["random"]["seed"] == 7 and seeded["kmeans"]["seed"] == 7 and "seed" not in seeded["vtc-cls"]
     with pytest.raises(ValueError, match="seed=-1"):
         load_samples("shapes", 5, seed=-1)
+
+
+def test_seed_summary_means_and_spread_by_hand():
+    from pruning.bench import seed_summary, seed_table
+
+    def row(seed, acc, count):
+        return {"label": "random", "params": {"keep": 16}, "seed": seed, "accuracy": acc,
+                "per_type": {"count": count, "colour": 1.0}}
+    out = seed_summary([row(0, 0.5, 0.0), row(1, 0.7, 0.5), row(2, 0.6, 1.0)])
+    assert len(out) == 1 and out[0]["seeds"] == [0, 1, 2]
+    assert out[0]["accuracy_mean"] == pytest.approx(0.6) and out[0]["accuracy_min"] == 0.5
+    assert out[0]["accuracy_max"] == 0.7 and out[0]["accuracy_sd"] == pytest.approx((0.02 / 3) ** 0.5)
+    assert out[0]["per_type_mean"] == {"colour": 1.0, "count": pytest.approx(0.5)}
+    assert "| random | 16 | 0,1,2 | 60.0% | 50.0%-70.0% |" in seed_table(out)
+
+
+def test_bench_seeds_option_is_checked(capsys):
+    assert main(["bench", "--strategies", "random", "--seeds", "0,x"]) == 2
+    assert "--seeds '0,x'" in capsys.readouterr().err
+    assert main(["bench", "--strategies", "random", "--seeds", "1,1"]) == 2
+    assert main(["bench", "--strategies", "random", "--seeds", "0,1", "--processes", "2"]) == 2
