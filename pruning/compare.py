@@ -317,6 +317,16 @@ class Scope:
         # a re-run on the same image (the budget slider) needs it.
         self._vision = _LRU(min(cache_size, VISION_CACHE))
 
+    @property
+    def teach(self):
+        """The Teach and Lessons tabs' requests on this model (``pruning.teach.Teacher``: ground truth, probe,
+        handpick, budget film, agreement, random over seeds, lessons); made on first use."""
+        if getattr(self, "_teacher", None) is None:
+            from .teach import Teacher
+
+            self._teacher = Teacher(self)
+        return self._teacher
+
     # ------------------------------------------------------------ what the UI needs to build itself
     def info(self) -> dict:
         g = self.engine.geometry
@@ -409,6 +419,7 @@ class Scope:
                     own_budget_notes(strategy, keep) + fields_["notes"]
                 fields_["trace_reused"] = reused  # True: the attention trace of an earlier identical request
                 fields_["offworld_warnings"] = world["warnings"]
+                fields_.update(self.teach.card_fields(image, prepared, strategy, fields_, reference, max_new_tokens))
                 if reference is None:
                     reference = fields_
                 yield {"kind": "result", "result": fields_}

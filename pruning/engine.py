@@ -160,16 +160,17 @@ def record_last_query_attention(layers, indices, store: dict):
 
 
 @contextlib.contextmanager
-def record_cls_attention(vision_layers, store: list, keys_store: dict | None = None):
+def record_cls_attention(vision_layers, store: list, keys_store: dict | None = None, query: int = 0):
     """Hooks on each ViT layer's q_proj / k_proj that compute the [CLS] query's attention row
     (H, T) from the projections the layer computes anyway; removed on exit. ``keys_store[i]`` receives
-    layer i's keys (T, D) for the layers it lists."""
+    layer i's keys (T, D) for the layers it lists. ``query``: the token whose row is computed (0: [CLS]; any other
+    token's row the same way, e.g. a patch the app probes)."""
     handles = []
     qs: dict[int, torch.Tensor] = {}
 
     def q_hook(i):
         def hook(module, args, output):
-            qs[i] = output[0, 0]  # (D,) the [CLS] query
+            qs[i] = output[0, query]  # (D,) the [CLS] query (or token ``query``'s)
         return hook
 
     def k_hook(i, attn):
@@ -313,6 +314,19 @@ class Engine:
             rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed),
             cls_final=out.pooler_output[0] if g.has_cls else None, cls_self=cls_self,
         )
+
+    @torch.no_grad()
+    def token_attention(self, prepared: Prepared, token: int) -> torch.Tensor:
+        """(L_v, H, T): ViT token ``token``'s attention row over all T tokens in every ViT layer (token 0 is [CLS]
+        where the tower has one, so patch p is token p + 1), from the q/k projections as ``record_cls_attention``
+        computes [CLS]'s. One unpruned pass of the vision tower."""
+        n_tokens = self.geometry.n_patches + (1 if self.geometry.has_cls else 0)
+        if not 0 <= token < n_tokens:
+            raise ValueError(f"token={token}: expected 0..{n_tokens - 1}")
+        rows: list[torch.Tensor] = []
+        with record_cls_attention(self.vision_layers, rows, query=token):
+            self.vision_tower(prepared.pixel_values, output_hidden_states=False, return_dict=True)
+        return torch.stack(rows)
 
     def _vision_pass_pruned(self, prepared: Prepared, seed: int, strategy: Strategy) -> VisionContext:
         """The ViT layer by layer; after each of the strategy's pruning layers, ``select_in_vit`` picks

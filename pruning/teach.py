@@ -1,0 +1,664 @@
+"""Teaching with PruneScope: the requests behind the app's Teach and Lessons tabs, as plain values.
+
+A ``Teacher`` wraps one ``pruning.compare.Scope`` (``Scope.teach``) and answers the questions a class asks:
+
+- ``truth``: the correct answer when the image is a scene the shapes world knows (the app's examples and the
+  lessons' scenes are recognised by their pixels), for any question of the forms the embedded model was trained
+  on (``world_answer``); None for uploads (results are then judged against the unpruned answer only);
+- ``card_fields``: what a Compare card adds: ``truth`` / ``correct``, and for ``random`` its answer over more
+  seeds (``random_seeds``: "random kept the answer in 4 of 5 seeds");
+- ``probe``: one patch: where its token attends in every ViT layer, the attention it receives from [CLS] (every
+  ViT layer) and from the answer's queries (every LLM layer), and what each strategy did with it (kept, dropped
+  before / inside the LLM at which layer / inside the ViT, merged into which token); with the [CLS] and LLM
+  attention maps of the whole grid (drawn over the image by the app);
+- ``handpick``: the model run with exactly the patches given (the ``manual`` strategy) beside ``none``;
+- ``budget_film``: per strategy and budget (from all tokens down to 1), the kept set and the answer, and where it
+  first breaks; cached, so a second play is instant;
+- ``agreement``: pairwise Jaccard overlap of the strategies' kept sets, how many strategies kept each patch, and
+  where each strategy's kept tokens lie (row and column histograms, centre of mass: attention scores are known to
+  favour late positions, arXiv 2502.11501);
+- ``random_seeds`` / ``random_band``: random over N seeds on this image, and on held-out questions (a band);
+- ``lesson``: one of ``LESSONS`` (a prepared scene, question, strategies and budget) run as a comparison.
+
+Runs here are untimed (``quick``) except ``handpick`` and ``lesson``, which go through ``Scope.compare_stream``.
+Every request is checked before anything runs; a ``ValueError`` names the value. The embedded model is a toy
+that knows only its shapes world: ``truth`` exists only for that world's scenes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import bench
+from .images import load_image
+from .model import DEFAULT_MODEL_DIR
+from .shapes import world
+from .strategies import get_strategy
+from .strategies.manual import parse_patches
+
+EXAMPLES_JSON = DEFAULT_MODEL_DIR.parent / "examples" / "examples.json"
+MAX_FILM_STEPS = 12  # budgets in one budget film, at most
+MAX_FILM_STRATEGIES = 8
+MAX_SEEDS = 20  # random over N seeds, at most
+FILM_CACHE = 1024  # untimed runs kept (film frames, probe and agreement runs)
+
+# ---------------------------------------------------------------- ground truth
+
+_C = "|".join(world.COLOUR_NAMES)
+_S = "|".join(world.SHAPES)
+_OBJ = f"({_C}) ({_S})"
+_FORMS = [
+    ("colour", re.compile(f"What colour is the ({_S})\\?")),
+    ("shape", re.compile(f"What shape is the ({_C}) object\\?")),
+    ("exist", re.compile(f"Is there a {_OBJ}\\?")),
+    ("count", re.compile("How many objects are there\\?")),
+    ("leftright", re.compile(f"Is the {_OBJ} left or right of the {_OBJ}\\?")),
+    ("abovebelow", re.compile(f"Is the {_OBJ} above or below the {_OBJ}\\?")),
+    ("where_lr", re.compile(f"Is the {_OBJ} on the left or the right\\?")),
+    ("where_tb", re.compile(f"Is the {_OBJ} at the top or the bottom\\?")),
+]
+
+
+def world_answer(scene: world.Scene, question: str) -> str | None:
+    """The shapes world's answer to ``question`` about ``scene``: one word, or None when the question is not one of
+    the forms the model was trained on, or has no single answer in this scene (a shape or colour not present or not
+    unique, two objects too close to tell left from right)."""
+    text = str(question).strip()
+    objs = scene.objects
+
+    def find(colour, shape):
+        return next((o for o in objs if o.colour == colour and o.shape == shape), None)
+
+    for kind, rx in _FORMS:
+        m = rx.fullmatch(text)
+        if not m:
+            continue
+        g = m.groups()
+        if kind == "colour":
+            hits = [o for o in objs if o.shape == g[0]]
+            return hits[0].colour if len(hits) == 1 else None
+        if kind == "shape":
+            hits = [o for o in objs if o.colour == g[0]]
+            return hits[0].shape if len(hits) == 1 else None
+        if kind == "exist":
+            return "yes" if find(*g) is not None else "no"
+        if kind == "count":
+            return world.NUMBERS[len(objs) - 1] if 1 <= len(objs) <= len(world.NUMBERS) else None
+        if kind in ("leftright", "abovebelow"):
+            a, b = find(g[0], g[1]), find(g[2], g[3])
+            if a is None or b is None or a is b:
+                return None
+            if kind == "leftright":
+                return None if abs(a.cx - b.cx) < world.MIN_GAP else ("left" if a.cx < b.cx else "right")
+            return None if abs(a.cy - b.cy) < world.MIN_GAP else ("above" if a.cy < b.cy else "below")
+        o = find(g[0], g[1])
+        if o is None:
+            return None
+        half = scene.image.width / 2
+        if kind == "where_lr":
+            return None if abs(o.cx - half) < world.MIN_GAP else ("left" if o.cx < half else "right")
+        return None if abs(o.cy - half) < world.MIN_GAP else ("top" if o.cy < half else "bottom")
+    return None
+
+
+def image_digest(image) -> str:
+    """A digest of an RGB image's size and pixels (how a known scene is recognised, whatever its file name)."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return hashlib.sha1(f"{arr.shape}".encode() + arr.tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- lessons
+# Each: a scene (an example image file, or a held-out seed), a question, strategies, a budget, parameters, a title,
+# what to look at (two or three sentences), and which figure the lesson opens with (``focus``).
+
+LESSONS = [
+    {"id": "cls-knows", "title": "[CLS] already knows where the objects are",
+     "example": "example-2-count.png", "question": "How many objects are there?", "strategies": ["vtc-cls", "random"],
+     "keep": 24, "params": {}, "focus": "cls",
+     "text": "The heatmap is the vision encoder's [CLS] token's attention at the layer that feeds the LLM, drawn over "
+             "the image, before any question is read. Look at where it is bright and where vtc-cls's 24 kept patches "
+             "(the bright cells) lie, and compare with random's 24. On this toy model [CLS] favours object edges and "
+             "a few background cells, not every object: watch the count it gives."},
+    {"id": "fastv-vs-before", "title": "FastV at layer 2 vs pruning before the LLM",
+     "example": "example-1-small-colour.png", "question": "What colour is the triangle?",
+     "strategies": ["fastv", "vtc-cls", "random"], "keep": 18, "params": {}, "focus": "tokens",
+     "text": "All three keep 18 of 144 visual tokens, but FastV lets the LLM's first two layers read every token and "
+             "then keeps the ones the question's last token attended to; vtc-cls and random drop theirs before the "
+             "LLM. The plot shows the count per LLM layer: FastV pays for two full layers, and its overlay shows "
+             "the dropped tokens hatched (seen by the early layers)."},
+    {"id": "vtw-withdraw", "title": "VTW: after layer K the image is no longer read",
+     "example": "example-3-left-right.png", "question": "Is the blue triangle left or right of the cyan cross?",
+     "strategies": ["vtw"], "keep": 72, "params": {}, "focus": "shares",
+     "text": "VTW removes every visual token at one LLM layer (K = 4 of this model's 8, the paper's depth/2). The "
+             "bars show where the answer's attention goes in each layer: look at how little goes to the image "
+             "(red) in the deep layers even without pruning, and compare vtw's answer with none's."},
+    {"id": "merge-vs-drop", "title": "Merging vs dropping on a count question",
+     "example": "example-2-count.png", "question": "How many objects are there?",
+     "strategies": ["tome", "kmeans", "vtc-cls", "random"], "keep": 12, "params": {}, "focus": "cards",
+     "text": "With 12 tokens for 4 objects, a dropping strategy keeps 12 patches and loses the rest, while a merging "
+             "one (tome, kmeans) folds every patch into one of 12 tokens, so no object is lost outright. The tinted "
+             "groups on the overlays show what went into each token; compare the counts each answers."},
+    {"id": "random-baseline", "title": "Random is a strong baseline",
+     "example": "example-4-small-shape.png", "question": "What shape is the yellow object?",
+     "strategies": ["random", "vtc-cls", "divprune"], "keep": 18, "params": {}, "focus": "seeds",
+     "text": "Random keeps 18 patches drawn at random; a scoring rule is only worth its cost if it beats that. Run "
+             "random over several seeds (the strip) and count how often it still answers right, then compare with "
+             "the scoring rules' single answer. Papers report random close to many methods at moderate budgets."},
+]
+
+
+def lesson_by_id(lesson_id: str) -> dict:
+    for lesson in LESSONS:
+        if lesson["id"] == lesson_id:
+            return lesson
+    raise ValueError(f"lesson {lesson_id!r} does not exist; lessons: {', '.join(l['id'] for l in LESSONS)}")
+
+
+# ---------------------------------------------------------------- the teacher
+
+def _names(strategies) -> list[str]:
+    if isinstance(strategies, str):
+        strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+    return list(dict.fromkeys(strategies or []))
+
+
+def parse_budgets(budgets, n_patches: int) -> list[int]:
+    """Budgets for a film: a list or ``"144, 72, 36"``; each a whole number in 1..n_patches, unique, descending;
+    at most ``MAX_FILM_STEPS``. None or empty: all tokens, then halving down to 1."""
+    if budgets is None or (isinstance(budgets, str) and not budgets.strip()) or budgets == []:
+        out, b = [], n_patches
+        while b >= 1:
+            out.append(b)
+            b //= 2
+        return out[:MAX_FILM_STEPS]
+    parts = [p.strip() for p in budgets.split(",") if p.strip()] if isinstance(budgets, str) else list(budgets)
+    out = set()
+    for p in parts:
+        try:
+            value = int(p) if not isinstance(p, float) or p.is_integer() else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or isinstance(p, bool):
+            raise ValueError(f"budget {p!r} is not a whole number of visual tokens (1..{n_patches})")
+        if not 1 <= value <= n_patches:
+            raise ValueError(f"budget {value} is outside 1..{n_patches} (the grid's visual tokens)")
+        out.add(value)
+    if len(out) > MAX_FILM_STEPS:
+        raise ValueError(f"budgets: {len(out)} steps given; at most {MAX_FILM_STEPS} per film")
+    return sorted(out, reverse=True)
+
+
+def same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and bench.normalise(a) == bench.normalise(b)
+
+
+class Teacher:
+    """The Teach and Lessons tabs' requests on one ``Scope`` (its engine and its lock)."""
+
+    def __init__(self, scope):
+        from .compare import _LRU
+
+        self.scope = scope
+        self.engine = scope.engine
+        self._runs = _LRU(FILM_CACHE)
+        self._known: dict[str, int] | None = None
+
+    # ------------------------------------------------------------ ground truth
+    def known_scenes(self) -> dict[str, int]:
+        """Digest of each scene the app ships (examples) -> its world seed."""
+        if self._known is None:
+            seeds = []
+            if EXAMPLES_JSON.is_file():
+                seeds = [row["seed"] for row in json.loads(EXAMPLES_JSON.read_text())]
+            self._known = {image_digest(world.make_scene(s).image): s for s in seeds}
+        return self._known
+
+    def truth(self, image, question: str) -> dict:
+        """``answer`` (the world's, or None), ``seed`` of the recognised scene (or None), ``judge`` ("truth" or
+        "none": what a result is judged against) and ``note`` in words."""
+        if not self.scope.is_embedded:
+            return {"answer": None, "seed": None, "judge": "none",
+                    "note": "no ground truth for this model's images: results are compared with the unpruned answer"}
+        seed = self.known_scenes().get(image_digest(load_image(image)))
+        if seed is None:
+            return {"answer": None, "seed": None, "judge": "none",
+                    "note": "an uploaded image: no ground truth is known, so results are compared with the unpruned "
+                            "answer only"}
+        answer = world_answer(world.make_scene(seed), question)
+        if answer is None:
+            return {"answer": None, "seed": seed, "judge": "none",
+                    "note": "a known scene, but this question has no single answer in it (or is not a form the "
+                            "embedded model knows): results are compared with the unpruned answer only"}
+        return {"answer": answer, "seed": seed, "judge": "truth", "note": f"the scene's correct answer is '{answer}'"}
+
+    def card_fields(self, image, prepared, strategy, fields_: dict, reference: dict | None,
+                    max_new_tokens: int = 8, seeds: int = 5) -> dict:
+        """What a Compare card adds (called by ``Scope.compare_stream`` with its lock held): ``truth`` (the
+        ``truth`` dict), ``correct`` (True / False against the scene's answer, None when there is none) and, for
+        ``random``, ``random_seeds`` over ``seeds`` seeds (its own seed first)."""
+        truth = self.truth(image, prepared.question)
+        out = {"truth": truth, "correct": None if truth["answer"] is None else same(fields_["answer"], truth["answer"])}
+        if truth["seed"] is not None:
+            out["scene_objects"] = objects_kept(world.make_scene(truth["seed"]), fields_["kept_final"], *fields_["grid"])
+        if strategy.name == "random" and seeds > 1:
+            ref = reference["answer"] if reference is not None else fields_["answer"]
+            out["random_seeds"] = self._random_seeds(prepared, strategy, seeds, ref, truth, max_new_tokens,
+                                                     first=fields_["answer"])
+        return out
+
+    # ------------------------------------------------------------ untimed runs
+    def _prepare(self, image, question: str):
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty: type a question about the image")
+        image = load_image(image)
+        prepared = self.engine.prepare(image, question)
+        digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
+        return image, prepared, digest
+
+    def quick(self, prepared, digest: str, strategy, max_new_tokens: int = 8, trace: bool = False) -> dict:
+        """One untimed run of ``strategy`` (no lock taken: the caller holds it): ``own_fields`` of its result (kept
+        sets, merge groups, answer, TFLOPs; timings empty), with the attention trace when asked. Cached."""
+        from .compare import SAMPLING, own_fields
+
+        key = (digest, prepared.question, strategy.name, json.dumps(strategy.params(), sort_keys=True),
+               max_new_tokens, trace)
+        hit = key in self._runs
+
+        def run():
+            self.engine.check(strategy, max_new_tokens)
+            vision = self.engine.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
+            state = self.engine.prefill(prepared, vision, strategy)
+            tokens = self.engine.decode(state, max_new_tokens, **SAMPLING)
+            result = self.engine.make_result(prepared, strategy, state, tokens, {}, None, None)
+            out = own_fields(result)
+            if trace:
+                out["trace"] = self.engine.trace(prepared, strategy, max_new_tokens, dict(SAMPLING))
+            return out
+
+        value, _ = self._runs.get_or(key, run)
+        return {**value, "cached": hit}
+
+    def _strategies(self, names, keep: int | None, params: dict | None) -> list:
+        """``Scope._strategies`` without ``none`` in front (callers add it where they want it)."""
+        return [s for s in self.scope._strategies(names, keep, params) if s.name != "none" or "none" in names]
+
+    def _keep(self, keep):
+        from .compare import _check_budget
+
+        return _check_budget(keep, self.engine.geometry.n_patches)
+
+    # ------------------------------------------------------------ probe
+    def probe(self, image, question: str, row: int, col: int, strategies=(), keep: int | None = None,
+              params: dict | None = None, max_new_tokens: int = 8) -> dict:
+        """One patch (``row``, ``col``, 0-based) of the grid: see the module docstring. Returns ``patch`` (its
+        index), ``grid``, ``view`` (the image as the model sees it), ``vit_attention`` (per ViT layer, the patch
+        token's attention over the patches, mean over heads), ``vit_to_cls`` (per ViT layer, the share it pays to
+        [CLS]), ``cls_received`` (per ViT layer, [CLS]'s attention to this patch), ``cls_attention`` (per ViT
+        layer, [CLS]'s attention over the grid), ``llm_received`` and ``llm_attention`` (per strategy that ran
+        with none first: per LLM layer, the answer's attention to this patch / over the grid, None where the patch
+        was gone), ``fates`` (per strategy, what it did with the patch), ``answers``, ``truth``."""
+        g = self.engine.geometry
+        for name, value, top in (("row", row, g.rows), ("col", col, g.cols)):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < top:
+                raise ValueError(f"{name}={value!r}: expected a whole number 0..{top - 1} (the grid is "
+                                 f"{g.rows}x{g.cols})")
+        row, col = int(row), int(col)
+        keep = self._keep(keep)
+        names = ["none", *[s for s in _names(strategies) if s != "none"]]
+        chosen = self.scope._strategies(names, keep, params)
+        for s in chosen:
+            self.engine.check(s, max_new_tokens)
+        patch = row * g.cols + col
+        with self.scope.lock:
+            image_, prepared, digest = self._prepare(image, question)
+            view = self.scope.view(prepared)
+            token = patch + (1 if g.has_cls else 0)
+            att = self.engine.token_attention(prepared, token).float().mean(1)  # (L_v, T)
+            vision = self.engine.vision_pass(prepared)
+            runs = [self.quick(prepared, digest, s, max_new_tokens, trace=True) for s in chosen]
+        start = 1 if g.has_cls else 0
+        cls_att = vision.cls_attention.float().mean(1) if vision.cls_attention is not None else None  # (L_v, N)
+        out = {"patch": patch, "row": row, "col": col, "grid": [g.rows, g.cols], "view": view,
+               "vit_layers": g.vision_layers, "feature_layer": g.feature_layer_index, "llm_layers": g.llm_layers,
+               "vit_attention": att[:, start:].tolist(), "vit_to_cls": att[:, 0].tolist() if g.has_cls else None,
+               "cls_received": cls_att[:, patch].tolist() if cls_att is not None else None,
+               "cls_attention": cls_att.tolist() if cls_att is not None else None,
+               "llm_received": {}, "llm_attention": {}, "fates": [], "answers": {},
+               "truth": self.truth(image_, prepared.question)}
+        for s, r in zip(chosen, runs):
+            present = r["trace"]["patch_present"]
+            maps = [[v if here else None for v, here in zip(layer, flags)]
+                    for layer, flags in zip(r["trace"]["patch_attention"], present)]
+            out["llm_attention"][s.name] = maps
+            out["llm_received"][s.name] = [m[patch] for m in maps]
+            out["answers"][s.name] = r["answer"]
+            out["fates"].append({"strategy": s.name, **patch_fate(r, patch, present)})
+        return out
+
+    # ------------------------------------------------------------ handpick
+    def handpick(self, image, question: str, patches, max_new_tokens: int = 8, repeats: int = 3) -> dict:
+        """The model run with exactly ``patches`` (indices, row-major; a list or ``"3, 4, 17"``) entering the LLM
+        (the ``manual`` strategy), beside ``none``: ``view``, ``grid``, ``patches`` (sorted, unique), ``results``
+        ([none, manual], ``Scope.compare_stream``'s fields: answer, kept, cost, speedup, truth)."""
+        n = self.engine.geometry.n_patches
+        chosen = parse_patches(patches)
+        if not chosen:
+            raise ValueError("patches: none chosen; paint or click at least one patch (or fill from a strategy)")
+        outside = [p for p in chosen if p >= n]
+        if outside:
+            raise ValueError(f"patches: {outside[0]} is outside the grid (patches 0..{n - 1})")
+        events = list(self.scope.compare_stream(image, question, ["manual"], None,
+                                                {"manual": {"patches": chosen}}, max_new_tokens=max_new_tokens,
+                                                repeats=repeats, warmup=1, inspect=False))
+        view = next(e for e in events if e["kind"] == "view")
+        results = [e["result"] for e in events if e["kind"] == "result"]
+        return {"view": view["view"], "grid": view["grid"], "patches": chosen, "results": results}
+
+    def kept_set(self, image, question: str, strategy: str, keep: int | None = None, params: dict | None = None,
+                 max_new_tokens: int = 8) -> dict:
+        """The patches ``strategy`` keeps to the LLM's last layer (``kept_final``) on this image and question at this
+        budget: what the app's "fill from a strategy" puts in the selection. ``kept`` (entering the LLM) too."""
+        keep = self._keep(keep)
+        (s,) = [x for x in self.scope._strategies([strategy], keep, params) if x.name == strategy]
+        with self.scope.lock:
+            _, prepared, digest = self._prepare(image, question)
+            r = self.quick(prepared, digest, s, max_new_tokens)
+        return {"strategy": strategy, "kept_final": r["kept_final"], "kept": r["kept"], "answer": r["answer"],
+                "grid": r["grid"]}
+
+    # ------------------------------------------------------------ budget film
+    def budget_film(self, image, question: str, strategies, budgets=None, params: dict | None = None,
+                    max_new_tokens: int = 8, progress=None) -> dict:
+        """Per strategy and budget (descending), one untimed run: ``frames[strategy]`` = list of {``keep``, ``answer``,
+        ``right``, ``kept``, ``kept_final``, ``merge_groups``, ``kept_vit``, ``visual_tokens_kept``,
+        ``tokens_last_layer``, ``prefill_tflops``}; ``first_break[strategy]``: the largest budget whose answer is
+        not right (None: right at every budget). Right: the scene's answer where it is known (``truth``), else
+        none's answer. Strategies without a budget (none, vtw) are left out and named in ``notes``. ``progress``:
+        called with (fraction done, words). ``cached``: how many frames came from the cache."""
+        from .compare import BUDGET_FREE
+
+        g = self.engine.geometry
+        budget_list = parse_budgets(budgets, g.n_patches)
+        names = [s for s in _names(strategies)]
+        skipped = [s for s in names if s in BUDGET_FREE]
+        names = [s for s in names if s not in BUDGET_FREE]
+        if not names:
+            raise ValueError("strategies: pick at least one strategy with a budget (none and vtw have none)")
+        if len(names) > MAX_FILM_STRATEGIES:
+            raise ValueError(f"strategies: {len(names)} chosen; at most {MAX_FILM_STRATEGIES} per film")
+        plan = [(b, self.scope._strategies([s], b, params)[1:]) for b in budget_list for s in names]
+        for _, (s,) in plan:
+            self.engine.check(s, max_new_tokens)
+        total = len(plan) + 1
+        frames: dict[str, list] = {s: [] for s in names}
+        cached = 0
+        with self.scope.lock:
+            image_, prepared, digest = self._prepare(image, question)
+            view = self.scope.view(prepared)
+            none = self.quick(prepared, digest, get_strategy("none"), max_new_tokens)
+            truth = self.truth(image_, prepared.question)
+            reference = truth["answer"] if truth["answer"] is not None else none["answer"]
+            for i, (b, (s,)) in enumerate(plan):
+                if progress is not None:
+                    progress((i + 1) / total, f"{s.name} at {b} tokens ({i + 1} of {len(plan)})")
+                r = self.quick(prepared, digest, s, max_new_tokens)
+                cached += r["cached"]
+                frames[s.name].append({
+                    "keep": b, "answer": r["answer"], "right": same(r["answer"], reference), "kept": r["kept"],
+                    "kept_final": r["kept_final"], "merge_groups": r["merge_groups"], "kept_vit": r["kept_vit"],
+                    "visual_tokens_kept": r["visual_tokens_kept"], "tokens_last_layer": r["image_tokens_per_layer"][-1],
+                    "prefill_tflops": r["tflops"]["prefill"], "notes": r["notes"]})
+        first_break = {s: next((f["keep"] for f in fs if not f["right"]), None) for s, fs in frames.items()}
+        notes = [f"{s} has no budget (it is not in the film)" for s in skipped if s != "none"]
+        return {"view": view, "grid": [g.rows, g.cols], "n_patches": g.n_patches, "budgets": budget_list,
+                "strategies": names, "frames": frames, "first_break": first_break, "none_answer": none["answer"],
+                "truth": truth, "reference": reference, "judge": truth["judge"], "cached": cached,
+                "frames_total": len(plan), "notes": notes}
+
+    # ------------------------------------------------------------ agreement and position bias
+    def agreement(self, image, question: str, strategies, keep: int | None = None, params: dict | None = None,
+                  max_new_tokens: int = 8) -> dict:
+        """The strategies' kept sets (the patches present in the LLM's last layer; a merged token counts as its
+        representative patch) compared: ``jaccard`` (matrix, |A ∩ B| / |A ∪ B|, symmetric, 1 on the diagonal),
+        ``counts`` (per patch, how many strategies kept it), ``positions`` (per strategy: ``rows`` and ``cols``
+        histograms of its kept patches, ``centre`` [row, col] of mass, ``mean_index`` over N - 1: 0.5 is the
+        grid's middle, larger is later in the sequence). none, and strategies that keep nothing to the last layer
+        (vtw), are left out and named in ``notes``."""
+        g = self.engine.geometry
+        keep = self._keep(keep)
+        names = [s for s in _names(strategies) if s != "none"]
+        if len(names) < 2:
+            raise ValueError("strategies: pick at least two strategies to compare their kept sets (none keeps all)")
+        chosen = self.scope._strategies(names, keep, params)[1:]
+        for s in chosen:
+            self.engine.check(s, max_new_tokens)
+        with self.scope.lock:
+            _, prepared, digest = self._prepare(image, question)
+            view = self.scope.view(prepared)
+            runs = {s.name: self.quick(prepared, digest, s, max_new_tokens) for s in chosen}
+        sets, notes = {}, []
+        for name, r in runs.items():
+            if not r["kept_final"]:
+                notes.append(f"{name} keeps no visual token to the LLM's last layer: left out")
+                continue
+            sets[name] = sorted(r["kept_final"])
+        kept_names = list(sets)
+        jac = [[jaccard(sets[a], sets[b]) for b in kept_names] for a in kept_names]
+        counts = [0] * g.n_patches
+        for s in sets.values():
+            for p in s:
+                counts[p] += 1
+        positions = {name: position_stats(s, g.rows, g.cols) for name, s in sets.items()}
+        return {"view": view, "grid": [g.rows, g.cols], "strategies": kept_names, "sets": sets, "jaccard": jac,
+                "counts": counts, "positions": positions, "notes": notes,
+                "answers": {name: r["answer"] for name, r in runs.items()}}
+
+    # ------------------------------------------------------------ random over seeds
+    def _random_seeds(self, prepared, strategy, n: int, reference: str, truth: dict, max_new_tokens: int,
+                      first: str | None = None) -> dict:
+        digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
+        seeds = [strategy.seed] + [s for s in range(MAX_SEEDS * 2) if s != strategy.seed][:n - 1]
+        runs = []
+        for seed in seeds:
+            params = {**strategy.params(), "seed": seed}
+            runs.append(self.quick(prepared, digest, get_strategy("random", **params), max_new_tokens))
+        answers = [r["answer"] for r in runs]
+        if first is not None:
+            answers[0] = first
+        correct = None if truth["answer"] is None else sum(same(a, truth["answer"]) for a in answers)
+        return {"n": len(seeds), "seeds": seeds, "answers": answers, "kept": [r["kept"] for r in runs],
+                "same_as_none": sum(same(a, reference) for a in answers), "correct": correct,
+                "reference": reference, "judge": truth["judge"]}
+
+    def random_seeds(self, image, question: str, keep: int, n: int = 5, params: dict | None = None,
+                     max_new_tokens: int = 8) -> dict:
+        """``random`` at budget ``keep`` with ``n`` seeds (0..n-1) on this image: ``answers``, ``kept`` per seed,
+        ``same_as_none`` (how many answer as none does), ``correct`` (how many give the scene's answer; None when
+        unknown), ``view``, ``truth`` and ``none_answer``."""
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEEDS:
+            raise ValueError(f"seeds: n={n!r}, expected 1..{MAX_SEEDS}")
+        keep = self._keep(keep)
+        if keep is None:
+            raise ValueError("keep: give a budget for random (1..%d)" % self.engine.geometry.n_patches)
+        p = {k: v for k, v in ((params or {}).get("random") or {}).items() if k != "seed"}
+        strategy = get_strategy("random", keep=keep, seed=0, **p)
+        with self.scope.lock:
+            image_, prepared, digest = self._prepare(image, question)
+            view = self.scope.view(prepared)
+            none = self.quick(prepared, digest, get_strategy("none"), max_new_tokens)
+            truth = self.truth(image_, prepared.question)
+            out = self._random_seeds(prepared, strategy, n, none["answer"], truth, max_new_tokens)
+        g = self.engine.geometry
+        return {**out, "view": view, "grid": [g.rows, g.cols], "keep": keep, "truth": truth,
+                "none_answer": none["answer"]}
+
+    def random_band(self, strategies, budgets, n: int = 40, seeds: int = 5, progress=None) -> dict:
+        """Accuracy on ``n`` held-out shapes questions (the default set) at each budget: one sweep row per chosen
+        strategy and budget (and none), and ``random`` once per seed 0..seeds-1 on the same questions, so that the
+        spread of random's accuracy over its seeds is a band (``random_runs``: one list of rows per seed; the app
+        draws it with ``app.plots.band_from_seeds``)."""
+        g = self.engine.geometry
+        names = [s for s in _names(strategies) if s not in ("none", "random")]
+        budget_list = parse_budgets(budgets, g.n_patches)
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 400:
+            raise ValueError(f"questions: n={n!r}, expected 1..400")
+        if isinstance(seeds, float) and seeds.is_integer():
+            seeds = int(seeds)
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or not 2 <= seeds <= MAX_SEEDS:
+            raise ValueError(f"seeds={seeds!r}: expected 2..{MAX_SEEDS}")
+        configs = [("none", {"name": "none"})]
+        from .compare import BUDGET_FREE
+
+        for name in names:
+            if name in BUDGET_FREE:
+                configs.append((name, {"name": name}))
+            else:
+                configs += [(name, {"name": name, "keep": b}) for b in budget_list]
+        random_cfgs = [(s, {"name": "random", "keep": b, "seed": s}) for s in range(seeds) for b in budget_list]
+        for _, p in configs + random_cfgs:
+            self.engine.check(get_strategy(**p))
+        total = len(configs) + len(random_cfgs)
+        rows, runs = [], [[] for _ in range(seeds)]
+        with self.scope.lock:
+            samples = bench.load_samples("shapes", n)
+            for i, (label, p) in enumerate(configs + random_cfgs):
+                if progress is not None:
+                    progress((i + 1) / total, f"{label} ({i + 1} of {total})")
+                row = bench.evaluate(self.engine, samples, dict(p))
+                if isinstance(label, int):
+                    row.update(label="random", seed=label)
+                    runs[label].append(row)
+                else:
+                    row.update(label=label)
+                    rows.append(row)
+        bench.add_prefill_speedups(rows)
+        return {"rows": rows, "random_runs": runs, "n": n, "seeds": seeds, "budgets": budget_list}
+
+    # ------------------------------------------------------------ lessons and export
+    def lesson(self, lesson_id: str, max_new_tokens: int = 8) -> dict:
+        """Run one of ``LESSONS`` as a comparison (one timed repeat; ``inspect`` analyses included): ``lesson``,
+        ``image`` (its file), ``view``, ``results`` (none first), ``inspect`` ([CLS] attention per ViT layer, ...),
+        ``random_seeds`` when the lesson is about random."""
+        lesson = lesson_by_id(lesson_id)
+        path = str(EXAMPLES_JSON.parent / lesson["example"])
+        events = list(self.scope.compare_stream(path, lesson["question"], lesson["strategies"], lesson["keep"],
+                                                lesson["params"], max_new_tokens=max_new_tokens, repeats=1, warmup=0))
+        view = next(e for e in events if e["kind"] == "view")
+        results = [e["result"] for e in events if e["kind"] == "result"]
+        inspect = next((e for e in events if e["kind"] == "inspect"), {})
+        out = {"lesson": lesson, "image": path, "view": view["view"], "grid": view["grid"], "results": results,
+               "inspect": {k: v for k, v in inspect.items() if k != "kind"}}
+        if lesson["focus"] == "seeds":
+            out["random_seeds"] = self.random_seeds(path, lesson["question"], lesson["keep"], 5)
+        return out
+
+    def stages(self) -> dict:
+        """Per registered strategy, where it acts with its defaults: ``stages`` (the stages it offers: "before" the
+        LLM, "llm"), ``default`` (its default stage), ``vit`` (prunes inside the vision encoder)."""
+        from .strategies import available
+
+        g = self.engine.geometry
+        out = {}
+        for name in available():
+            try:  # with a budget: some rules (IVTP's ViT stage) act only when there is one
+                s = get_strategy(name, keep=max(1, g.n_patches // 4))
+            except ValueError:  # vtw takes no budget
+                s = get_strategy(name)
+            out[name] = {"stages": list(s.stages), "default": s.stage,
+                         "vit": bool(s.vit_prune_layers(g.vision_layers, g.feature_layer_index))}
+        return out
+
+    def view(self, image, question: str = "What is this?") -> dict:
+        """The image as the model sees it (``view``, uint8 (H, W, 3)) and the grid: what an export draws on."""
+        with self.scope.lock:
+            _, prepared, _ = self._prepare(image, question)
+            view = self.scope.view(prepared)
+        g = self.engine.geometry
+        return {"view": view, "grid": [g.rows, g.cols]}
+
+
+def objects_kept(scene: world.Scene, kept, rows: int, cols: int, share: float = 0.1) -> dict:
+    """How a kept set covers a known scene's objects: ``objects`` (how many), ``with_kept_patch`` (objects with at
+    least one kept patch of which ``share`` or more is that object), ``kept_on_objects`` (kept patches of which
+    ``share`` or more is some object) and ``kept``. Patches of ``scene.image.width // cols`` pixels."""
+    patch = scene.image.width // cols
+    kept = list(kept)
+    per_object = [scene.patch_coverage(patch, [i]) for i in range(len(scene.objects))]
+    total = scene.patch_coverage(patch)
+    return {"objects": len(scene.objects),
+            "with_kept_patch": int(sum(any(cov[p] >= share for p in kept) for cov in per_object)),
+            "kept_on_objects": int(sum(total[p] >= share for p in kept)), "kept": len(kept)}
+
+
+def jaccard(a, b) -> float:
+    a, b = set(a), set(b)
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0
+
+
+def position_stats(kept, rows: int, cols: int) -> dict:
+    """Where kept patches lie on a rows x cols grid: ``rows`` / ``cols`` histograms (count per grid row / column),
+    ``centre`` [mean row, mean column] (the grid's middle is [(rows-1)/2, (cols-1)/2]), ``mean_index`` (mean
+    row-major index over N - 1: 0 first, 1 last, 0.5 the middle), ``n``."""
+    kept = list(kept)
+    hist_r, hist_c = [0] * rows, [0] * cols
+    for p in kept:
+        r, c = divmod(p, cols)
+        hist_r[r] += 1
+        hist_c[c] += 1
+    n = len(kept)
+    centre = [sum(p // cols for p in kept) / n, sum(p % cols for p in kept) / n] if n else [None, None]
+    mean_index = sum(kept) / n / max(rows * cols - 1, 1) if n else None
+    return {"rows": hist_r, "cols": hist_c, "centre": centre, "mean_index": mean_index, "n": n,
+            "middle": [(rows - 1) / 2, (cols - 1) / 2]}
+
+
+def patch_fate(result: dict, patch: int, present: list | None = None) -> dict:
+    """What a strategy did with one patch, from its result (and, for drops inside the LLM, the trace's
+    ``patch_present`` per layer): ``state`` (kept, llm, before, vit, merged), ``layer`` (the LLM layer it was gone
+    from, for llm), ``merged_into`` (the patch of the token it went into, for merged; for a kept token that others
+    merged into, ``absorbed``: how many), and ``words``."""
+    cols = result["grid"][1]
+    kept, final = set(result["kept"]), set(result["kept_final"])
+    groups = result.get("merge_groups")
+    vit = result.get("kept_vit")
+    where = lambda p: f"row {p // cols}, column {p % cols}"  # noqa: E731
+    if patch in final:
+        absorbed = 0
+        if groups is not None:
+            g = groups[patch]
+            absorbed = sum(1 for q, h in enumerate(groups) if h == g and q != patch) if g >= 0 else 0
+        words = "kept: it reaches the LLM's last layer"
+        if absorbed:
+            words += f", and {absorbed} other patch{'es' if absorbed > 1 else ''} merged into its token"
+        return {"state": "kept", "layer": None, "merged_into": None, "absorbed": absorbed, "words": words}
+    if patch in kept:
+        layer = None
+        if present is not None:
+            layer = next((i for i, flags in enumerate(present) if not flags[patch]), None)
+        words = ("dropped inside the LLM" + (f" before layer {layer} (layers 0-{layer - 1} read it)"
+                                             if layer is not None else ""))
+        return {"state": "llm", "layer": layer, "merged_into": None, "absorbed": 0, "words": words}
+    if vit is not None and patch not in set(vit):
+        return {"state": "vit", "layer": None, "merged_into": None, "absorbed": 0,
+                "words": "dropped inside the vision encoder"}
+    if groups is not None and groups[patch] >= 0:
+        into = result["kept"][groups[patch]]
+        return {"state": "merged", "layer": None, "merged_into": into, "absorbed": 0,
+                "words": f"merged into the token at patch {into} ({where(into)})"}
+    return {"state": "before", "layer": None, "merged_into": None, "absorbed": 0, "words": "dropped before the LLM"}
+
+
+__all__ = ["Teacher", "LESSONS", "lesson_by_id", "world_answer", "image_digest", "parse_budgets", "jaccard", "objects_kept",
+           "position_stats", "patch_fate", "MAX_FILM_STEPS", "MAX_SEEDS"]
