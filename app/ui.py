@@ -14,7 +14,7 @@ import tempfile
 
 import gradio as gr
 
-from . import about, overlays, plots
+from . import about, overlays, plots, teach
 
 CSS = """
 .ps-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 8px !important;}
@@ -78,6 +78,7 @@ def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
 
 def card_title(r: dict) -> str:
     differs = "" if r["same_as_none"] else " <span class='ps-differs'>≠ unpruned answer</span>"
+    differs += teach.truth_mark(r)  # ✓ / ✗ against the scene's answer, when known (app/teach.py)
     return f"### {r['strategy']}\n**Answer:** {r['answer'] or '(empty)'}{differs}"
 
 
@@ -89,6 +90,9 @@ def card_details(r: dict) -> str:
              f"**{r['speedup']:.2f}x** vs none (TFLOPs predict {r['speedup_predicted']:.2f}x)")
     if r.get("notes"):
         stats += "  \n_" + "; ".join(r["notes"]) + "_"
+    extra = teach.card_lines(r)  # ground truth, random's seeds (app/teach.py)
+    if extra:
+        stats += "  \n" + extra
     return stats
 
 
@@ -275,8 +279,13 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                             gr.Plot(plots.speed_figure(speed_report, "ttft"), label="Time-to-first-token speedup",
                                     elem_id="ps-plot-speed-ttft")
 
+            # -------------------------------------------------------- Teach and Lessons (app/teach.py)
+            teach.build_tabs(pool, info, {"image": image, "question": question, "strategies": strategies,
+                                          "keep": keep, "model": model_choice, "results": results_state})
+
             # -------------------------------------------------------- How it works
             with gr.Tab("How it works", id="about"):
+                teach.how_it_works(pool)  # where each method acts, glossary, papers (app/teach.py)
                 gr.Markdown(about.strategies_markdown(names))
                 gr.Markdown(about.model_card_markdown(info, scope.model_card()))
 

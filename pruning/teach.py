@@ -563,6 +563,10 @@ class Teacher:
             out["random_seeds"] = self.random_seeds(path, lesson["question"], lesson["keep"], 5)
         return out
 
+    def lessons(self) -> list[dict]:
+        """``LESSONS`` (plain data: id, title, example image, question, strategies, budget, text, focus)."""
+        return [dict(lesson) for lesson in LESSONS]
+
     def stages(self) -> dict:
         """Per registered strategy, where it acts with its defaults: ``stages`` (the stages it offers: "before" the
         LLM, "llm"), ``default`` (its default stage), ``vit`` (prunes inside the vision encoder)."""
