@@ -14,6 +14,7 @@ bad input is said beside the input it names and the results already drawn stay.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -1072,51 +1073,50 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
 
     # ------------------------------------------------------------ the JSON API: plain values, refusals raise
     def api(fn, make_file: bool = False):
+        @functools.wraps(fn)  # gradio reads the parameter names (the API's keywords) from the signature
         def call(*args):
             try:
                 value = fn(*args)
             except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
             return value if make_file else plain(value)
-        call.__name__ = fn.__name__
-        call.__doc__ = fn.__doc__
         return call
 
-    def api_probe(img, q, row, col, chosen, k, m):
+    def api_probe(image, question, row, col, strategies, keep, model):
         """Probe patch (row, col): its ViT attention, the attention it receives, each strategy's fate."""
-        return run_probe(img, q, row, col, chosen, k, m)
+        return run_probe(image, question, row, col, strategies, keep, model)
 
-    def api_handpick(img, q, patches, m):
+    def api_handpick(image, question, patches, model):
         """Run the model with exactly these patches (the manual strategy) beside none."""
-        return run_handpick(img, q, patches, m)
+        return run_handpick(image, question, patches, model)
 
-    def api_kept_set(img, q, strategy, k, m):
+    def api_kept_set(image, question, strategy, keep, model):
         """The patches a strategy keeps on this image at this budget."""
-        return t(m).kept_set(img, q, strategy, ints(k))
+        return t(model).kept_set(image, question, strategy, ints(keep))
 
-    def api_film(img, q, chosen, budgets, m):
+    def api_film(image, question, strategies, budgets, model):
         """Per strategy and budget: the kept set, the answer, right or not; where it first breaks."""
-        return run_film(img, q, chosen, budgets, m)
+        return run_film(image, question, strategies, budgets, model)
 
-    def api_agreement(img, q, chosen, k, m):
+    def api_agreement(image, question, strategies, keep, model):
         """Jaccard overlap of the strategies' kept sets, per-patch counts, position histograms."""
-        return run_agreement(img, q, chosen, k, m)
+        return run_agreement(image, question, strategies, keep, model)
 
-    def api_seeds(img, q, k, n, m):
+    def api_seeds(image, question, keep, n, model):
         """random at budget keep over n seeds on this image."""
-        return run_seeds(img, q, k, n, m)
+        return run_seeds(image, question, keep, n, model)
 
-    def api_band(chosen, budgets, n, seeds, m):
+    def api_band(strategies, budgets, n, seeds, model):
         """Held-out accuracy per strategy and budget, random once per seed (its band)."""
-        return run_band(chosen, budgets, n, seeds, m)
+        return run_band(strategies, budgets, n, seeds, model)
 
-    def api_lesson(lesson_id, m):
+    def api_lesson(lesson_id, model):
         """Run one lesson: its text, the comparison and its analyses."""
-        return pool.get(m).teach.lesson(lesson_id)
+        return pool.get(model).teach.lesson(lesson_id)
 
-    def api_export(img, q, chosen, k, m):
+    def api_export(image, question, strategies, keep, model):
         """Run a comparison and save it as one self-contained HTML file."""
-        return run_export(img, q, chosen, k, m, None, None, None)
+        return run_export(image, question, strategies, keep, model, None, None, None)
 
     endpoints = [
         ("probe", api_probe, [a_image, a_question, a_row, a_col, a_strategies, a_keep, model], a_out),
