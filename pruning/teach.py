@@ -120,35 +120,36 @@ LESSONS = [
     {"id": "cls-knows", "title": "[CLS] already knows where the objects are",
      "example": "example-2-count.png", "question": "How many objects are there?", "strategies": ["vtc-cls", "random"],
      "keep": 24, "params": {}, "focus": "cls",
-     "text": "The heatmap is the vision encoder's [CLS] token's attention at the layer that feeds the LLM, drawn over "
-             "the image, before any question is read. Look at where it is bright and where vtc-cls's 24 kept patches "
-             "(the bright cells) lie, and compare with random's 24. On this toy model [CLS] favours object edges and "
-             "a few background cells, not every object: watch the count it gives."},
+     "text": "The heatmap is the vision encoder's [CLS] attention at the layer that feeds the LLM, drawn over the "
+             "image before any question is read: its bright cells sit on the objects. vtc-cls keeps those 24 "
+             "patches, every one on an object (its card counts them), where random's 24 are mostly background. Yet "
+             "here vtc-cls counts wrong: knowing where the objects are is not keeping what a count needs."},
     {"id": "fastv-vs-before", "title": "FastV at layer 2 vs pruning before the LLM",
      "example": "example-1-small-colour.png", "question": "What colour is the triangle?",
      "strategies": ["fastv", "vtc-cls", "random"], "keep": 18, "params": {}, "focus": "tokens",
-     "text": "All three keep 18 of 144 visual tokens, but FastV lets the LLM's first two layers read every token and "
-             "then keeps the ones the question's last token attended to; vtc-cls and random drop theirs before the "
-             "LLM. The plot shows the count per LLM layer: FastV pays for two full layers, and its overlay shows "
-             "the dropped tokens hatched (seen by the early layers)."},
+     "text": "All three keep 18 of the 144 visual tokens, but FastV lets the LLM's first two layers read every "
+             "token and then keeps the 18 the question's last token attended to most; vtc-cls and random drop "
+             "theirs before the LLM. The plot counts the tokens in each LLM layer (FastV pays for two full "
+             "layers); here only FastV still answers right."},
     {"id": "vtw-withdraw", "title": "VTW: after layer K the image is no longer read",
      "example": "example-3-left-right.png", "question": "Is the blue triangle left or right of the cyan cross?",
      "strategies": ["vtw"], "keep": 72, "params": {}, "focus": "shares",
-     "text": "VTW removes every visual token at one LLM layer (K = 4 of this model's 8, the paper's depth/2). The "
-             "bars show where the answer's attention goes in each layer: look at how little goes to the image "
-             "(red) in the deep layers even without pruning, and compare vtw's answer with none's."},
+     "text": "VTW withdraws every visual token before one LLM layer (layer 3 here, the paper's K = 4 of this "
+             "model's 8). The bars show where the answer's attention goes in each layer: on this toy model none's "
+             "deep layers still read the image heavily, unlike LLaVA in VTW's Figure 4. Yet vtw answers as none "
+             "does: by layer 3 the question's tokens already carry what the answer needs."},
     {"id": "merge-vs-drop", "title": "Merging vs dropping on a count question",
      "example": "example-2-count.png", "question": "How many objects are there?",
      "strategies": ["tome", "kmeans", "vtc-cls", "random"], "keep": 12, "params": {}, "focus": "cards",
-     "text": "With 12 tokens for 4 objects, a dropping strategy keeps 12 patches and loses the rest, while a merging "
-             "one (tome, kmeans) folds every patch into one of 12 tokens, so no object is lost outright. The tinted "
-             "groups on the overlays show what went into each token; compare the counts each answers."},
+     "text": "With 12 tokens for 4 objects, vtc-cls and random keep 12 patches and lose the rest, while tome and "
+             "kmeans merge every patch into one of 12 tokens, so nothing is lost outright (the tinted groups show "
+             "what went into each token). Here tome still counts four; kmeans, vtc-cls and random do not."},
     {"id": "random-baseline", "title": "Random is a strong baseline",
      "example": "example-4-small-shape.png", "question": "What shape is the yellow object?",
      "strategies": ["random", "vtc-cls", "divprune"], "keep": 18, "params": {}, "focus": "seeds",
-     "text": "Random keeps 18 patches drawn at random; a scoring rule is only worth its cost if it beats that. Run "
-             "random over several seeds (the strip) and count how often it still answers right, then compare with "
-             "the scoring rules' single answer. Papers report random close to many methods at moderate budgets."},
+     "text": "Random keeps 18 patches drawn at random, and the plot runs it with 5 seeds: here every seed still "
+             "names the shape, as do vtc-cls and divprune. A scoring rule earns its cost only where it beats this; "
+             "try the Teach tab's band on held-out questions to see how often it does."},
 ]
 
 
