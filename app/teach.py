@@ -38,6 +38,7 @@ THUMB = 96  # the side of a film frame
 VIRIDIS = np.array([(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
                     (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)], np.float32)
 RIGHT, WRONG = "#1a7f37", "#b42318"
+CLS_COLOUR = "#111111"  # the [CLS] token's own line (not a strategy)
 MERGING = ("tome", "kmeans", "pooling", "prumerge+", "evit", "visionzip")  # strategies whose tokens merge patches
 TOY_NOTE = ("The embedded model is a toy: it knows only its world of coloured shapes on grey backgrounds (the "
             "examples' questions). What these tools show is how pruning behaves on it; on photographs or other "
@@ -213,8 +214,9 @@ def probe_figure(probe: dict) -> go.Figure:
                         subplot_titles=("from [CLS], per ViT layer", "from the answer, per LLM layer"))
     if probe.get("cls_received"):
         layers = list(range(len(probe["cls_received"])))
-        fig.add_trace(go.Scatter(x=layers, y=probe["cls_received"], mode="lines+markers", name="[CLS]",
-                                 line={"color": strategy_color("vtc-cls"), "width": 2},
+        fig.add_trace(go.Scatter(x=layers, y=probe["cls_received"], mode="lines+markers", name="[CLS] (no pruning)",
+                                 line={"color": CLS_COLOUR, "width": 2, "dash": "dot"},
+                                 marker={"color": CLS_COLOUR, "symbol": "x", "size": 8},
                                  hovertemplate="ViT layer %{x}: [CLS] gives it %{y:.2%}<extra></extra>"), 1, 1)
         fig.add_vline(x=probe["feature_layer"], line_dash="dot", line_color="#777", row=1, col=1,
                       annotation_text="feeds the LLM", annotation_font_size=10)
@@ -374,9 +376,10 @@ def film_strip_html(film: dict) -> str:
         body.append(f"<tr><th style='padding:2px 6px;text-align:left;white-space:nowrap'>{swatch_html(name)}</th>"
                     + "".join(cells) + "</tr>")
     judge = ("the scene's answer" if film["judge"] == "truth" else "none's answer (no ground truth for this image)")
+    notes = "".join(f" {html.escape(n)}." for n in film.get("notes") or [])
     return (f"<div style='font-size:0.9em;margin:4px 0'>Budget (visual tokens kept of {film['n_patches']}) along the "
             f"top; ✓ = the answer is {judge}: <b>{html.escape(film['reference'])}</b>. "
-            f"{film['cached']} of {film['frames_total']} frames came from the cache.</div>"
+            f"{film['cached']} of {film['frames_total']} frames came from the cache.{notes}</div>"
             "<div style='overflow-x:auto' class='ps-film-strip'><table style='border-collapse:collapse'>"
             f"<thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
@@ -439,7 +442,8 @@ def positions_html(agreement: dict) -> str:
             f"<th style='padding:2px 8px'>kept</th></tr></thead><tbody>{rows}</tbody></table></div>"
             f"<p style='font-size:0.85em;color:#555;margin:4px 0'>The grid's middle is ({middle[0]:.1f}, "
             f"{middle[1]:.1f}) and 0.50. Attention-based scores are known to favour late positions, the bottom rows "
-            "(arXiv 2502.11501): a centre well below the middle is that bias.</p>")
+            "(arXiv 2502.11501): a centre well below the middle is that bias."
+            + "".join(f" {html.escape(n)}." for n in agreement.get("notes") or []) + "</p>")
 
 
 def lesson_list_html(lessons: list[dict]) -> str:
@@ -615,15 +619,22 @@ def write_export(text: str) -> str:
 
 # ---------------------------------------------------------------- the painter (a gr.HTML custom component)
 
-PAINTER_TEMPLATE = (
-    "<div class='pp-wrap'><div class='pp-grid' style=\"grid-template-columns: repeat(${cols}, 1fr); "
-    "grid-template-rows: repeat(${rows}, 1fr); background-image: url('${image}');\">"
-    "${(() => { const sel = new Set(String(value || '').split(/[^0-9]+/).filter(Boolean).map(Number)); "
-    "return Array.from({length: rows * cols}, (_, i) => '<div class=\"pp-c' + (sel.has(i) ? ' on' : '') + "
-    "'\" data-i=\"' + i + '\" title=\"patch ' + i + ' (row ' + Math.floor(i / cols) + ', column ' + (i % cols) + "
-    "')\"></div>').join(''); })()}</div>"
-    "<div class='pp-count'>${String(value || '').split(/[^0-9]+/).filter(Boolean).length} of ${rows * cols} "
-    "patches chosen: drag to paint, drag from a chosen patch to erase</div></div>")
+def painter_template(rows: int, cols: int) -> str:
+    """The painter's HTML template: the patch grid over the image (prop ``image``, a data URI) with the chosen
+    patches (``value``, "3, 4, 17") clear and the others dimmed. The grid's size is written into the template (an
+    update of one prop replaces the others)."""
+    return (
+        "<div class='pp-wrap'><div class='pp-grid' style=\"grid-template-columns: repeat(%(cols)d, 1fr); "
+        "grid-template-rows: repeat(%(rows)d, 1fr); background-image: url('${image || ''}');\">"
+        "${(() => { const sel = new Set(String(value || '').split(/[^0-9]+/).filter(Boolean).map(Number)); "
+        "return Array.from({length: %(n)d}, (_, i) => '<div class=\"pp-c' + (sel.has(i) ? ' on' : '') + "
+        "'\" data-i=\"' + i + '\" title=\"patch ' + i + ' (row ' + Math.floor(i / %(cols)d) + ', column ' + "
+        "(i %% %(cols)d) + ')\"></div>').join(''); })()}</div>"
+        "<div class='pp-count'>${String(value || '').split(/[^0-9]+/).filter(Boolean).length} of %(n)d "
+        "patches chosen: drag to paint, drag from a chosen patch to erase</div></div>") % {
+            "rows": rows, "cols": cols, "n": rows * cols}
+
+
 PAINTER_CSS = """
 .pp-grid {display: grid; width: min(384px, 100%); aspect-ratio: 1; background-size: 100% 100%;
           image-rendering: pixelated; touch-action: none; user-select: none; cursor: crosshair;
@@ -759,9 +770,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                         "strategy) beside the unpruned reference.")
             with gr.Row():
                 with gr.Column(min_width=300):
-                    painter = gr.HTML("", html_template=PAINTER_TEMPLATE, css_template=PAINTER_CSS,
-                                      js_on_load=PAINTER_JS, rows=grid[0], cols=grid[1], image="",
-                                      elem_id="ps-painter", padding=False)
+                    painter = gr.HTML("", html_template=painter_template(*grid), css_template=PAINTER_CSS,
+                                      js_on_load=PAINTER_JS, image="", elem_id="ps-painter", padding=False)
                 with gr.Column(min_width=260):
                     fill_from = gr.Dropdown([s for s in names if s not in ("none", "manual")],
                                             value=next((s for s in info["default_strategies"] if s != "none"), None),
@@ -969,8 +979,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
             f = run_film(img, q, chosen, budgets, m, progress_of(progress))
         except ValueError as e:
             return {film_msg: warn(e)}
-        note = " ".join(f["notes"])
-        return {film_msg: f"_{note}_" if note else "", film_state: f, film_strip: film_strip_html(f),
+        return {film_msg: "", film_state: f, film_strip: film_strip_html(f),
                 film_plot: plot_value(film_curve_figure(f))}
 
     def page_agreement(img, q, chosen, k, m):
@@ -979,8 +988,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         except ValueError as e:
             return {agree_msg: warn(e)}
         n = len(a["strategies"])
-        note = " ".join(a["notes"])
-        return {agree_msg: f"_{note}_" if note else "", agree_state: a, agree_plot: plot_value(jaccard_figure(a)),
+        return {agree_msg: "", agree_state: a, agree_plot: plot_value(jaccard_figure(a)),
                 agree_counts: heat_overlay(a["view"], a["counts"], a["grid"],
                                            label=f"strategies that kept it (of {n})", vmax=n, numbers=True),
                 position_plot: plot_value(position_figure(a)), position_table: positions_html(a)}
@@ -1014,10 +1022,10 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                 out = pool.get(m).teach.lesson(lesson["id"])
             except ValueError as e:
                 return {lesson_msg: warn(e)}
-            image_, plot_ = lesson_focus(out, info)
+            image_, label_, plot_ = lesson_focus(out, info)
             return {lesson_msg: "", lesson_state: out, lesson_text: lesson_text_html(lesson),
-                    lesson_cards: cards_html(out["view"], out["results"]), lesson_image: image_,
-                    lesson_plot: plot_value(plot_)}
+                    lesson_cards: cards_html(out["view"], out["results"]),
+                    lesson_image: gr.update(value=image_, label=label_), lesson_plot: plot_value(plot_)}
         return run
 
     def open_lesson(state):
@@ -1187,29 +1195,61 @@ def _norm(text) -> str:
 
 
 def lesson_focus(out: dict, info: dict):
-    """The image and the figure a lesson opens with (``focus``): the [CLS] map over the image, tokens per layer,
-    attention shares, or random's seeds."""
+    """What a lesson opens with (its ``focus``): an image over the scene, its label, and a figure.
+
+    - cls: [CLS]'s attention at the feature layer over the image; tokens alive per LLM layer;
+    - tokens: the answer's attention at the layer before FastV drops (what it ranks by); tokens alive;
+    - shares: none's answer attention in the last LLM layer (the image still read); attention shares per layer;
+    - cards: the first merging strategy's overlay, large; tokens alive;
+    - seeds: how many of random's seeds kept each patch; one bar per seed, right or not."""
     lesson, results, view, grid = out["lesson"], out["results"], out["view"], out["grid"]
+    by = {r["strategy"]: r for r in results}
+    focus = lesson["focus"]
+    image, label = None, "What to look at"
     cls = (out.get("inspect") or {}).get("cls_attention")
-    image = None
-    if cls:
+    if focus == "cls" and cls:
         layer = info["feature_layer"]
         image = heat_overlay(view, cls[layer], grid, label=f"[CLS] attention (share), ViT layer {layer}")
-    focus = lesson["focus"]
+        label = "[CLS] attention over the image (before the question)"
+    elif focus == "tokens" and by.get("fastv", {}).get("trace"):
+        k = by["fastv"]["params"]["layer"]
+        image = heat_overlay(view, by["fastv"]["trace"]["patch_attention"][k - 1], grid,
+                             label=f"answer's attention (share), LLM layer {k - 1}")
+        label = f"What FastV ranks by: the LLM's attention in layer {k - 1}"
+    elif focus == "shares" and by.get("none", {}).get("trace"):
+        maps = by["none"]["trace"]["patch_attention"]
+        image = heat_overlay(view, maps[-1], grid, label=f"none: answer's attention (share), LLM layer {len(maps) - 1}")
+        label = "none's last LLM layer still reads the image"
+    elif focus == "cards":
+        merging = next((r for r in results if r["strategy"] in MERGING), None)
+        if merging is not None:
+            image = overlays.overlay(view, merging)
+            label = f"{merging['strategy']}: what went into each of its {merging['visual_tokens_kept']} tokens"
+    elif focus == "seeds" and out.get("random_seeds"):
+        s = out["random_seeds"]
+        counts = [0] * (grid[0] * grid[1])
+        for kept in s["kept"]:
+            for p in kept:
+                counts[p] += 1
+        image = heat_overlay(view, counts, grid, label=f"seeds that kept the patch (of {s['n']})", vmax=s["n"],
+                             numbers=True)
+        label = f"random's {s['n']} seeds: how often each patch was kept"
     if focus == "shares":
         fig = plots.attention_shares_figure(results)
     elif focus == "seeds" and out.get("random_seeds"):
         s = out["random_seeds"]
-        fig = go.Figure(go.Bar(x=[f"seed {x}" for x in s["seeds"]], y=[1 if _norm(a) == _norm(s["truth"]["answer"] or s["none_answer"])
-                                                                       else 0 for a in s["answers"]],
+        reference = s["truth"]["answer"] or s["none_answer"]
+        fig = go.Figure(go.Bar(x=[f"seed {x}" for x in s["seeds"]],
+                               y=[1 if _norm(a) == _norm(reference) else 0 for a in s["answers"]],
                                marker_color=strategy_color("random"), text=s["answers"], textposition="outside"))
         fig.update_layout(xaxis_title="random's seed", yaxis={"title": "answer right (1 = yes)", "range": [0, 1.4],
                                                                "tickvals": [0, 1]})
-        fig = _axes_finish(fig, f"random at {s['keep']} tokens: {s['correct']} of {s['n']} seeds right",
+        right = s["correct"] if s["correct"] is not None else s["same_as_none"]
+        fig = _axes_finish(fig, f"random at {s['keep']} tokens: {right} of {s['n']} seeds right",
                            "each bar one seed's answer", 360)
     else:
         fig = plots.tokens_alive_figure(results)
-    return image, fig
+    return image, label, fig
 
 
 __all__ = ["build_tabs", "how_it_works", "grid_image", "heat_overlay", "selection_image", "probe_figure", "film_curve_figure",

@@ -121,9 +121,10 @@ LESSONS = [
      "example": "example-2-count.png", "question": "How many objects are there?", "strategies": ["vtc-cls", "random"],
      "keep": 24, "params": {}, "focus": "cls",
      "text": "The heatmap is the vision encoder's [CLS] attention at the layer that feeds the LLM, drawn over the "
-             "image before any question is read: its bright cells sit on the objects. vtc-cls keeps those 24 "
-             "patches, every one on an object (its card counts them), where random's 24 are mostly background. Yet "
-             "here vtc-cls counts wrong: knowing where the objects are is not keeping what a count needs."},
+             "image before any question is read: its bright cells sit on objects, if unevenly. vtc-cls keeps the 24 "
+             "patches [CLS] ranks highest, every one on an object and some on each of the four (its card counts "
+             "them), where random's 24 are mostly background. Yet here vtc-cls counts wrong: knowing where the "
+             "objects are is not keeping what a count needs."},
     {"id": "fastv-vs-before", "title": "FastV at layer 2 vs pruning before the LLM",
      "example": "example-1-small-colour.png", "question": "What colour is the triangle?",
      "strategies": ["fastv", "vtc-cls", "random"], "keep": 18, "params": {}, "focus": "tokens",

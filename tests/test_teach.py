@@ -143,6 +143,7 @@ def test_lesson_shows_what_it_says(scope, lesson):
     results = {r["strategy"]: r for r in out["results"]}
     if lesson == "cls-knows":  # "its 24 kept patches all lie on objects; random's mostly do not"
         assert results["vtc-cls"]["scene_objects"]["kept_on_objects"] == 24
+        assert results["vtc-cls"]["scene_objects"]["with_kept_patch"] == 4
         assert results["random"]["scene_objects"]["kept_on_objects"] < 12
     if lesson == "fastv-vs-before":
         assert results["fastv"]["image_tokens_per_layer"][:3] == [144, 144, 18]
