@@ -200,8 +200,9 @@ def _axes_finish(fig: go.Figure, title: str, subtitle: str = "", height: int = 4
     fig.update_layout(template="plotly_white", height=height, dragmode=False, font={"size": 12},
                       title={"text": title + (f"<br><span style='font-size:11px;color:#555'>{subtitle}</span>"
                                               if subtitle else ""), "x": 0.01, "xanchor": "left", "font": {"size": 15}},
-                      margin={"l": 64, "r": 20, "t": 70 if subtitle else 50, "b": 60},
-                      legend={"orientation": "h", "y": -0.25, "x": 0, "font": {"size": 11}},
+                      margin={"l": 64, "r": 20, "t": 80 if subtitle else 56, "b": 110},
+                      legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0,
+                              "font": {"size": 11}},
                       modebar={"remove": plots.MODEBAR_REMOVE})
     return fig
 
@@ -210,7 +211,7 @@ def probe_figure(probe: dict) -> go.Figure:
     """Two panels for the probed patch: the attention [CLS] pays it in each ViT layer (the feature layer marked), and
     the attention the answer's queries pay it in each LLM layer, one line per strategy (a gap where the strategy
     no longer has the patch)."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2,  # stacked: legible on a phone
                         subplot_titles=("from [CLS], per ViT layer", "from the answer, per LLM layer"))
     if probe.get("cls_received"):
         layers = list(range(len(probe["cls_received"])))
@@ -224,14 +225,14 @@ def probe_figure(probe: dict) -> go.Figure:
     for name, values in probe["llm_received"].items():
         fig.add_trace(go.Scatter(x=list(range(len(values))), y=values, mode="lines+markers", name=name,
                                  connectgaps=False, **trace_style(name, size=7),
-                                 hovertemplate=f"{name}, LLM layer %{{x}}: %{{y:.2%}}<extra></extra>"), 1, 2)
+                                 hovertemplate=f"{name}, LLM layer %{{x}}: %{{y:.2%}}<extra></extra>"), 2, 1)
     fig.update_xaxes(title_text="ViT layer (0 = first)", dtick=1, row=1, col=1)
-    fig.update_xaxes(title_text="LLM layer (0 = first)", dtick=1, row=1, col=2)
+    fig.update_xaxes(title_text="LLM layer (0 = first)", dtick=1, row=2, col=1)
     fig.update_yaxes(title_text="attention received (% of the row)", tickformat=".1%", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="attention received (% of the row)", tickformat=".1%", rangemode="tozero", row=1, col=2)
+    fig.update_yaxes(title_text="attention received (% of the row)", tickformat=".1%", rangemode="tozero", row=2, col=1)
     fig.update_annotations(font_size=12)
     return _axes_finish(fig, f"How much attention patch {probe['patch']} receives",
-                        f"row {probe['row']}, column {probe['col']}; dashed: an even share (1 / patches)", 430)
+                        f"row {probe['row']}, column {probe['col']}; dashed: an even share (1 / patches)", 620)
 
 
 def film_curve_figure(film: dict) -> go.Figure:
@@ -266,13 +267,13 @@ def jaccard_figure(agreement: dict) -> go.Figure:
     fig.update_xaxes(title_text="strategy (kept set)", tickangle=-30)
     fig.update_yaxes(title_text="strategy (kept set)", autorange="reversed")
     return _axes_finish(fig, "Where methods agree: shared kept tokens",
-                        "|A ∩ B| / |A ∪ B| of the patches each keeps to the LLM's last layer", 420)
+                        "|A ∩ B| / |A ∪ B| of the kept patches", 420)
 
 
 def position_figure(agreement: dict) -> go.Figure:
     """Where each strategy's kept tokens lie: a row histogram and a column histogram (counts), one line per
     strategy, the grid's middle dotted."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2,  # stacked: legible on a phone
                         subplot_titles=("per patch row (0 = top)", "per patch column (0 = left)"))
     for name in agreement["strategies"]:
         pos = agreement["positions"][name]
@@ -282,16 +283,16 @@ def position_figure(agreement: dict) -> go.Figure:
                                  hovertemplate=f"{name}: row %{{x}}, %{{y}} kept<extra></extra>"), 1, 1)
         fig.add_trace(go.Scatter(x=list(range(len(pos["cols"]))), y=pos["cols"], mode="lines+markers", name=name,
                                  legendgroup=name, showlegend=False, **style,
-                                 hovertemplate=f"{name}: column %{{x}}, %{{y}} kept<extra></extra>"), 1, 2)
+                                 hovertemplate=f"{name}: column %{{x}}, %{{y}} kept<extra></extra>"), 2, 1)
     rows, cols = agreement["grid"]
     fig.add_vline(x=(rows - 1) / 2, line_dash="dot", line_color="#999", row=1, col=1)
-    fig.add_vline(x=(cols - 1) / 2, line_dash="dot", line_color="#999", row=1, col=2)
+    fig.add_vline(x=(cols - 1) / 2, line_dash="dot", line_color="#999", row=2, col=1)
     fig.update_xaxes(title_text="patch row", dtick=max(1, rows // 6), row=1, col=1)
-    fig.update_xaxes(title_text="patch column", dtick=max(1, cols // 6), row=1, col=2)
+    fig.update_xaxes(title_text="patch column", dtick=max(1, cols // 6), row=2, col=1)
     fig.update_yaxes(title_text="kept tokens (count)", rangemode="tozero")
     fig.update_annotations(font_size=12)
     return _axes_finish(fig, "Position bias: where the kept tokens lie",
-                        "dotted: the grid's middle; late positions = bottom rows", 420)
+                        "dotted: the grid's middle; late positions = bottom rows", 600)
 
 
 def band_figure(band: dict):
@@ -370,7 +371,7 @@ def film_strip_html(film: dict) -> str:
             tag = "<div style='font-size:10px;color:%s'>breaks here</div>" % WRONG if f["keep"] == broke else ""
             cells.append(f"<td style='padding:2px 4px;text-align:center;vertical-align:top'>"
                          f"<img src='{thumb}' alt='{html.escape(name)} at {f['keep']} tokens' "
-                         f"style='width:{THUMB}px;height:{THUMB}px;border:{border};border-radius:4px;display:block'>"
+                         f"style='width:{THUMB}px;height:{THUMB}px;max-width:none;border:{border};border-radius:4px;display:block'>"
                          f"<div style='font-size:11px;max-width:{THUMB}px;overflow-wrap:anywhere'>"
                          f"{_answer_cell(f['answer'], f['right'])}</div>{tag}</td>")
         body.append(f"<tr><th style='padding:2px 6px;text-align:left;white-space:nowrap'>{swatch_html(name)}</th>"
@@ -394,7 +395,7 @@ def seeds_html(seeds: dict) -> str:
         thumb = data_uri(overlays.overlay(seeds["view"], {"grid": seeds["grid"], "kept": kept, "kept_final": kept},
                                           THUMB))
         cells.append(f"<td style='padding:2px 4px;text-align:center'><img src='{thumb}' alt='random seed {seed}' "
-                     f"style='width:{THUMB}px;height:{THUMB}px;border-radius:4px;display:block'>"
+                     f"style='width:{THUMB}px;height:{THUMB}px;max-width:none;border-radius:4px;display:block'>"
                      f"<div style='font-size:11px'>seed {seed}: {_answer_cell(answer, right)}</div></td>")
     if judge_truth:
         summary = (f"random ({seeds['keep']} tokens) answered right with <b>{seeds['correct']} of {seeds['n']}</b> "
@@ -419,6 +420,10 @@ def cards_html(view: np.ndarray, results: list[dict], size: int = 192) -> str:
                    f"{r['image_tokens_per_layer'][-1]} in its last layer; prefill {format_flops(r['tflops']['prefill'])}")
         if r.get("speedup") is not None and r["strategy"] != "none":
             details += f"; {r['speedup']:.2f}x time to first token vs none"
+        objs = r.get("scene_objects")
+        if objs and r["strategy"] != "none":
+            details += (f"; {objs['with_kept_patch']} of {objs['objects']} objects keep a patch, "
+                        f"{objs['kept_on_objects']} of {objs['kept']} kept patches on an object")
         cards.append(f"<div style='border:1px solid #ccc;border-radius:8px;padding:6px;width:{size + 12}px;"
                      f"flex:none'><div style='font-weight:600'>{swatch_html(r['strategy'])}</div>"
                      f"<img src='{pic}' alt='{html.escape(r['strategy'])} overlay' style='width:{size}px;"
@@ -1005,15 +1010,14 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
             b = run_band(chosen, budgets, n, seeds, m, progress_of(progress))
         except ValueError as e:
             return {band_msg: warn(e)}
-        return {band_msg: f"{b['n']} held-out questions, random over {b['seeds']} seeds.",
-                band_plot: plot_value(band_figure(b))}
+        return {band_msg: "", band_plot: plot_value(band_figure(b))}
 
     def page_export(img, q, chosen, k, m, results, film, agreement, progress=gr.Progress()):
         try:
             path = run_export(img, q, chosen, k, m, results, film, agreement, progress)
         except ValueError as e:
             return {export_msg: warn(e)}
-        return {export_msg: "Saved: download it below.", export_file: path}
+        return {export_msg: "", export_file: path}
 
     def page_lesson(index):
         def run(m):
