@@ -63,6 +63,10 @@ STRATEGIES = {
                   "most like theirs, and become their own feature plus the mean of that group. Look at the overlay's "
                   "large tinted groups (one per contextual token) around the dominant patches, and for the one "
                   "patch that stands for the [CLS] token, the first one neither dominant nor a target."),
+    "manual": ("no paper: the Teach tab's hand-picked set", "Keeps exactly the patches you give it (paint them on "
+               "the Teach tab, or type indices such as 3, 4, 17 in its parameter). Use it to test a hypothesis: "
+               "keep only the object the question names, or only the background, and see whether the answer "
+               "survives."),
     "vispruner": ("VisPruner (ICCV 2025) and its authors' code", "Keeps half the budget as the patches the vision "
                   "encoder's [CLS] token attends to most, then fills the other half from the rest by repeatedly "
                   "dropping near-duplicates (the tokens most similar to another remaining one, up to 8 per round). "
