@@ -62,6 +62,7 @@ LABELS = {
     "important_ratio": "r: share of the budget kept by [CLS] attention (the rest: diverse tokens)",
     "per_round": "near-duplicates dropped per round, at most (the authors' 8)",
     "order": "token order between merge rounds (tome: ToMe's code; spatial: row-major)",
+    "patches": "patches to keep, row-major indices (e.g. 3, 4, 17; empty: the first budget patches)",
 }
 # Longer explanations of parameters whose effect depends on others, keyed (strategy, parameter).
 HELP = {("fastv", "ratio"): "Used only when given: fastv then drops this share of its image tokens at layer K, and the "
