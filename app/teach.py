@@ -973,8 +973,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         manual = h["results"][-1]
         body = cards_html(h["view"], h["results"])
         if results:
-            body += ("<p style='margin:8px 0 2px'><b>Beside the strategies of your last comparison</b> (Compare tab, "
-                     "same image?) :</p>" + cards_html(h["view"], results, 144))
+            body += ("<p style='margin:8px 0 2px'><b>Beside the strategies of your last comparison</b> (the Compare "
+                     "tab's cards, drawn on this image):</p>" + cards_html(h["view"], results, 144))
         head = (f"<p style='margin:4px 0'>The model received exactly these <b>{len(manual['kept'])}</b> patches: "
                 f"{html.escape(', '.join(map(str, manual['kept'])))}.</p>")
         return {hand_msg: "", hand_out: head + body}
