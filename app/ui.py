@@ -3,30 +3,100 @@
 ``build(scope, examples)`` takes a loaded ``pruning.compare.Scope`` (made by ``app.py``, the composition
 root) and a list of examples ``{"image": path, "question": text, ...}``. Nothing here imports torch or
 computes what the library computes: it formats, draws and lays out.
+
+How the Compare tab streams (and why it is built this way). Gradio 6's page does not mount a component created
+with ``visible=False``: it is loaded when it first becomes visible, and updates sent to it (or to its children)
+before then wait in a buffer that its registration reads; and an update of a container's ``visible`` reads every
+child's current value back into the page's tree, concurrently with the other updates of the same message (one
+message's outputs are applied with ``Promise.all``). A streamed message that both revealed a card and gave its
+image, answer and cost therefore raced with itself: some cards never appeared, others lost their image, and the
+status still said "Done". So here nothing on the Compare tab changes its ``visible`` (or any other property) while a comparison streams:
+
+- every card slot, the results box and the look-inside box are created visible, so they are mounted with the
+  page; what shows follows what there is (``CSS``): a card slot shows while its title has a heading, the results
+  box while a card does, the look-inside box while it holds a drawn plot, the KL plot and IVTP's words while they
+  hold something;
+- a comparison's first message gives each of its slots a "waiting" title (the others an empty one), so all of
+  its cards are laid out at once (no reflow as they arrive); each result then sends only values: the card's
+  answer, overlay and cost, the table, the status line;
+- a yield leaves out what it does not change (a skip), never re-sends it.
+
+Refused input (``ValueError`` from the library, which checks everything before it runs anything) is shown beside
+the input it names and in the status line; the results on the page stay. The JSON API (``/compare``,
+``/compare_stream``) still raises, so a program gets the message in its exception.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
+import html
 import json
+import logging
 import tempfile
 
 import gradio as gr
+from gradio.components.plot import PlotData
 
 from . import about, overlays, plots, teach
+from .colors import swatch_html
+from .units import bytes_unit, flops_unit, format_bytes, format_flops
 
 CSS = """
-.ps-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 8px !important;}
+.ps-intro p {margin: 0 0 4px 0;}
+.ps-toy {background: #fff7e0; border-left: 4px solid #f0a500; padding: 6px 10px; border-radius: 4px; color: #222;}
+.ps-toy .ps-short {display: none;}
 .ps-legend {display: flex; flex-wrap: wrap; gap: 6px 16px; font-size: 0.85em; margin: 4px 0;}
 .ps-legend-item {display: inline-flex; align-items: center; gap: 6px;}
 .ps-swatch {display: inline-block; width: 18px; height: 14px; border: 1px solid #888; border-radius: 2px;}
-.ps-toy {background: #fff7e0; border-left: 4px solid #f0a500; padding: 6px 10px; border-radius: 4px; color: #222;}
 .ps-differs {color: #c0392b; font-weight: 600;}
+/* what shows follows what there is: nothing on the Compare tab changes its visibility while a comparison streams
+   (the module docstring says why) */
+.ps-card:not(:has(.ps-card-title h3)) {display: none !important;}
+#ps-results:not(:has(.ps-card-title h3)) {display: none !important;}
+#ps-inside:not(:has(.js-plotly-plot)) {display: none !important;}
+#ps-plot-kl:not(:has(.js-plotly-plot)) {display: none !important;}
+#ps-relevance-box:not(:has(.ps-relevance-note p)) {display: none !important;}
+#ps-placeholder:not(:has(p)) {display: none !important;}
+/* a message beside an input: takes no room while empty */
+.ps-field-msg:not(:has(p)) {display: none !important;}
+.ps-field-msg p {color: #b42318; font-weight: 600; margin: 0;}
+#ps-status p {margin: 0;}
+/* the cards: a fixed grid, every slot of a run laid out when the run starts */
+#ps-cards {display: grid !important; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 12px;
+           align-items: start;}
+#ps-cards > .ps-card {min-width: 0 !important; width: auto !important; margin: 0 !important;}
+.ps-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 8px !important;}
+.ps-card-title h3 {margin: 0 0 2px 0;}
+.ps-card-waiting {color: #777;}
+/* the comparison table: scrolls sideways inside its box, strategy column pinned, headers wrap */
+.ps-table-wrap {overflow-x: auto; max-width: 100%; border: 1px solid var(--border-color-primary); border-radius: 8px;}
+table.ps-table {border-collapse: collapse; width: 100%; font-size: 0.86em; font-variant-numeric: tabular-nums;}
+table.ps-table th, table.ps-table td {padding: 4px 8px; border-bottom: 1px solid var(--border-color-primary);
+                                      text-align: right; white-space: nowrap;}
+table.ps-table th {white-space: normal; vertical-align: bottom; font-weight: 600; min-width: 4.5em; max-width: 8em;
+                   background: var(--background-fill-secondary);}
+table.ps-table th small {display: block; font-weight: 400; color: #666;}
+table.ps-table th:first-child, table.ps-table td:first-child {text-align: left; position: sticky; left: 0;
+                                                              background: var(--background-fill-primary); z-index: 1;}
+table.ps-table th:first-child {background: var(--background-fill-secondary);}
+table.ps-table .ps-text {text-align: left;}
+.ps-table-caption {font-size: 0.85em; color: #555; margin: 4px 0 8px 0;}
+@media (max-width: 640px) {
+  .ps-intro .ps-steps {display: none;}
+  .ps-toy .ps-long {display: none;}
+  .ps-toy .ps-short {display: inline;}
+  .ps-toy {padding: 4px 8px; font-size: 0.9em;}
+  .ps-intro h1 {font-size: 1.5em; margin: 0;}
+  #ps-cards {grid-template-columns: 1fr;}
+  .js-plotly-plot .modebar-container {display: none !important;}
+}
 """
 
-TABLE_HEADERS = ["strategy", "visual tokens into LLM", "in last layer", "vision ms", "prefill ms", "ms / decoded token",
-                 "total ms", "TFLOPs", "KV cache MB", "speedup (measured)", "speedup (TFLOPs)", "same answer as none"]
+PLOT_CONFIG = {"displaylogo": False, "scrollZoom": False}
+PLACEHOLDER = ("_Results appear here after **Compare**: one card per strategy (its answer, and the image with the "
+               "patches it discarded masked), a table of what each cost, then plots of what happens inside the "
+               "model._")
+WAITING = "waiting…"
 
 
 def undecoded(image: gr.Image) -> gr.Image:
@@ -76,10 +146,31 @@ def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
 
 # ------------------------------------------------------------------ formatting (plain values -> text)
 
+def plot_value(fig):
+    """A plotly figure as ``gr.Plot``'s value, with the page's plotly config (no plotly logo, no scroll zoom: a page
+    scrolls past a plot); None stays None (an empty plot)."""
+    if fig is None:
+        return None
+    spec = json.loads(fig.to_json())
+    spec["config"] = {**spec.get("config", {}), **PLOT_CONFIG}
+    return PlotData(type="plotly", plot=json.dumps(spec))
+
+
+def run_order(chosen) -> list[str]:
+    """The strategies a comparison runs, in the order its results come: none (the reference) first, then the chosen
+    ones, each once."""
+    return ["none", *[s for s in dict.fromkeys(chosen or []) if s != "none"]]
+
+
 def card_title(r: dict) -> str:
     differs = "" if r["same_as_none"] else " <span class='ps-differs'>≠ unpruned answer</span>"
     differs += teach.truth_mark(r)  # ✓ / ✗ against the scene's answer, when known (app/teach.py)
-    return f"### {r['strategy']}\n**Answer:** {r['answer'] or '(empty)'}{differs}"
+    return f"### {swatch_html(r['strategy'])}\n**Answer:** {html.escape(r['answer'] or '(empty)')}{differs}"
+
+
+def card_waiting(name: str) -> str:
+    """A card's title while its strategy waits or runs: the slot is laid out, the answer not there yet."""
+    return f"### {swatch_html(name)}\n<span class='ps-card-waiting'>{WAITING}</span>"
 
 
 def card_details(r: dict) -> str:
@@ -87,7 +178,9 @@ def card_details(r: dict) -> str:
     stats = (f"{r['visual_tokens_kept']} of {r['visual_tokens']} visual tokens enter the LLM, "
              f"{r['image_tokens_per_layer'][-1]} reach its last layer  \n"
              f"prefill {t['prefill_ms']:.1f} ms · {t['decode_ms_per_token']:.2f} ms per decoded token · "
-             f"**{r['speedup']:.2f}x** vs none (TFLOPs predict {r['speedup_predicted']:.2f}x)")
+             f"{format_flops(r['tflops']['prefill'])} prefill  \n"
+             + ("the reference the speedups are measured against" if r["strategy"] == "none" else
+                f"**{r['speedup']:.2f}x** vs none, measured (FLOPs predict {r['speedup_predicted']:.2f}x)"))
     if r.get("notes"):
         stats += "  \n_" + "; ".join(r["notes"]) + "_"
     extra = teach.card_lines(r)  # ground truth, random's seeds (app/teach.py)
@@ -96,15 +189,70 @@ def card_details(r: dict) -> str:
     return stats
 
 
-def table_rows(results: list[dict]) -> list[list]:
-    rows = []
-    for r in results:
-        t = r["timings"]
-        rows.append([r["strategy"], r["visual_tokens_kept"], r["image_tokens_per_layer"][-1], round(t["vision_ms"], 2),
-                     round(t["prefill_ms"], 2), round(t["decode_ms_per_token"], 2), round(t["total_ms"], 2),
-                     float(f"{r['tflops']['total']:.4g}"), round(r["kv_cache_bytes"] / 2**20, 4),
-                     round(r["speedup"], 2), round(r["speedup_predicted"], 2), "yes" if r["same_as_none"] else "no"])
-    return rows
+def _yes_no(r: dict, ctx: dict) -> str:
+    return "yes" if r["same_as_none"] else "<span class='ps-differs'>no</span>"
+
+
+# The comparison table, one column per entry: (header, unit line under it, cell from (result, context), text-aligned).
+# ``context`` holds what a whole column shares (one FLOPs unit, one bytes unit). A new column is one more entry.
+TABLE_COLUMNS = [
+    ("strategy", "", lambda r, c: swatch_html(r["strategy"]), True),
+    ("answer", "", lambda r, c: html.escape(r["answer"] or "(empty)"), True),
+    ("same as none", "", _yes_no, True),
+    ("visual tokens", "into the LLM", lambda r, c: str(r["visual_tokens_kept"]), False),
+    ("in last layer", "tokens", lambda r, c: str(r["image_tokens_per_layer"][-1]), False),
+    ("vision", "ms", lambda r, c: f"{r['timings']['vision_ms']:.1f}", False),
+    ("prefill", "ms", lambda r, c: f"{r['timings']['prefill_ms']:.1f}", False),
+    ("decode", "ms / token", lambda r, c: f"{r['timings']['decode_ms_per_token']:.2f}", False),
+    ("total", "ms", lambda r, c: f"{r['timings']['total_ms']:.1f}", False),
+    ("compute", "prefill", lambda r, c: format_flops(r["tflops"]["prefill"], unit=c["flops"]), False),
+    ("KV cache", "", lambda r, c: format_bytes(r["kv_cache_bytes"], unit=c["bytes"]), False),
+    ("speedup", "measured", lambda r, c: f"{r['speedup']:.2f}x", False),
+    ("speedup", "FLOPs predict", lambda r, c: f"{r['speedup_predicted']:.2f}x", False),
+]
+TABLE_HEADERS = [h if not u else f"{h} ({u})" for h, u, _, _ in TABLE_COLUMNS]
+
+
+def table_html(results: list[dict], columns=TABLE_COLUMNS) -> str:
+    """The comparison table as HTML: one row per finished strategy, a unit line under each header, numbers in one
+    unit per column; it scrolls sideways inside its box where the page is narrower than the table."""
+    ctx = {"flops": flops_unit([r["tflops"]["prefill"] for r in results]) if results else None,
+           "bytes": bytes_unit([r["kv_cache_bytes"] for r in results]) if results else None}
+    head = "".join(f"<th{' class=ps-text' if text else ''}>{h}{f'<small>{u}</small>' if u else ''}</th>"
+                   for h, u, _, text in columns)
+    body = "".join("<tr>" + "".join(f"<td{' class=ps-text' if text else ''}>{cell(r, ctx)}</td>"
+                                    for _, _, cell, text in columns) + "</tr>" for r in results)
+    if not results:
+        body = f"<tr><td class='ps-text' colspan='{len(columns)}'>{WAITING}</td></tr>"
+    return (f"<div class='ps-table-wrap'><table class='ps-table'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def table_caption(results: list[dict]) -> str:
+    repeats = next((r.get("repeats") for r in results if r.get("repeats")), None)
+    runs = f"median of {repeats} runs after a warm-up" if repeats else "median of the timed runs after a warm-up"
+    return (f"<p class='ps-table-caption'>Timings: {runs}, on a machine that may be busy with other visitors. "
+            "Speedup: time to first token (vision + prefill) of none over the strategy's; FLOPs predict: the same "
+            "ratio of prefill compute.</p>")
+
+
+def refused_input(message: str) -> str:
+    """Which input a library refusal names: ``image``, ``question``, ``model`` or ``settings`` (the strategies,
+    the budget and the strategies' parameters). The library's messages start with the value they refuse
+    (docs/robustness.md)."""
+    m = message.strip().lower()
+    if m.startswith(("no image", "image ", "image '", "cannot read image")):
+        return "image"
+    if m.startswith("question"):
+        return "question"
+    if m.startswith(("model", "cannot load")) or "allow-list" in m:
+        return "model"
+    return "settings"
+
+
+def refusal_status(message: str, had_results: bool) -> str:
+    kept = " The results below are still those of the previous comparison." if had_results else ""
+    return f"**Not run:** {message}.{kept}".replace("..", ".")
 
 
 def budget_words(keep: int | float | None, n_patches: int, grid: list[int]) -> str:
@@ -166,29 +314,34 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
     with gr.Blocks(title="PruneScope: visual-token pruning, side by side", analytics_enabled=False) as demo:
         results_state = gr.State([])
         grid_state = gr.State([n_patches, grid])  # the picked model's patch count and grid
-        gr.Markdown("# PruneScope\nCompare training-free visual-token pruning strategies on one image and one "
-                    "question: what each keeps, what it answers, where attention goes and what it costs.  \n"
-                    "**1.** Pick an example (or upload an image) and a question. **2.** Choose strategies and a "
-                    "budget. **3.** Press **Compare**. Then drag the budget slider and watch patches disappear "
-                    "and answers change.")
+        gr.HTML("<div class='ps-intro'><h1>PruneScope</h1><p>Compare training-free visual-token pruning strategies "
+                "on one image and one question: what each keeps, what it answers, where attention goes and what "
+                "it costs.</p><p class='ps-steps'><b>1.</b> Pick an example (or upload an image) and a question. "
+                "<b>2.</b> Choose strategies and a budget. <b>3.</b> Press <b>Compare</b>. Then drag the budget "
+                "slider and watch patches disappear and answers change.</p></div>", padding=False)
         if info["embedded"]:
-            gr.HTML("<div class='ps-toy'><b>The model here is a toy.</b> It knows only coloured shapes on grey "
-                    "backgrounds (ask about colour, shape, count, existence, left/right, above/below, as in the "
-                    "examples). On photos or other questions its answers are meaningless. See <i>How it works</i>."
-                    "</div>")
+            gr.HTML("<div class='ps-toy'><span class='ps-long'><b>The model here is a toy.</b> It knows only "
+                    "coloured shapes on grey backgrounds (ask about colour, shape, count, existence, left/right, "
+                    "above/below, as in the examples). On photos or other questions its answers are meaningless. "
+                    "See <i>How it works</i>.</span><span class='ps-short'><b>A toy model:</b> it knows only "
+                    "coloured shapes on grey (see <i>How it works</i>).</span></div>", padding=False)
         else:
             gr.Markdown(f"Model: `{info['model']}` on {info['device']}")
-        model_choice = gr.Dropdown([(pool.label(m), m) for m in pool.names], value=pool.default, label="Model (this host's allow-list)",
-                                   visible=len(pool.names) > 1, elem_id="ps-model")
-        model_status = gr.Markdown("")
+        model_choice = gr.Dropdown([(pool.label(m), m) for m in pool.names], value=pool.default,
+                                   label="Model (this host's allow-list)", visible=len(pool.names) > 1,
+                                   elem_id="ps-model")
+        model_status = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-model-msg")
         with gr.Tabs():
             # -------------------------------------------------------- Compare
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
                         image = undecoded(gr.Image(value=first["image"], type="filepath", label="Image",
-                                                   sources=["upload", "clipboard"], height=260, elem_id="ps-image"))
+                                                   sources=["upload", "clipboard"], height=230, elem_id="ps-image"))
+                        image_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-image-msg")
                         question = gr.Textbox(value=first["question"], label="Question", elem_id="ps-question")
+                        question_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-question-msg")
+                        run = gr.Button("Compare", variant="primary", elem_id="ps-run")
                         if examples:
                             gr.Examples([[e["image"], e["question"]] for e in examples], [image, question],
                                         label="Examples: held-out scenes the model never saw (click one, then Compare)")
@@ -199,52 +352,56 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         keep = gr.Slider(1, n_patches, value=default_keep, step=1, elem_id="ps-keep",
                                          label="Budget: visual tokens kept (release to re-run)")
                         keep_words = gr.Markdown(budget_words(default_keep, n_patches, grid))
-                        max_new = gr.Slider(1, 64, value=8, step=1, label="Max new tokens")
-                        with gr.Accordion("Strategy parameters (the papers' defaults)", open=False):
+                        max_new = gr.Slider(1, 64, value=8, step=1, label="Max new tokens", elem_id="ps-max-new")
+                        with gr.Accordion("Strategy parameters (the papers' defaults)", open=False, elem_id="ps-params"):
                             param_inputs, param_keys = [], []
                             for name in names:
                                 if not controls[name]:
                                     continue
-                                with gr.Accordion(name, open=False):
+                                with gr.Accordion(name, open=False, elem_id=f"ps-params-{name}"):
                                     for c in controls[name]:
                                         param_inputs.append(_control(c, name, info))
                                         param_keys.append((name, c["name"], c["kind"], c["default"]))
                                     if name == "vtw":
+                                        # no minimum here: the library refuses eta <= 0 in its own words, shown
+                                        # beside these settings (a widget bound would be an error on every output)
                                         eta = gr.Number(value=0.003, label="eta: KL threshold for choosing K "
-                                                        "(Algorithm 1; the KL plot)", minimum=1e-9)
-                        run = gr.Button("Compare", variant="primary", elem_id="ps-run")
+                                                        "(Algorithm 1; the KL plot)", elem_id="ps-eta")
+                        settings_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-settings-msg")
                 status = gr.Markdown("", elem_id="ps-status")
-                gr.HTML(overlays.legend_html())
-                cards = []
-                with gr.Row(equal_height=False, elem_id="ps-cards"):
-                    for i in range(len(names)):
-                        with gr.Column(visible=False, min_width=240, elem_classes="ps-card",
-                                       elem_id=f"ps-card-{i}") as col:
-                            title = gr.Markdown(elem_classes="ps-card-title")
-                            picture = gr.Image(type="pil", show_label=False, interactive=False, height=240,
-                                               elem_classes="ps-overlay", buttons=["download"])
-                            details = gr.Markdown()
-                        cards.append((col, title, picture, details))
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Comparison (timings: median of 3 runs after "
-                                     "a warm-up, on a machine that may be busy with other visitors; speedup = "
-                                     "time to first token of none / of the strategy)",
-                                     interactive=False, elem_id="ps-table")
-                gr.Markdown("## Look inside")
-                with gr.Row():
-                    tokens_plot = gr.Plot(label="Visual tokens per LLM layer", elem_id="ps-plot-tokens")
-                    shares_plot = gr.Plot(label="Attention share per LLM layer", elem_id="ps-plot-shares")
-                with gr.Row():
-                    with gr.Column():
-                        heat_choice = gr.Dropdown(["none"], value="none", label="LLM attention heatmap of")
-                        llm_heat = gr.Plot(label="LLM attention over the patches", elem_id="ps-plot-llm")
-                    cls_heat = gr.Plot(label="[CLS] attention over the patches", elem_id="ps-plot-cls")
-                consistency_plot = gr.Plot(label="VTC-CLS Fig. 2 for this image and question",
-                                           elem_id="ps-plot-consistency")
-                with gr.Row():
-                    kl_plot = gr.Plot(label="VTW: KL vs withdrawal layer", visible=False, elem_id="ps-plot-kl")
-                    relevance = gr.HighlightedText(label="IVTP: question words tinted by CLIP-text relevance "
-                                                   "(eq. 5-7; words >= tau build the scoring query)",
-                                                   visible=False, elem_id="ps-relevance")
+                placeholder = gr.Markdown(PLACEHOLDER, elem_id="ps-placeholder")
+                with gr.Column(elem_id="ps-results"):
+                    gr.HTML(overlays.legend_html(), padding=False)
+                    cards = []
+                    with gr.Row(equal_height=False, elem_id="ps-cards"):
+                        for i in range(len(names)):
+                            with gr.Column(min_width=240, elem_classes="ps-card", elem_id=f"ps-card-{i}"):
+                                title = gr.Markdown(elem_classes="ps-card-title")
+                                picture = gr.Image(type="pil", show_label=False, interactive=False, height=240,
+                                                   elem_classes="ps-overlay", buttons=["download"])
+                                details = gr.Markdown(elem_classes="ps-card-details")
+                            cards.append((title, picture, details))
+                    gr.Markdown("### What each strategy cost")
+                    table = gr.HTML(table_html([]), elem_id="ps-table", padding=False)
+                    table_note = gr.HTML(table_caption([]), padding=False)
+                with gr.Column(elem_id="ps-inside"):
+                    gr.Markdown("## Look inside")
+                    with gr.Row():
+                        tokens_plot = gr.Plot(show_label=False, elem_id="ps-plot-tokens", min_width=300)
+                        shares_plot = gr.Plot(show_label=False, elem_id="ps-plot-shares", min_width=300)
+                    with gr.Row():
+                        with gr.Column(min_width=300):
+                            heat_choice = gr.Dropdown(["none"], value="none", label="LLM attention heatmap of",
+                                                      elem_id="ps-heat-choice")
+                            llm_heat = gr.Plot(show_label=False, elem_id="ps-plot-llm")
+                        cls_heat = gr.Plot(show_label=False, elem_id="ps-plot-cls", min_width=300)
+                    consistency_plot = gr.Plot(show_label=False, elem_id="ps-plot-consistency")
+                    with gr.Row():
+                        kl_plot = gr.Plot(show_label=False, elem_id="ps-plot-kl", min_width=300)
+                        with gr.Column(elem_id="ps-relevance-box", min_width=300):
+                            relevance = gr.HighlightedText(label="IVTP: question words tinted by CLIP-text relevance",
+                                                           elem_id="ps-relevance")
+                            relevance_note = gr.Markdown("", elem_classes="ps-relevance-note")
 
             # -------------------------------------------------------- Sweep
             with gr.Tab("Sweep", id="sweep"):
@@ -274,10 +431,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                       open=False, elem_id="ps-speed"):
                         gr.Markdown(speed_caption(speed_report))
                         with gr.Row():
-                            gr.Plot(plots.speed_figure(speed_report, "prefill"), label="Prefill speedup",
+                            gr.Plot(plot_value(plots.speed_figure(speed_report, "prefill")), label="Prefill speedup",
                                     elem_id="ps-plot-speed-prefill")
-                            gr.Plot(plots.speed_figure(speed_report, "ttft"), label="Time-to-first-token speedup",
-                                    elem_id="ps-plot-speed-ttft")
+                            gr.Plot(plot_value(plots.speed_figure(speed_report, "ttft")),
+                                    label="Time-to-first-token speedup", elem_id="ps-plot-speed-ttft")
 
             # -------------------------------------------------------- Teach and Lessons (app/teach.py)
             teach.build_tabs(pool, info, {"image": image, "question": question, "strategies": strategies,
@@ -289,70 +446,133 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 gr.Markdown(about.strategies_markdown(names))
                 gr.Markdown(about.model_card_markdown(info, scope.model_card()))
 
-        # hidden inputs of the JSON API (same library call, no drawing)
+        # hidden inputs of the JSON API (same library calls, no drawing)
         with gr.Column(visible=False):
             api_image = undecoded(gr.Image(type="filepath", label="image"))
             api_question = gr.Textbox(label="question")
             api_params = gr.JSON(value={}, label="params: {strategy: {parameter: value}}")
             api_out = gr.JSON()
+            api_eta = gr.Number(value=0.003, label="eta", minimum=1e-9)
 
         # ------------------------------------------------------------ callbacks
         card_outputs = [x for card in cards for x in card]
-        plot_outputs = [tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, heat_choice]
-        all_outputs = [status, table, results_state, *card_outputs, *plot_outputs]
+        plot_outputs = [tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance,
+                        relevance_note, heat_choice]
+        messages = {"image": image_msg, "question": question_msg, "settings": settings_msg, "model": model_status}
+        all_outputs = [status, table, results_state, table_note, placeholder, *messages.values(), *card_outputs,
+                       *plot_outputs]
 
         def collect_params(values) -> dict:
             """Only what the visitor changed: a parameter left at its default keeps the strategy's own rule
             (e.g. vtc-cls's positions follow its stage)."""
             out: dict = {}
             for (name, key, kind, default), value in zip(param_keys, values):
+                if isinstance(value, str) and kind != "text":
+                    value = value.strip()
                 if value is None or value == "" or value == default:
                     continue
                 if kind == "int":
-                    value = int(value)
+                    try:
+                        value = int(value) if not isinstance(value, str) else int(value, 10)
+                    except ValueError:
+                        raise ValueError(f"{name} {key}={value!r}: expected a whole number (empty: the strategy's "
+                                         "default)") from None
                 out.setdefault(name, {})[key] = value
             return out
 
-        def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
-                        request: gr.Request, *values, progress=gr.Progress()):
-            forget_skipped_outputs(demo, request)
-            params = collect_params(values)
-            results: list[dict] = []
-            view = None
+        def whole(value):
+            """A slider's float (8.0) as the int it stands for; anything else as given (the library checks it)."""
+            return int(value) if isinstance(value, float) and value.is_integer() else value
+
+        def stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
+                           values, in_page: bool, had_results: bool):
+            """The Compare tab's messages for one comparison: values only (the module docstring says why).
+            ``in_page``: a refusal becomes a message beside the input it names and in the status line, and the
+            page keeps its results; else (the API) it raises."""
+            def refuse(e: ValueError):
+                if not in_page:
+                    raise gr.Error(str(e), print_exception=False) from e
+                message = str(e)
+                target = refused_input(message)
+                return {status: refusal_status(message, had_results),
+                        **{m: (f"⚠ {message}" if key == target else "") for key, m in messages.items()}}
+
+            order = run_order(chosen)
+            total = len(order)
             try:
-                stream = pool.get(model_name).compare_stream(image_path, question_text, chosen or [], int(keep_value), params,
-                                              max_new_tokens=int(max_new_tokens), eta=float(eta_value or 0.003))
-                total = 1 + len([s for s in dict.fromkeys(chosen or []) if s != "none"])
-                progress(0, desc="preparing the image")
+                stream = pool.get(model_name).compare_stream(
+                    image_path, question_text, chosen or [], whole(keep_value), collect_params(values),
+                    max_new_tokens=whole(max_new_tokens), eta=0.003 if eta_value is None else float(eta_value))
+                view = next(stream)["view"]  # the library checks the whole request before its first event
+            except ValueError as e:
+                yield refuse(e)
+                return
+            # every slot of this run laid out at once, waiting; the others empty (hidden by CSS)
+            names_ = order + [None] * (len(cards) - total)
+            yield {status: f"Running none, the unpruned reference (1 of {total})...", placeholder: "",
+                   table: table_html([]), **{m: "" for m in messages.values()},
+                   **{x: v for (title, picture, details), name in zip(cards, names_)
+                      for x, v in ((title, card_waiting(name) if name else ""), (picture, None), (details, ""))}}
+            results: list[dict] = []
+            try:
                 for event in stream:
-                    if event["kind"] == "view":
-                        view = event["view"]
-                        # cards this run will not fill disappear; the others stay until overwritten (no flicker
-                        # when the budget slider re-runs the comparison)
-                        yield {status: "Running none (the reference)...",
-                               **{c[0]: gr.update(visible=False) for c in cards[total:]}}
-                        continue
                     if event["kind"] == "result":
                         r = event["result"]
                         results.append(r)
-                        i = len(results) - 1
-                        col, title, picture, details = cards[i]
-                        progress(len(results) / (total + 1), desc=f"{r['strategy']} done")
-                        nxt = f"{len(results)} of {total} done; running the next..." if len(results) < total else \
-                            "All strategies done; computing the look-inside analyses..."
-                        yield {status: nxt, col: gr.update(visible=True), title: card_title(r),
-                               picture: overlays.overlay(view, r), details: card_details(r),
-                               table: table_rows(results), results_state: results}
-                        continue
-                    yield {status: f"Done: {len(results)} strategies on a {grid[0]}x{grid[1]} grid.",
-                           **_inspect_updates(event, results, info, tokens_plot, shares_plot, llm_heat, cls_heat,
-                                              consistency_plot, kl_plot, relevance, heat_choice)}
-            except ValueError as e:
-                raise gr.Error(str(e), print_exception=False) from e
+                        title, picture, details = cards[len(results) - 1]
+                        done = len(results)
+                        nxt = (f"{done} of {total} done; running {order[done]}..." if done < total else
+                               f"All strategies done ({total} of {total}); drawing the look-inside plots...")
+                        yield {status: nxt, title: card_title(r), picture: overlays.overlay(view, r),
+                               details: card_details(r), table: table_html(results), table_note: table_caption(results),
+                               results_state: list(results)}
+                    elif event["kind"] == "inspect":
+                        values_ = _inspect_updates(event, results, info, tokens_plot, shares_plot, llm_heat,
+                                                   cls_heat, consistency_plot, kl_plot, relevance, relevance_note,
+                                                   heat_choice)
+                        # the table again: a program calling /compare_stream gets the last message's values
+                        yield {status: f"Done: {len(results)} strategies on a {grid[0]}x{grid[1]} grid, budget "
+                                       f"{whole(keep_value)} of {n_patches} visual tokens.", table: table_html(results),
+                               **values_}
+            except ValueError as e:  # refused after it started (the library checks first, so rarely)
+                if not in_page:
+                    raise gr.Error(str(e), print_exception=False) from e
+                yield {status: f"**Stopped after {len(results)} of {total}:** {e}"}
+
+        def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
+                        results, request: gr.Request, *values):
+            forget_skipped_outputs(demo, request)
+            yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
+                                      model_name, values, in_page=True, had_results=bool(results))
+
+        def api_compare_stream(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
+                               request: gr.Request, *values):
+            """What the Compare button shows, streamed; a refused request raises (its message names the value)."""
+            forget_skipped_outputs(demo, request)
+            yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
+                                      model_name, values, in_page=False, had_results=False)
+
+        cleared = [status, results_state, placeholder, table, *messages.values(), *card_outputs, tokens_plot,
+                   shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, relevance_note]
+
+        def clear_results():
+            """A new image: the results of the old one go (and a comparison still running for it stops)."""
+            return {status: "New image: press **Compare** to compare the strategies on it.", results_state: [],
+                    placeholder: PLACEHOLDER, table: table_html([]), **{m: "" for m in messages.values()},
+                    **{x: v for title, picture, details in cards for x, v in ((title, ""), (picture, None),
+                                                                               (details, ""))},
+                    **{x: None for x in (tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot,
+                                         relevance)}, relevance_note: ""}
+
+        def question_changed(results):
+            if not results:
+                return {question_msg: ""}
+            return {status: "The question changed: press **Compare** to answer it (the results below answer the "
+                            "previous question).", question_msg: ""}
 
         def redraw_heatmap(results, name):
             chosen = next((r for r in results if r["strategy"] == name), None)
-            return plots.llm_attention_figure(chosen) if chosen and chosen.get("trace") else None
+            return plot_value(plots.llm_attention_figure(chosen)) if chosen and chosen.get("trace") else None
 
         def api_compare(image, question, strategies, keep, max_new_tokens, params, model):
             """Compare strategies on one image and question; returns one dict per strategy (none first)."""
@@ -379,14 +599,14 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
             fig_budget, fig_tflops = plots.sweep_figures(rows)
-            return (f"{int(n)} questions x {len(rows)} configurations.", fig_budget, fig_tflops, sweep_table(rows),
-                    sweep_csv(rows))
+            return (f"{int(n)} questions x {len(rows)} configurations.", plot_value(fig_budget), plot_value(fig_tflops),
+                    sweep_table(rows), sweep_csv(rows))
 
         def switch_model(model_name, keep_value):
             try:
                 picked = pool.get(model_name).info()
             except ValueError as e:
-                raise gr.Error(str(e), print_exception=False) from e
+                return gr.skip(), gr.skip(), f"⚠ {e}"
             n = picked["n_patches"]
             return (gr.update(maximum=n, value=min(int(keep_value), n)), [n, picked["grid"]],
                     f"Loaded `{model_name}`: {picked['grid'][0]}x{picked['grid'][1]} patches, "
@@ -394,14 +614,22 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
         model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status], api_visibility="private",
                             concurrency_id="model")
-        compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, *param_inputs]
-        run.click(run_compare, compare_inputs, all_outputs, api_name="compare_stream", concurrency_id="model",
-                  scroll_to_output=True)
-        keep.release(run_compare, compare_inputs, all_outputs, api_visibility="undocumented", concurrency_id="model",
-                     trigger_mode="always_last")
+        compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, results_state, *param_inputs]
+        in_page = dict(concurrency_id="model", show_progress="minimal", show_progress_on=[status],
+                       api_visibility="private")
+        click = run.click(run_compare, compare_inputs, all_outputs, scroll_to_output=True, **in_page)
+        release = keep.release(run_compare, compare_inputs, all_outputs, trigger_mode="always_last", **in_page)
+        image.change(clear_results, None, cleared, queue=False, show_progress="hidden", api_visibility="private",
+                     cancels=[click, release])
+        question.input(question_changed, [results_state], [status, question_msg], queue=False,
+                       show_progress="hidden", api_visibility="private")
         keep.change(lambda k, g: budget_words(k, *g), [keep, grid_state], keep_words, queue=False, show_progress="hidden",
                     api_visibility="private")
         heat_choice.change(redraw_heatmap, [results_state, heat_choice], llm_heat, api_visibility="private")
+        api_stream_button = gr.Button(visible=False)
+        api_stream_button.click(api_compare_stream, [image, question, strategies, keep, max_new, api_eta, model_choice,
+                                                     *param_inputs], all_outputs, api_name="compare_stream",
+                                concurrency_id="model", show_progress="hidden")
         api_button = gr.Button(visible=False)
         api_button.click(api_compare, [api_image, api_question, strategies, keep, max_new, api_params, model_choice],
                          api_out,
@@ -422,29 +650,32 @@ def _control(c: dict, strategy: str, info: dict):
         return gr.Textbox(value=c["default"], label=label)
     if c["kind"] == "float":
         return gr.Number(value=c["default"], label=label)
-    if c["name"] == "layer" and c["default"] is None:
-        label += f" (empty: the strategy's default for {info['llm_layers']} layers)"
     if c["name"] == "layer":
         label += f"; 1..{info['llm_layers'] - 1}"
+    if c["default"] is None:
+        # a text box, not a gr.Number: an empty Number shows (and sends) 0 once its accordion is opened, which the
+        # library then refused ("layer=0") for every visitor who only looked at the parameters
+        return gr.Textbox(value="", label=label, placeholder=f"empty: the strategy's default for "
+                          f"{info['llm_layers']} LLM layers")
     return gr.Number(value=c["default"], label=label, precision=0)
 
 
 def _inspect_updates(event: dict, results: list[dict], info: dict, tokens_plot, shares_plot, llm_heat, cls_heat,
-                     consistency_plot, kl_plot, relevance, heat_choice) -> dict:
+                     consistency_plot, kl_plot, relevance, relevance_note, heat_choice) -> dict:
+    """The look-inside plots of one comparison, values only (what has none is emptied, and its CSS hides it)."""
     names = [r["strategy"] for r in results]
     default = next((n for n in names if n != "none"), "none")
     chosen = results[names.index(default)]
-    out = {tokens_plot: plots.tokens_alive_figure(results), shares_plot: plots.attention_shares_figure(results),
-           llm_heat: plots.llm_attention_figure(chosen), heat_choice: gr.update(choices=names, value=default)}
-    out[cls_heat] = (plots.cls_attention_figure(event["cls_attention"], info["grid"], info["feature_layer"])
+    out = {tokens_plot: plot_value(plots.tokens_alive_figure(results)),
+           shares_plot: plot_value(plots.attention_shares_figure(results)),
+           llm_heat: plot_value(plots.llm_attention_figure(chosen)), heat_choice: gr.update(choices=names, value=default)}
+    out[cls_heat] = (plot_value(plots.cls_attention_figure(event["cls_attention"], info["grid"], info["feature_layer"]))
                      if event["cls_attention"] is not None else None)
-    out[consistency_plot] = plots.consistency_figure(event["consistency"]) if event["consistency"] else None
-    kl = event.get("vtw_kl")
-    out[kl_plot] = gr.update(visible=kl is not None, value=plots.vtw_kl_figure(kl) if kl else None)
-    rel = event.get("ivtp_relevance")
-    label = None
-    if rel is not None:
-        label = ("IVTP: question words tinted by CLIP-text relevance (eq. 5-7); words with relevance >= tau = "
-                 f"{rel['tau']} build the scoring query" + (f". {rel['note']}" if rel.get("note") else ""))
-    out[relevance] = gr.update(visible=rel is not None, value=relevance_value(rel), label=label)
+    out[consistency_plot] = plot_value(plots.consistency_figure(event["consistency"])) if event["consistency"] else None
+    kl, rel = event.get("vtw_kl"), event.get("ivtp_relevance")
+    out[kl_plot] = plot_value(plots.vtw_kl_figure(kl)) if kl else None
+    out[relevance] = relevance_value(rel)
+    out[relevance_note] = ("" if rel is None else
+                           f"Relevance of each question word to the image (eq. 5-7); the words with relevance >= tau = "
+                           f"{rel['tau']} build the scoring query." + (f" {rel['note']}" if rel.get("note") else ""))
     return out

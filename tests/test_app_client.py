@@ -11,6 +11,7 @@ import math
 import pytest
 from gradio_client import Client, handle_file
 
+from app import ui
 from pruning.compare import Scope
 from pruning.strategies import available
 
@@ -159,3 +160,70 @@ def test_app_equals_library(three, example):
     for key in ("strategy", "answer", "kept", "kept_final", "visual_tokens_kept", "image_tokens_per_layer",
                 "merge_groups", "params"):
         assert [r[key] for r in three] == [r[key] for r in direct], key
+
+
+def _stream_api(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/compare_stream"]
+    return {p["parameter_name"]: None for p in api["parameters"] if not p["parameter_has_default"]}
+
+
+def test_compare_stream_refuses_with_the_message_and_then_answers(client, example):
+    """``/compare_stream`` (what the Compare button shows, for a program) raises on a refused request, with the
+    library's message; the next request streams to the end: status "Done", the table lists every strategy."""
+    unset = _stream_api(client)
+    with pytest.raises(Exception) as info:
+        client.predict(image_path=handle_file(example["image"]), question_text="  ", chosen=["fastv"],
+                       keep_value=KEEP, max_new_tokens=2, api_name="/compare_stream", **unset)
+    assert "question is empty" in str(info.value)
+    out = client.predict(image_path=handle_file(example["image"]), question_text=example["question"],
+                         chosen=["vtc-cls", "fastv"], keep_value=KEEP, max_new_tokens=2, api_name="/compare_stream",
+                         **unset)
+    status, table = out[0], out[1]
+    assert status.startswith("Done: 3 strategies"), status
+    assert all(f">{name}</span>" in table for name in ["none", "vtc-cls", "fastv"]), "one table row per strategy"
+
+
+def _page_compare(app_server):
+    """The Compare button's own function (not an API endpoint) and its default inputs, to read its messages."""
+    block_fn = next(f for f in app_server.demo.fns.values() if getattr(f.fn, "__name__", "") == "run_compare")
+    return block_fn, [c.value for c in block_fn.inputs]
+
+
+def test_the_compare_button_streams_values_only(app_server, example):
+    """The cause of issue 23's missing cards: Gradio 6's page reads a container's children back when the
+    container's ``visible`` (or another property) changes, concurrently with the values of the same message, and
+    mounts a component created invisible only later. So the Compare button's messages never change a property:
+    no update in them carries anything but a value (or a dropdown's choices); every card slot of the run gets its
+    "waiting" title in the first message, the other slots an empty one."""
+    block_fn, defaults = _page_compare(app_server)
+    ids = [getattr(c, "elem_id", None) for c in block_fn.inputs]
+    inputs = list(defaults)
+    inputs[ids.index("ps-image")], inputs[ids.index("ps-strategies")] = example["image"], ["vtw", "ivtp"]
+    inputs[ids.index("ps-max-new")] = 2
+    messages = list(block_fn.fn(*inputs[:8], None, *inputs[8:]))
+    assert len(messages) >= 5, "laid out, one per strategy, done"
+    for message in messages:
+        for component, value in message.items():
+            if isinstance(value, dict) and value.get("__type__") == "update":
+                assert set(value) <= {"__type__", "value", "choices"}, f"{component}: a property changes: {value}"
+    first = messages[0]
+    titles = [v for c, v in first.items() if "ps-card-title" in (c.elem_classes or [])]
+    assert len(titles) == len(ui.run_order(available())), "every slot is given a title"
+    assert [bool(t) for t in titles].count(True) == 3 and all(ui.WAITING in t for t in titles if t)
+    status = next(c for c in messages[-1] if getattr(c, "elem_id", None) == "ps-status")
+    assert messages[-1][status].startswith("Done: 3 strategies")
+
+
+def test_a_refused_comparison_touches_only_the_status_and_the_messages(app_server, example):
+    """An empty question: one message, the status and the message beside the question; no card, table or plot
+    is touched, so the earlier results stay on the page."""
+    block_fn, defaults = _page_compare(app_server)
+    ids = [getattr(c, "elem_id", None) for c in block_fn.inputs]
+    inputs = list(defaults)
+    inputs[ids.index("ps-image")], inputs[ids.index("ps-question")] = example["image"], "   "
+    messages = list(block_fn.fn(*inputs[:8], None, *inputs[8:]))
+    assert len(messages) == 1
+    touched = {getattr(c, "elem_id", None): v for c, v in messages[0].items()}
+    assert set(touched) == {"ps-status", "ps-image-msg", "ps-question-msg", "ps-settings-msg", "ps-model-msg"}, touched
+    assert touched["ps-status"].startswith("**Not run:** question is empty")
+    assert "question is empty" in touched["ps-question-msg"] and touched["ps-image-msg"] == ""
