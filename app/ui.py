@@ -126,7 +126,7 @@ def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
     a value, the copy is registered in the session's config under its own id, holding the value (plots, images).
     Each streamed comparison would add ~18 such entries (~0.3 MB) to the session, kept until an hour after it
     closes. They are never looked up by a page (which knows the components by their original ids), so they are
-    dropped before each run. Does nothing where Gradio's internals differ."""
+    dropped before each run and once its last message has gone. Does nothing where Gradio's internals differ."""
     try:
         state = demo.state_holder.session_data.get(request.session_hash) if request is not None else None
         if state is None:
@@ -341,7 +341,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         image_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-image-msg")
                         question = gr.Textbox(value=first["question"], label="Question", elem_id="ps-question")
                         question_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-question-msg")
+                        # right under the question: on a phone the first screen holds image, question and Compare
                         run = gr.Button("Compare", variant="primary", elem_id="ps-run")
+                        # the one progress text, where the eye is after a click (the results come below)
+                        status = gr.Markdown("", elem_id="ps-status")
                         if examples:
                             gr.Examples([[e["image"], e["question"]] for e in examples], [image, question],
                                         label="Examples: held-out scenes the model never saw (click one, then Compare)")
@@ -368,7 +371,6 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                         eta = gr.Number(value=0.003, label="eta: KL threshold for choosing K "
                                                         "(Algorithm 1; the KL plot)", elem_id="ps-eta")
                         settings_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-settings-msg")
-                status = gr.Markdown("", elem_id="ps-status")
                 placeholder = gr.Markdown(PLACEHOLDER, elem_id="ps-placeholder")
                 with gr.Column(elem_id="ps-results"):
                     gr.HTML(overlays.legend_html(), padding=False)
@@ -509,7 +511,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 return
             # every slot of this run laid out at once, waiting; the others empty (hidden by CSS)
             names_ = order + [None] * (len(cards) - total)
-            yield {status: f"Running none, the unpruned reference (1 of {total})...", placeholder: "",
+            yield {status: f"Running none, the unpruned reference (1 of {total})... The cards fill in below.",
+                   placeholder: "",
                    table: table_html([]), **{m: "" for m in messages.values()},
                    **{x: v for (title, picture, details), name in zip(cards, names_)
                       for x, v in ((title, card_waiting(name) if name else ""), (picture, None), (details, ""))}}
@@ -521,7 +524,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         results.append(r)
                         title, picture, details = cards[len(results) - 1]
                         done = len(results)
-                        nxt = (f"{done} of {total} done; running {order[done]}..." if done < total else
+                        nxt = (f"{done} of {total} done; running {order[done]}... The cards fill in below."
+                               if done < total else
                                f"All strategies done ({total} of {total}); drawing the look-inside plots...")
                         yield {status: nxt, title: card_title(r), picture: overlays.overlay(view, r),
                                details: card_details(r), table: table_html(results), table_note: table_caption(results),
@@ -532,7 +536,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                                    heat_choice)
                         # the table again: a program calling /compare_stream gets the last message's values
                         yield {status: f"Done: {len(results)} strategies on a {grid[0]}x{grid[1]} grid, budget "
-                                       f"{whole(keep_value)} of {n_patches} visual tokens.", table: table_html(results),
+                                       f"{whole(keep_value)} of {n_patches} visual tokens: cards, table and "
+                                       "plots below.", table: table_html(results),
                                **values_}
             except ValueError as e:  # refused after it started (the library checks first, so rarely)
                 if not in_page:
@@ -544,6 +549,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             forget_skipped_outputs(demo, request)
             yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
                                       model_name, values, in_page=True, had_results=bool(results))
+            # this runs once the last message has gone: its skips' copies are of no further use (every slot is
+            # skipped by most messages, so a run leaves one copy of nearly every output)
+            forget_skipped_outputs(demo, request)
 
         def api_compare_stream(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
                                request: gr.Request, *values):
@@ -551,6 +559,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             forget_skipped_outputs(demo, request)
             yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
                                       model_name, values, in_page=False, had_results=False)
+            forget_skipped_outputs(demo, request)  # as in run_compare
 
         cleared = [status, results_state, placeholder, table, *messages.values(), *card_outputs, tokens_plot,
                    shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, relevance_note]
