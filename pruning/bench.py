@@ -104,11 +104,12 @@ def parse_budgets(spec: str, n_patches: int) -> list[int]:
 
 def configs(strategies: str, budgets: list[int], position_variants: bool = True,
             seed: int | None = None) -> list[tuple[str, dict]]:
-    """(label, strategy params) rows: every selection strategy at every budget; FastV at every budget;
+    """(label, strategy params) rows: every selection strategy at every budget (``all``: every registered one but
+    ``manual``, whose patches a person picks); FastV at every budget;
     VTW once (it keeps no budget); with ``position_variants``, random and every before-LLM strategy whose default is
     contiguous positions in both position modes (``_other_positions``). ``seed``
     (None: each strategy's default) is given to the strategies whose rule draws random numbers (``SEEDED``)."""
-    names = [s for s in available() if s != "none"] if strategies == "all" else [s.strip() for s in strategies.split(",")]
+    names = [s for s in available() if s not in ("none", "manual")] if strategies == "all" else [s.strip() for s in strategies.split(",")]
     rows = [("none", {"name": "none"})]
     for name in names:
         if name == "none":

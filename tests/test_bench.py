@@ -66,6 +66,7 @@ def test_budgets_and_configs():
     assert {"cdpruner (keep)", "divprune (keep)", "visionzip (keep)", "vispruner (keep)"} <= set(
         label for label, _ in configs("all", [8]))
     assert not any(label.startswith(("fastv (", "dart (", "tome (")) for label, _ in configs("all", [8]))
+    assert "manual" not in {p["name"] for _, p in configs("all", [8])}  # a person picks its patches
     with pytest.raises(ValueError, match="unknown strategy"):
         configs("vtc-cls,nope", [10])
 
