@@ -282,9 +282,10 @@ def sweep_csv(rows: list[dict]) -> str:
 
 
 def sweep_table(rows: list[dict]) -> list[list]:
+    unit = flops_unit([r["prefill_tflops"] for r in rows])  # one unit for the column
     return [[r.get("label", r["name"]), "all" if r["params"].get("keep") is None else r["params"]["keep"],
              f"{r['accuracy']:.1%}", round(r["tokens_entering_llm"], 1), round(r["tokens_last_layer"], 1),
-             f"{r['prefill_tflops']:.3g}", round(r["prefill_ms"], 2)] for r in rows]
+             format_flops(r["prefill_tflops"], unit=unit), round(r["prefill_ms"], 2)] for r in rows]
 
 
 # ------------------------------------------------------------------ the Blocks
@@ -422,21 +423,22 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 sweep_run = gr.Button("Run sweep", variant="primary", elem_id="ps-sweep-run")
                 sweep_status = gr.Markdown("", elem_id="ps-sweep-status")
                 with gr.Row():
-                    sweep_budget_plot = gr.Plot(label="Accuracy vs budget", elem_id="ps-plot-sweep-budget")
-                    sweep_tflops_plot = gr.Plot(label="Accuracy vs TFLOPs (with the Pareto front)",
-                                                elem_id="ps-plot-sweep-tflops")
+                    # the figures carry their own titles (a label badge would sit over them)
+                    sweep_budget_plot = gr.Plot(show_label=False, elem_id="ps-plot-sweep-budget", min_width=300)
+                    sweep_tflops_plot = gr.Plot(show_label=False, elem_id="ps-plot-sweep-tflops", min_width=300)
                 sweep_df = gr.Dataframe(headers=["strategy", "keep", "accuracy", "tokens into LLM", "tokens last layer",
-                                                 "prefill TFLOPs", "prefill ms"], interactive=False)
+                                                 "prefill compute", "prefill ms"], interactive=False)
                 sweep_file = gr.File(label="Download the table (CSV)")
                 if speed_report is not None:
                     with gr.Accordion("Measured speed on LLaVA-1.5-7B's widths: speedup against budget",
                                       open=False, elem_id="ps-speed"):
                         gr.Markdown(speed_caption(speed_report))
                         with gr.Row():
-                            gr.Plot(plot_value(plots.speed_figure(speed_report, "prefill")), label="Prefill speedup",
+                            gr.Plot(plot_value(plots.speed_figure(speed_report, "prefill")), show_label=False,
+                                    min_width=300,
                                     elem_id="ps-plot-speed-prefill")
                             gr.Plot(plot_value(plots.speed_figure(speed_report, "ttft")),
-                                    label="Time-to-first-token speedup", elem_id="ps-plot-speed-ttft")
+                                    show_label=False, min_width=300, elem_id="ps-plot-speed-ttft")
 
             # -------------------------------------------------------- Teach and Lessons (app/teach.py)
             teach.build_tabs(pool, info, {"image": image, "question": question, "strategies": strategies,
