@@ -77,6 +77,7 @@ def pick(page, names):
         page.click("#ps-strategies .remove-all")
     combo = page.locator("#ps-strategies input[role=combobox]")
     for name in names:
+        combo.blur()  # a click on a combobox that kept the focus (after Escape) does not open its list
         combo.click()
         combo.fill(name)
         page.wait_for_selector(f"#ps-strategies li[role=option][aria-label='{name}']")
@@ -95,9 +96,16 @@ def offered(page) -> list[str]:
 
 
 def set_number(page, selector: str, value):
+    """Type a number into a box and press Enter; again if the box was still being mounted (a component in an
+    accordion just opened gets its initial value after it appears, over what was typed)."""
     box = page.locator(selector)
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(200)
+        if float(box.input_value() or "nan") == float(value):
+            return
+    raise AssertionError(f"{selector} does not keep {value}: {box.input_value()!r}")
 
 
 CARD_COMPLETE = """(i) => {
