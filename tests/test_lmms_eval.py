@@ -335,7 +335,7 @@ def test_bad_model_args_fail_through_lmms_eval(task_dir, lmms_env, tmp_path):
     proc = run([sys.executable, *lmms_command("strategy=nope,keep=36", "prunescope_shapes", task_dir, tmp_path)],
                lmms_env)
     said = proc.stdout + proc.stderr
-    assert "unknown strategy 'nope'; valid strategies: evit, fastv," in said
+    assert "unknown strategy 'nope'; valid strategies: cdpruner, dart, divprune, evit, fastv," in said
     assert not list(tmp_path.rglob("*_results.json"))
 
 
