@@ -2,6 +2,7 @@
 in-process on a free port (``app_server``, for the app tests)."""
 
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,3 +66,37 @@ def app_server():
     main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", port=port, demo=demo, examples=main.load_examples())
     demo.close()
+
+
+# ------------------------------------------------------------------ the browser tests (Debian's chromium via Playwright)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if path is None:
+        pytest.fail("Chromium is not installed: the browser tests drive Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install chromium; .ci/run installs it). Playwright's own browser download is not used.")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright for Python is not installed: pip install --no-deps -r requirements-dev.txt")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where a browser test writes its screenshots: ``$PRUNESCOPE_SCREENSHOTS`` when set, else the test's tmp_path."""
+    directory = Path(os.environ.get("PRUNESCOPE_SCREENSHOTS") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

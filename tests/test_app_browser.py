@@ -12,45 +12,13 @@ the table fits (issue 23: cards went missing while the status said "Done"). Refu
 width. Screenshots go to ``$PRUNESCOPE_SCREENSHOTS`` when set, else to the test's tmp_path.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 THREE = ["vtc-cls", "fastv", "tome"]
 PLOTS = ["ps-plot-tokens", "ps-plot-shares", "ps-plot-llm", "ps-plot-cls", "ps-plot-consistency"]
 TIMEOUT_MS = 120_000  # a shared 2-core machine runs other work besides; a run takes a few seconds
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if path is None:
-        pytest.fail("Chromium is not installed: the browser test drives Debian's chromium at /usr/bin/chromium "
-                    "(apt-get install chromium; .ci/run installs it). Playwright's own browser download is not used.")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_path()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright for Python is not installed: pip install -r requirements-dev.txt")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def shots(tmp_path) -> Path:
-    directory = Path(os.environ.get("PRUNESCOPE_SCREENSHOTS") or tmp_path)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def tokens(page) -> list[str]:

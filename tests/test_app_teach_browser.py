@@ -5,35 +5,7 @@ a phone-sized screen. Screenshots (1400 px and 390 px wide) go to ``$PRUNESCOPE_
 the test's tmp_path.
 """
 
-import os
-import shutil
-from pathlib import Path
-
-import pytest
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 120_000  # a shared 2-core machine runs other work besides
-
-
-@pytest.fixture(scope="module")
-def browser():
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if path is None:
-        pytest.fail("Chromium is not installed: the browser tests drive Debian's chromium at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def shots(tmp_path) -> Path:
-    directory = Path(os.environ.get("PRUNESCOPE_SCREENSHOTS") or tmp_path)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def open_tab(page, name: str):

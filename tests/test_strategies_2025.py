@@ -330,7 +330,7 @@ def test_cdpruner_clip_text_depends_on_the_question():
     assert not torch.allclose(texts[0], texts[1], atol=1e-3) and kept[0] != kept[1]
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", NEW + ["visionzip", "vispruner"])
 def test_2025_lmms_eval_plugin(name):
     """lmms-eval's prunescope model: generate_until answers as the bench does, and loglikelihood, with the same
     strategy, scores that answer as what greedy decoding produces."""

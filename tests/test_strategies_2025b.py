@@ -13,8 +13,9 @@ from pruning.strategies.vispruner import remove_duplicates
 from pruning.strategies.visionzip import contextual_count
 
 from .conftest import QUESTIONS
+from .test_strategies_2025 import _embedded_engine
 
-NEW = ["visionzip", "vispruner"]
+NEW = ["visionzip", "vispruner"]  # through lmms-eval: tests/test_strategies_2025.py covers these too
 
 
 def vctx(features, att, rows, cols, keys=None, cls_feature=None, feature_layer=0):
@@ -312,18 +313,6 @@ def test_2025b_full_budget_reproduces_unpruned_answer(engines, images, name):
     assert r.generated_tokens == ref.generated_tokens
 
 
-_EMBEDDED = {}
-
-
-def _embedded_engine():
-    if "engine" not in _EMBEDDED:
-        from pruning.engine import Engine
-        from pruning.model import DEFAULT_MODEL_DIR, load_model
-
-        _EMBEDDED["engine"] = Engine(load_model(str(DEFAULT_MODEL_DIR), device="cpu"))
-    return _EMBEDDED["engine"]
-
-
 @pytest.mark.parametrize("name", NEW)
 def test_2025b_on_the_embedded_model(name):
     from pruning.shapes import world
@@ -394,29 +383,3 @@ def test_2025b_sweep():
     rows = Scope(threads=torch.get_num_threads()).sweep(NEW, [36], n=5, types=["colour"], progress=False)
     labels = [r["label"] for r in rows]
     assert labels[0] == "none" and all(any(lab.startswith(n) for lab in labels) for n in NEW)
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_2025b_lmms_eval_plugin(name):
-    """lmms-eval's prunescope model answers as the bench does with the same strategy, and scores those answers."""
-    pytest.importorskip("lmms_eval")
-    from lmms_eval.api.instance import Instance
-
-    from pruning.bench import load_samples, sample_record
-    from pruning.integrations.lmms_eval import PruneScopeLMM
-
-    def instance(kind, arguments, i):
-        return Instance(request_type=kind, arguments=arguments, idx=0,
-                        metadata={"task": "t", "doc_id": i, "repeats": 1})
-
-    questions = load_samples("shapes", 3)
-    lm = PruneScopeLMM(threads=torch.get_num_threads(), strategy=name, keep=36)
-    lm.task_dict = {"t": {"test": [{"image": q.image} for q in questions]}}
-    expected = [sample_record(_embedded_engine(), q, get_strategy(name, keep=36))["answer"] for q in questions]
-    gen = lm.generate_until([instance("generate_until", (q.question, {"max_new_tokens": 4}, lambda d: [d["image"]],
-                                                         i, "t", "test"), i) for i, q in enumerate(questions)])
-    assert [g.text if hasattr(g, "text") else g for g in gen] == expected
-    scored = lm.loglikelihood([instance("loglikelihood", (q.question, f" {a}", lambda d: [d["image"]], i, "t",
-                                                          "test"), i)
-                               for i, (q, a) in enumerate(zip(questions, expected))])
-    assert all(o.text[1] for o in scored)
