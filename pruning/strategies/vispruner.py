@@ -30,8 +30,8 @@ Where this differs from the authors' code, and why:
   so it raises (or, at 14 tokens and r = 0.75, returns 13) when fewer than 8 diverse tokens are kept and a round
   reaches R < 16. Here A is ceil(R/2) tokens when R is odd, and a round drops r' = min(8, R - T_div, |A|):
   wherever their code runs it makes the same rounds in the same order (the same tokens as their loop run in
-  float64 with stable sorts, in all 864 of 864 such cases on random 576-patch inputs; in float32 their loop
-  differs in 50 of them, by rounding near-ties), and it returns exactly U tokens at every budget.
+  float64 with stable sorts, in every such case of a scratch run of their code on random 576-patch inputs, not
+  kept in this repository; in float32 their loop differed in some, by rounding near-ties), and it returns exactly U tokens at every budget.
 - Sorting: stable sorts (``argsort(stable=True)``), so equal scores keep their order; the authors' unstable
   ``argsort`` may order ties either way on a GPU (only exact ties differ).
 - Arithmetic: the cosine similarities are computed once, in float64, for every pair of the remaining tokens, and
