@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object")
 
     toy = sub.add_parser("build-toy", help="write a random-init LLaVA checkpoint (for tests and timing)")
-    toy.add_argument("--geometry", default="llava15", choices=["tiny", "llava15", "deep"])
+    toy.add_argument("--geometry", default="llava15", choices=["tiny", "llava15", "deep", "qwen2.5-vl",
+                                                               "llava-onevision"],
+                     help="a LLaVA-1.5 geometry (tiny, llava15, deep) or a tiny checkpoint of another family "
+                          "(qwen2.5-vl, llava-onevision: pruning/toy_families.py)")
     toy.add_argument("--with-clip", action="store_true", help="also write clip/ (a random CLIP text half)")
     toy.add_argument("--out", required=True, help="directory to write")
     toy.add_argument("--seed", type=_positive_int, default=0)
@@ -214,8 +217,15 @@ def _ask(args) -> int:
 
 def _build_toy(args) -> int:
     from .toy import build_random_llava
+    from .toy_families import FAMILIES, build_family
 
-    path = build_random_llava(args.out, args.geometry, seed=args.seed, with_clip=args.with_clip)
+    if args.geometry in FAMILIES:
+        if args.with_clip:
+            print(f"error: --with-clip is for LLaVA-1.5 geometries, not {args.geometry}", file=sys.stderr)
+            return 2
+        path = build_family(args.out, args.geometry, seed=args.seed)
+    else:
+        path = build_random_llava(args.out, args.geometry, seed=args.seed, with_clip=args.with_clip)
     print(path)
     return 0
 

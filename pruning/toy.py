@@ -38,6 +38,21 @@ LLAVA15_CHAT_TEMPLATE = (
 # "</s>" is not id 2: CLIP's text model treats eos_token_id == 2 as its legacy "highest id is EOS" rule.
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "<image>", "</s>"]
 
+# Per family: extra special tokens, EOS, whether a BOS is prepended, and the named tokens the family's stock
+# processor reads from the tokenizer (``tokenizer.image_token`` etc.).
+FAMILY_TOKENS = {
+    "llava": {"extra": [], "eos": "</s>", "bos": True, "named": {"image_token": "<image>"}},
+    "qwen2_5_vl": {
+        "extra": ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+        "eos": "<|im_end|>", "bos": False,
+        "named": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    },
+    "llava_onevision": {
+        "extra": ["<|im_start|>", "<|im_end|>", "<video>"], "eos": "<|im_end|>", "bos": False,
+        "named": {"image_token": "<image>", "video_token": "<video>"},
+    },
+}
+
 # A small corpus so the BPE merges cover ordinary English; the model is random, so any text works.
 _CORPUS = (
     "user assistant what is the colour of the circle square triangle star red green blue yellow "
@@ -105,27 +120,33 @@ def real_width_geometry(name: str, llm_layers: int = 2, vit_layers: int = 4,
     )
 
 
-def build_tokenizer(vocab_size: int, corpus: list[str] | None = None):
+def build_tokenizer(vocab_size: int, corpus: list[str] | None = None, family: str = "llava"):
     """A byte-level BPE tokenizer trained on ``corpus`` (default: a few English words), wrapped as a
-    transformers fast tokenizer with ``<s>`` prepended, ``</s>`` as EOS and ``<image>`` as image token."""
+    transformers fast tokenizer. ``family="llava"``: ``<s>`` prepended, ``</s>`` as EOS, ``<image>`` as image
+    token (LLaVA-1.5's conventions). Other families (``FAMILY_TOKENS``): no BOS, the family's special tokens
+    (Qwen's ``<|im_end|>`` as EOS, ``<|image_pad|>``, InternVL's ``<IMG_CONTEXT>`` ...), named as the family's
+    stock processor looks them up on the tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    spec = FAMILY_TOKENS[family]
+    special = SPECIAL_TOKENS + [t for t in spec["extra"] if t not in SPECIAL_TOKENS]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size, special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(corpus if corpus is not None else [" ".join(_CORPUS)] * 4, trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
-    )
+    if spec["bos"]:
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
+        )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        tokenizer_object=tok, bos_token="<s>" if spec["bos"] else None, eos_token=spec["eos"], unk_token="<unk>",
+        pad_token="<pad>", extra_special_tokens=spec["named"],
     )
 
 

@@ -1,0 +1,129 @@
+"""Tiny random-init checkpoints of the families beyond LLaVA-1.5, built offline in seconds (issue 27).
+
+``build_family(out_dir, family)`` writes what the real checkpoint holds: safetensors weights of the stock model
+class, its config, a tokenizer with the family's special tokens, the family's image processor and processor
+config, and a chat template of the family's form. The processor is the family's stock class saved by
+``pruning.processors.make_image_only`` (no video processor, see that module), so ``processor_config.json`` names
+the stock class and ``pruning.processors.load_processor`` (or, where torchvision is installed, ``AutoProcessor``)
+loads it.
+
+Families (``FAMILIES``):
+- ``qwen2.5-vl``: ``Qwen2_5_VLForConditionalGeneration``. Patch 4, 2x2 PatchMerger, temporal patch 2 (an image is
+  two identical frames, as the stock processor makes it), windowed ViT attention (window 24 px = 3x3 merged units,
+  so windows are padded on grids not a multiple of 3) with full attention in blocks 1 and 3, M-RoPE sections
+  (2, 3, 3) over a head of 16. Dynamic resolution: a 64x80 image becomes 8x10 = 80 tokens, 48x48 becomes 36.
+- ``llava-onevision``: ``LlavaOnevisionForConditionalGeneration``. SigLIP (no [CLS]) at 32 px, patch 8
+  (4x4 = 16 tokens per crop), anyres crops from pinpoints up to 64x96 plus the base image, image-newline tokens,
+  ``vision_feature_select_strategy="full"``, feature layer -1, Qwen2 LLM.
+
+Widths are small (64) and depths 4, as in ``pruning.toy``; the LM head is scaled by 8 so that greedy decoding
+makes decisive choices (parity tests compare real choices, not near-ties).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+VOCAB = 320
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=4096)
+
+
+def _text_ids(tok) -> dict:
+    return dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+
+
+def _qwen25vl(tok):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    patch, merge = 4, 2
+    image_processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=merge, temporal_patch_size=2,
+                                               min_pixels=(patch * merge) ** 2 * 4, max_pixels=128 * 128)
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=patch,
+                           spatial_merge_size=merge, temporal_patch_size=2, window_size=24,
+                           fullatt_block_indexes=[1, 3], out_hidden_size=TEXT["hidden_size"]),
+        text_config=dict(**TEXT, **_text_ids(tok),
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        tie_word_embeddings=False, **ids,
+    )
+    return Qwen2_5_VLForConditionalGeneration, config, image_processor, {}, QWEN_CHAT_TEMPLATE
+
+
+ONEVISION_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64], [32, 96], [96, 32], [64, 96], [96, 64]]
+
+
+def _onevision(tok):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    size, patch = 32, 8
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": size, "width": size},
+                                                      image_grid_pinpoints=ONEVISION_PINPOINTS)
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=4, num_attention_heads=4, image_size=size, patch_size=patch),
+        text_config=dict(model_type="qwen2", **TEXT, **_text_ids(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=ONEVISION_PINPOINTS,
+        tie_word_embeddings=False,
+    )
+    processor_kwargs = dict(num_image_tokens=(size // patch) ** 2, vision_feature_select_strategy="full",
+                            vision_aspect_ratio="anyres_max_9")
+    return LlavaOnevisionForConditionalGeneration, config, image_processor, processor_kwargs, ONEVISION_CHAT_TEMPLATE
+
+
+# CLI name -> (model_type, builder)
+FAMILIES = {"qwen2.5-vl": ("qwen2_5_vl", _qwen25vl), "llava-onevision": ("llava_onevision", _onevision)}
+
+
+def build_family(out_dir: str | Path, family: str, seed: int = 0) -> Path:
+    """Write a tiny random-init checkpoint of ``family`` (a key of ``FAMILIES``) to ``out_dir``; return the path."""
+    import torch
+
+    from .processors import make_image_only
+    from .toy import build_tokenizer
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    model_type, builder = FAMILIES[family]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(VOCAB, family=model_type)
+    model_cls, config, image_processor, processor_kwargs, template = builder(tok)
+    processor = make_image_only(model_type, image_processor, tok, chat_template=template, **processor_kwargs)
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return out
+
+
+__all__ = ["FAMILIES", "build_family"]

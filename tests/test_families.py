@@ -1,0 +1,100 @@
+"""Families beyond LLaVA-1.5 (issue 27): image-only processors without torchvision, tiny checkpoints built offline."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pruning.processors import load_processor
+from pruning.toy_families import build_family
+
+SIZES = [(64, 80), (100, 60), (48, 48), (30, 200)]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: build_family(root / name, name, seed=1) for name in ("qwen2.5-vl", "llava-onevision")}
+
+
+def _prompt(processor):
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+    return processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+
+def _image(h, w):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.RandomState(h * w).randint(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_torchvision_is_not_importable_here():
+    """The premise of the image-only route: if this fails, torchvision arrived and docs/install.md is out of date."""
+    with pytest.raises(ImportError):
+        import torchvision  # noqa: F401
+
+
+def test_saved_processor_names_the_stock_class(family_dirs):
+    for name, stock in (("qwen2.5-vl", "Qwen2_5_VLProcessor"), ("llava-onevision", "LlavaOnevisionProcessor")):
+        saved = json.loads((family_dirs[name] / "processor_config.json").read_text())
+        assert saved["processor_class"] == stock
+        assert "video_processor" not in saved
+
+
+def test_qwen_token_count_is_the_family_formula(family_dirs):
+    """Qwen2.5-VL: smart_resize to multiples of patch x merge (8 px here), then one token per 2x2 merged patches."""
+    from transformers import AutoModelForImageTextToText
+
+    path = family_dirs["qwen2.5-vl"]
+    processor = load_processor(str(path), "qwen2_5_vl")
+    assert not hasattr(processor, "video_processor")
+    model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
+    factor = 8
+    for h, w in SIZES:
+        inputs = processor(images=_image(h, w), text=_prompt(processor), return_tensors="pt")
+        n = int((inputs.input_ids == model.config.image_token_id).sum())
+        rh, rw = round(h / factor) * factor, round(w / factor) * factor
+        if rh * rw < 256:  # min_pixels: scaled up, rounded up (smart_resize)
+            beta = math.sqrt(256 / (h * w))
+            rh, rw = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+        assert n == (rh // factor) * (rw // factor), (h, w)
+        with torch.no_grad():
+            feats = model.model.get_image_features(pixel_values=inputs.pixel_values,
+                                                   image_grid_thw=inputs.image_grid_thw).pooler_output
+        assert sum(f.shape[0] for f in feats) == n
+
+
+def test_onevision_token_count_matches_the_model(family_dirs):
+    """LLaVA-OneVision: the placeholders equal the rows the stock model packs (base + anyres crops + newlines)."""
+    from transformers import AutoModelForImageTextToText
+
+    path = family_dirs["llava-onevision"]
+    processor = load_processor(str(path), "llava_onevision")
+    assert not hasattr(processor, "video_processor")
+    model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
+    counts = set()
+    for h, w in SIZES:
+        inputs = processor(images=_image(h, w), text=_prompt(processor), return_tensors="pt")
+        n = int((inputs.input_ids == model.config.image_token_id).sum())
+        with torch.no_grad():
+            feats = model.model.get_image_features(pixel_values=inputs.pixel_values, image_sizes=inputs.image_sizes,
+                                                   batch_num_images=inputs.batch_num_images).pooler_output
+        assert sum(f.shape[0] for f in feats) == n
+        assert n > 16  # more than the base image's 4x4: crops and newlines are there
+        counts.add(n)
+    assert len(counts) > 1  # the count follows the image's shape
+
+
+def test_build_toy_cli_writes_a_loadable_family(tmp_path):
+    out = tmp_path / "q"
+    done = subprocess.run([sys.executable, "-m", "pruning", "build-toy", "--geometry", "qwen2.5-vl", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_vl"
+    assert (out / "chat_template.jinja").is_file()
+    load_processor(str(out), "qwen2_5_vl")
