@@ -1,18 +1,22 @@
-"""The pruned-generation engine: vision pass, pruning stages, layer-by-layer prefill, decode loop.
+"""The pruned-generation engine: one loop over a model-family adapter (vision pass, pruning stages, layer-by-layer
+prefill, decode).
 
-This is the one file that knows transformers' internals. It drives a stock
-``LlavaForConditionalGeneration`` module by module (vision tower, projector, embeddings, decoder
-layers, norm, LM head) and never patches a class. Batch size 1.
+The engine drives a stock transformers model module by module (embeddings, decoder layers, norm, LM head) and never
+patches a class. What differs between families (the processor call and the image span, the vision pass and where
+scores come from, the projector, the position ids incl. M-RoPE) sits in ``pruning.adapters`` (LLaVA-1.5:
+``adapters/llava.py``; Qwen2.5-VL: ``adapters/qwen.py``); the question's embeddings and IVTP's scoring query, which
+only text-conditioned strategies use, sit in ``pruning.text_inputs``. Batch size 1.
 
 Data flow for one request::
 
-    image, question ── processor ──> pixel_values, input_ids (one <image> id per visual token)
-    vision_pass:   vision tower -> patch features at vision_feature_layer (N, Dv)
-                   + the [CLS] query's attention row at every ViT layer (L_v, H_v, N), from forward hooks
-                     on q_proj / k_proj that detach themselves (no eager attention needed)
-    stage before:  strategy.select_before_llm -> kept patch indices (or merged features), spatial order
-    embeddings:    [prefix text | projector(kept features) | question text], position_ids
-                   ("keep": original positions; "rearrange": contiguous)
+    image, question ── adapter.prepare ──> pixel inputs, input_ids (one placeholder id per visual token),
+                   the family's position ids of the full prompt (P, S): P = 1, or 3 for M-RoPE
+    vision_pass:   adapter.vision_pass -> the features that become the LLM's image rows (N, D?)
+                   + what strategies score with (LLaVA: the [CLS] query's attention row at every ViT layer,
+                     from forward hooks on q_proj / k_proj that detach themselves; no eager attention needed)
+    stage before:  strategy.select_before_llm -> kept token indices (or merged features), spatial order
+    embeddings:    [prefix text | adapter.project(kept features) | question text], position ids
+                   ("keep": each kept row's own ids; "rearrange": contiguous)
     prefill:       decoder layers one by one with a DynamicCache; at layer k a stage-"llm" strategy drops
                    image rows (hidden states, positions and hence rotary cos/sin shrink; layers < k keep
                    their full cache). The last prompt token's attention row at layer k-1 is computed
@@ -27,31 +31,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from . import cost
+from . import cost, text_inputs
+from .adapters.base import Prepared, check_indices
+from .adapters.base import attention_module_fns as _attention_module_fns
+from .adapters.llava import record_cls_attention  # noqa: F401  (re-exported: benchmarks and tools import it here)
 from .model import LoadedModel
-from .strategies import LLMContext, Selection, Strategy, VisionContext, ViTContext
+from .strategies import LLMContext, Selection, Strategy, VisionContext
 from .strategies.base import QuestionEmbeddings
 
 SEGMENTS = ("system", "image", "question", "generated")
-
-
-@dataclass
-class Prepared:
-    """Processor output for one (image, question)."""
-
-    pixel_values: torch.Tensor  # (1, 3, H, W)
-    input_ids: torch.Tensor  # (S_full,) with N image placeholder ids
-    image_start: int  # index of the first image placeholder
-    n_image: int  # N, placeholders = visual tokens before pruning
-    question: str = ""
-    prompt: str = ""  # the prompt text with one <image> placeholder
-    notes: list | None = None  # what was changed in the input, in words (e.g. control characters removed)
 
 
 @dataclass
@@ -113,12 +106,6 @@ def _causal_mask(n: int, dtype, device) -> torch.Tensor:
     return m[None, None]
 
 
-def _attention_module_fns(attn):
-    """``apply_rotary_pos_emb`` and ``repeat_kv`` from the module that defines the attention class."""
-    mod = sys.modules[type(attn).__module__]
-    return mod.apply_rotary_pos_emb, mod.repeat_kv
-
-
 def last_query_attention(attn, hidden_states, position_embeddings, keys) -> torch.Tensor:
     """Attention probabilities (H, L) of the last row of ``hidden_states`` over ``keys`` (1, KV, L, hd).
 
@@ -159,75 +146,34 @@ def record_last_query_attention(layers, indices, store: dict):
             h.remove()
 
 
-@contextlib.contextmanager
-def record_cls_attention(vision_layers, store: list, keys_store: dict | None = None, query: int = 0):
-    """Hooks on each ViT layer's q_proj / k_proj that compute the [CLS] query's attention row
-    (H, T) from the projections the layer computes anyway; removed on exit. ``keys_store[i]`` receives
-    layer i's keys (T, D) for the layers it lists. ``query``: the token whose row is computed (0: [CLS]; any other
-    token's row the same way, e.g. a patch the app probes)."""
-    handles = []
-    qs: dict[int, torch.Tensor] = {}
-
-    def q_hook(i):
-        def hook(module, args, output):
-            qs[i] = output[0, query]  # (D,) the [CLS] query (or token ``query``'s)
-        return hook
-
-    def k_hook(i, attn):
-        def hook(module, args, output):
-            keys = output[0]  # (T, D)
-            if keys_store is not None and i in keys_store:
-                keys_store[i] = keys.detach()
-            heads = attn.num_heads
-            q = qs.pop(i).view(heads, -1).float()  # (H, hd)
-            k = keys.view(keys.shape[0], heads, -1).float()  # (T, H, hd)
-            scores = torch.einsum("hd,thd->ht", q, k) * attn.scale
-            store.append(scores.softmax(-1).detach())  # (H, T)
-        return hook
-
-    try:
-        for i, layer in enumerate(vision_layers):
-            attn = layer.self_attn
-            handles.append(attn.q_proj.register_forward_hook(q_hook(i)))
-            handles.append(attn.k_proj.register_forward_hook(k_hook(i, attn)))
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
 class Engine:
-    """Runs one loaded LLaVA with pruning strategies. Stateless between requests."""
+    """Runs one loaded model with pruning strategies: the one loop (prefill layer by layer, dropping rows, per-layer
+    cache, decode, trace) over a family adapter (``pruning.adapters``). Stateless between requests.
+
+    The adapter's modules are also attributes here (``layers``, ``embed_tokens``, ``norm``, ``rotary_emb``,
+    ``lm_head``, ``language_model``, ``image_token_id``; for LLaVA also ``vision_tower``, ``projector``,
+    ``vision_layers``, ``vision_dtype``), which the tools and tests read."""
 
     def __init__(self, lm: LoadedModel):
+        from .adapters import adapter_for
+
         self.lm = lm
         self.model = lm.model
         self.geometry = lm.geometry
-        llava = self.model.model
-        self.vision_tower = llava.vision_tower
-        self.projector = llava.multi_modal_projector
-        self.language_model = llava.language_model
-        self.layers = self.language_model.layers
-        self.embed_tokens = self.language_model.embed_tokens
-        self.norm = self.language_model.norm
-        self.rotary_emb = self.language_model.rotary_emb
-        self.lm_head = self.model.lm_head
-        self.image_token_id = self.model.config.image_token_id
+        self.adapter = adapter = adapter_for(lm)
+        for name in ("language_model", "layers", "embed_tokens", "norm", "rotary_emb", "lm_head", "image_token_id",
+                     "vision_tower", "projector", "vision_layers", "vision_dtype"):
+            if hasattr(adapter, name):
+                setattr(self, name, getattr(adapter, name))
         self.attn_impl = self.language_model.config._attn_implementation
         if self.attn_impl not in ("sdpa", "eager"):
             raise ValueError(f"attention implementation {self.attn_impl!r} is not supported: use 'sdpa' or 'eager'")
-        self.llm_shape = cost.llm_shape(self.model.config.text_config)
-        self.vision_shape = cost.vision_shape(self.model.config)
+        self.llm_shape = cost.llm_shape(adapter.text_config)
+        self.vision_shape = adapter.vision_shape()
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = lm.processor.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-        # CLIPVisionModel holds its encoder directly in transformers 5.x (older releases: .vision_model)
-        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
-        if not hasattr(tower, "encoder"):
-            raise ValueError(f"vision tower {type(self.vision_tower).__name__} has no encoder layers")
-        self.vision_layers = tower.encoder.layers
-        self.vision_dtype = tower.embeddings.patch_embedding.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -236,7 +182,7 @@ class Engine:
     @property
     def context(self) -> int | None:
         """The LLM's context in positions (None when the config does not say)."""
-        return getattr(self.model.config.text_config, "max_position_embeddings", None)
+        return getattr(self.adapter.text_config, "max_position_embeddings", None)
 
     def check(self, strategy: Strategy, max_new_tokens: int | None = None, temperature: float = 0.0,
               top_p: float = 1.0) -> None:
@@ -256,129 +202,20 @@ class Engine:
         if max_new_tokens is not None:
             check_generation(max_new_tokens, temperature, top_p, self.context)
 
-    # ---------------------------------------------------------------- inputs
+    # ---------------------------------------------------------------- inputs and vision (the adapter's)
     def prepare(self, image, question: str) -> Prepared:
         """Run the processor; check the image placeholders form one contiguous span of N ids."""
-        from PIL import Image
+        return self.adapter.prepare(image, question)
 
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL image, got {type(image).__name__}")
-        from .model import clean_question
-
-        question, notes = clean_question(question, getattr(self.lm.processor, "image_token", "<image>"))
-        prompt = self.lm.prompt(question)
-        inputs = self.lm.processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
-        ids = inputs["input_ids"][0]
-        context = self.context
-        if context is not None and ids.shape[0] >= context:
-            n_question = len(self.lm.processor.tokenizer(question, add_special_tokens=False).input_ids)
-            raise ValueError(f"question is too long: {n_question} tokens; with the image's {self.geometry.n_patches} "
-                             f"tokens the prompt holds {ids.shape[0]}, beyond the model's context of {context}")
-        where = (ids == self.image_token_id).nonzero().flatten()
-        n = self.geometry.n_patches
-        if where.numel() != n or (where.numel() and where[-1] - where[0] + 1 != n):
-            raise ValueError(f"prompt holds {where.numel()} image placeholder ids, expected one span of {n}")
-        return Prepared(
-            pixel_values=inputs["pixel_values"].to(self.device, self.vision_dtype),
-            input_ids=ids.to(self.device), image_start=int(where[0]), n_image=n, question=question, prompt=prompt,
-            notes=notes,
-        )
-
-    # ---------------------------------------------------------------- vision
-    @torch.no_grad()
     def vision_pass(self, prepared: Prepared, seed: int = 0, strategy: Strategy | None = None) -> VisionContext:
-        """Patch features at vision_feature_layer and the [CLS] attention row at every ViT layer; a
-        strategy that prunes inside the ViT (IVTP) gets the layer-by-layer path instead."""
-        g = self.geometry
-        if strategy is not None and strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index):
-            return self._vision_pass_pruned(prepared, seed, strategy)
-        rows: list[torch.Tensor] = []
-        keys = {g.feature_layer_index: None, g.feature_layer_index + 1: None}  # + the layer reading the features
-        recorder = (record_cls_attention(self.vision_layers, rows, keys) if g.has_cls
-                    else contextlib.nullcontext())
-        with recorder:
-            out = self.vision_tower(prepared.pixel_values, output_hidden_states=True, return_dict=True)
-        feats = out.hidden_states[g.vision_feature_layer][0]  # (T, Dv)
-        if g.has_cls:
-            cls_feature, patches = feats[0], feats[1:]  # "default" drops [CLS]
-            stacked = torch.stack(rows)  # (L_v, H, T)
-            cls_attention, cls_self = stacked[:, :, 1:], stacked[:, :, 0]  # [CLS] row over patch keys; its own column
-        else:
-            cls_feature, patches, cls_attention, cls_self = None, feats, None, None
-        patch_keys, reader_keys = keys[g.feature_layer_index], keys[g.feature_layer_index + 1]
-        if g.has_cls:
-            patch_keys, reader_keys = (k[1:] if k is not None else None for k in (patch_keys, reader_keys))
-        return VisionContext(
-            patch_features=patches, cls_attention=cls_attention, cls_feature=cls_feature,
-            feature_layer=g.feature_layer_index, patch_keys=patch_keys, reader_keys=reader_keys,
-            rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed),
-            cls_final=out.pooler_output[0] if g.has_cls else None, cls_self=cls_self,
-        )
+        """The family's vision pass: the features the LLM's image rows come from, and what strategies score with."""
+        return self.adapter.vision_pass(prepared, seed=seed, strategy=strategy)
 
-    @torch.no_grad()
     def token_attention(self, prepared: Prepared, token: int) -> torch.Tensor:
-        """(L_v, H, T): ViT token ``token``'s attention row over all T tokens in every ViT layer (token 0 is [CLS]
-        where the tower has one, so patch p is token p + 1), from the q/k projections as ``record_cls_attention``
-        computes [CLS]'s. One unpruned pass of the vision tower."""
-        n_tokens = self.geometry.n_patches + (1 if self.geometry.has_cls else 0)
-        if not 0 <= token < n_tokens:
-            raise ValueError(f"token={token}: expected 0..{n_tokens - 1}")
-        rows: list[torch.Tensor] = []
-        with record_cls_attention(self.vision_layers, rows, query=token):
-            self.vision_tower(prepared.pixel_values, output_hidden_states=False, return_dict=True)
-        return torch.stack(rows)
-
-    def _vision_pass_pruned(self, prepared: Prepared, seed: int, strategy: Strategy) -> VisionContext:
-        """The ViT layer by layer; after each of the strategy's pruning layers, ``select_in_vit`` picks
-        the patch tokens that go on ([CLS] always stays). Attention maps come from the q/k projections
-        the layers compute anyway (forward hooks, removed on exit)."""
-        g = self.geometry
-        if not g.has_cls:
-            raise ValueError(f"strategy {strategy.name!r} prunes by [CLS] attention: the vision tower has no [CLS]")
-        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
-        prune_at = strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index)
-        captured: dict[str, torch.Tensor] = {}
-        handles = []
-        for layer in self.vision_layers:
-            for name in ("q_proj", "k_proj", "v_proj"):
-                handles.append(getattr(layer.self_attn, name).register_forward_hook(
-                    lambda m, a, o, name=name: captured.__setitem__(name, o[0])))
-        try:
-            h = tower.pre_layrnorm(tower.embeddings(prepared.pixel_values))  # (1, T, D)
-            token = torch.arange(h.shape[1], device=h.device)  # 0 = [CLS], p + 1 = patch p
-            group, tokens_per_layer, feats = [], [], None
-            for i, layer in enumerate(self.vision_layers):
-                tokens_per_layer.append(h.shape[1])
-                h = layer(h, attention_mask=None)
-                attn = layer.self_attn
-                t = h.shape[1]
-                q = captured["q_proj"].view(t, attn.num_heads, -1).transpose(0, 1).float()  # (H, T, hd)
-                k = captured["k_proj"].view(t, attn.num_heads, -1).transpose(0, 1).float()
-                group.append(((q @ k.transpose(1, 2)) * attn.scale).softmax(-1).mean(0))  # (T, T)
-                if i == g.feature_layer_index:
-                    feats, feat_token = h[0], token
-                if i in prune_at:
-                    ctx = ViTContext(layer=i, attentions=group, value_norms=captured["v_proj"].float().norm(dim=-1),
-                                     patch_indices=token[1:] - 1, n_patches=g.n_patches, step=prune_at.index(i),
-                                     steps=len(prune_at) + len(strategy.llm_drop_layers(g.llm_layers)))
-                    keep = strategy.select_in_vit(ctx)
-                    _check_indices(keep, t - 1, strategy.name)
-                    sel = torch.cat([torch.zeros(1, dtype=torch.long), 1 + keep.cpu()]).to(h.device)
-                    h, token, group = h[:, sel], token[sel], []
-            cls_final = tower.post_layernorm(h[:, 0])[0]
-        finally:
-            for handle in handles:
-                handle.remove()
-        return VisionContext(
-            patch_features=feats[1:], cls_attention=None, cls_feature=feats[0], feature_layer=g.feature_layer_index,
-            rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed), cls_final=cls_final,
-            patch_ids=(feat_token[1:] - 1).cpu(), vit_tokens=tokens_per_layer,
-        )
+        """(L_v, H, T): ViT token ``token``'s attention row in every ViT layer (LLaVA: token 0 is [CLS])."""
+        return self.adapter.token_attention(prepared, token)
 
     # ---------------------------------------------------------------- prefill
-    def _rotary(self, h: torch.Tensor, positions: torch.Tensor):
-        return self.rotary_emb(h, positions[None])
-
     @torch.no_grad()
     def prefill(self, prepared: Prepared, vision: VisionContext, strategy: Strategy,
                 trace_store: dict | None = None, keep_hidden: bool = False) -> PrefillState:
@@ -391,7 +228,7 @@ class Engine:
         if selection is None:  # everything the vision pass kept (all patches unless pruned inside the ViT)
             selection = Selection(vision.patch_ids if vision.patch_ids is not None else torch.arange(n))
         idx = selection.indices
-        _check_indices(idx, n, strategy.name)
+        check_indices(idx, n, strategy.name)
         if selection.features is None and vision.projected is not None:  # projected once, all N (needs_projected)
             image_embeds = vision.projected[idx.to(dev)]
         else:
@@ -401,11 +238,13 @@ class Engine:
                 feats = vision.patch_features
             else:
                 feats = vision.patch_features[idx.to(dev)]
-            image_embeds = self.projector(feats.to(dev))  # (U, D)
+            image_embeds = self.adapter.project(feats)  # (U, D)
         text_embeds = self.embed_tokens(ids)  # (S_full, D)
         h = torch.cat([text_embeds[:a], image_embeds.to(text_embeds.dtype), text_embeds[a + n:]])[None]  # (1, S, D)
         full_index = torch.cat([torch.arange(a), a + idx, torch.arange(a + n, ids.shape[0])]).to(dev)  # (S,)
-        positions = full_index.clone() if strategy.positions == "keep" else torch.arange(h.shape[1], device=dev)
+        # (P, S): the family's own position ids of the kept rows ("keep"), or 0..S-1 ("rearrange")
+        positions = (prepared.position_ids[:, full_index] if strategy.positions == "keep"
+                     else self.adapter.contiguous_positions(h.shape[1]))
         is_image = (full_index >= a) & (full_index < a + n)
 
         from transformers import DynamicCache
@@ -424,10 +263,10 @@ class Engine:
         if strategy.needs_group_attention and drops:
             size = getattr(strategy, "group", 3)
             group_layers = sorted({i for k in drops for i in range(max(0, k - size), k)})
-            live.update(self._pseudo_setup(prepared, vision, strategy))
+            live.update(text_inputs.pseudo_setup(self, prepared, vision, strategy))
         else:
             group_layers = []
-        cos_sin = self._rotary(h, positions)
+        cos_sin = self.adapter.rotary(h, positions)
         mask = _causal_mask(h.shape[1], h.dtype, dev) if self.attn_impl == "eager" else None
         layer_tokens, next_positions, tokens_per_layer, image_per_layer = [], [], [], []
         with contextlib.ExitStack() as stack:
@@ -437,7 +276,7 @@ class Engine:
             elif probe_layers:
                 stack.enter_context(record_last_query_attention(self.layers, probe_layers, probe))
             if group_layers:
-                stack.enter_context(self._record_group_attention(group_layers, live, group))
+                stack.enter_context(text_inputs.record_group_attention(self, group_layers, live, group))
             for layer_idx, layer in enumerate(self.layers):
                 if layer_idx in drops:
                     image_rows = is_image.nonzero().flatten()
@@ -454,22 +293,22 @@ class Engine:
                         ctx.normed_states = self.norm(h)[0]
                     keep_img = strategy.select_in_llm(ctx)
                     if keep_img is not None:
-                        _check_indices(keep_img, image_rows.shape[0], strategy.name)
+                        check_indices(keep_img, image_rows.shape[0], strategy.name)
                         keep = torch.ones_like(is_image)
                         keep[image_rows] = False
                         keep[image_rows[keep_img.to(dev)]] = True
                         rows = keep.nonzero().flatten()
                         h, full_index, is_image = h[:, rows], full_index[rows], is_image[rows]
-                        positions = (positions[rows] if strategy.positions == "keep"
-                                     else torch.arange(rows.shape[0], device=dev))
-                        cos_sin = self._rotary(h, positions)
+                        positions = (positions[:, rows] if strategy.positions == "keep"
+                                     else self.adapter.contiguous_positions(rows.shape[0]))
+                        cos_sin = self.adapter.rotary(h, positions)
                         if mask is not None:
                             mask = mask[:, :, rows][:, :, :, rows]
                 if group_layers:
                     live.update(image_rows=is_image.nonzero().flatten(), positions=positions, full_index=full_index)
                 h = layer(h, attention_mask=mask, position_embeddings=cos_sin, past_key_values=cache, use_cache=True)
                 layer_tokens.append(full_index)
-                next_positions.append(int(positions[-1]) + 1)
+                next_positions.append(int(positions[:, -1].max()) + 1)  # M-RoPE: text after the image, t = h = w
                 tokens_per_layer.append(h.shape[1])
                 image_per_layer.append(int(is_image.sum()))
             h = self.norm(h)
@@ -495,143 +334,20 @@ class Engine:
             raise ValueError(f"strategy {strategy.name!r} needs every patch's features (none pruned inside the ViT)")
         extra = {}
         if strategy.needs_projected:
-            extra["projected"] = self.projector(vision.patch_features.to(self.device))  # (N, D)
+            extra["projected"] = self.adapter.project(vision.patch_features)  # (N, D)
         wanted = strategy.question_inputs()
         if wanted:
-            extra["question"] = self.question_embeddings(prepared, vision, wanted, strategy.question_text)
+            extra["question"] = text_inputs.question_embeddings(self, prepared, vision, wanted, strategy.question_text)
         return replace(vision, **extra)
 
     def question_embeddings(self, prepared: Prepared, vision: VisionContext, wanted=("clip", "llm"),
                             text_of=lambda q: q) -> QuestionEmbeddings:
-        """The question (``text_of(prepared.question)``) embedded as ``wanted`` says. "clip": CLIP's text tower over
-        the question cut into chunks of its context (zero-padded, as CDPruner's code feeds it; ended with </s> where
-        the tokenizer does not add it, as CLIP pools there), one projected embedding per chunk, and each patch's CLIP
-        image embedding (the vision tower's post_layernorm of the patch features, through CLIP's visual_projection);
-        ``clip_note`` says why not when no CLIP text encoder loads. "llm": the LLM's input embeddings of the
-        question's tokens (tokenised alone, no special tokens)."""
-        from .model import load_clip
-
-        text = text_of(prepared.question)
-        out = QuestionEmbeddings()
-        if "clip" in wanted:
-            clip, note = load_clip(self.lm)
-            if clip is None:
-                out.clip_note = note
-            else:
-                model, clip_tok = clip
-                dev = next(model.parameters()).device
-                width = model.config.text_config.max_position_embeddings
-                enc = clip_tok(text, return_tensors="pt")
-                ids, mask = enc.input_ids[0], enc.attention_mask[0]
-                eos = clip_tok.eos_token_id
-                if eos is not None and (ids.numel() == 0 or int(ids[-1]) != eos):  # CLIP pools at the first </s>
-                    ids, mask = torch.cat([ids, ids.new_tensor([eos])]), torch.cat([mask, mask.new_ones(1)])
-                pad = -ids.shape[0] % width
-                ids = torch.cat([ids, ids.new_zeros(pad)]).view(-1, width)
-                mask = torch.cat([mask, mask.new_zeros(pad)]).view(-1, width)
-                tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
-                with torch.no_grad():
-                    pooled = model.text_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).pooler_output
-                    out.clip_text = model.text_projection(pooled).float()  # (M, C)
-                    patches = tower.post_layernorm(vision.patch_features)
-                    out.clip_patches = model.visual_projection(patches.to(dev, pooled.dtype)).float()  # (N, C)
-        if "llm" in wanted:
-            ids = self.lm.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-            with torch.no_grad():
-                out.llm_tokens = self.embed_tokens(ids.to(self.device))  # (Q, D)
-        return out
-
-    # ---------------------------------------------------------------- IVTP's scoring query in the LLM
-    def _pseudo_setup(self, prepared: Prepared, vision: VisionContext, strategy: Strategy) -> dict:
-        """Relevance of each question token to the image (CLIP text half, IVTP eq. 5-7) and the
-        fallback query (the visual [CLS] through the projector)."""
-        relevance, question_index, note = self.text_relevance(prepared, vision)
-        if vision.cls_feature is None:
-            raise ValueError(f"strategy {strategy.name!r} needs a vision tower with a [CLS] token")
-        fallback = self.projector(vision.cls_feature.to(self.device)[None])[0]
-        return {"relevance": relevance, "question_index": question_index, "fallback": fallback,
-                "strategy": strategy, "note": note}
-
-    @contextlib.contextmanager
-    def _record_group_attention(self, layer_indices, live: dict, out: dict):
-        """Forward hooks on decoder layers: the attention among [image rows + the scoring query] (mean over
-        heads, renormalised over those keys, causal) and the image rows' value norms, into ``out[layer]``."""
-        handles = []
-
-        def hook(module, args, kwargs, output):
-            h_in = args[0] if args else kwargs["hidden_states"]  # (1, S, D) input of the layer
-            attn = module.self_attn
-            apply_rotary, repeat_kv = _attention_module_fns(attn)
-            img, full_index = live["image_rows"], live["full_index"]
-            strategy, relevance = live["strategy"], live["relevance"]
-            rows = None
-            if relevance is not None:
-                text = torch.isin(full_index, live["question_index"]).nonzero().flatten()  # question rows
-                rows = strategy.pseudo_rows(relevance[full_index[text]], text)
-            pseudo = h_in[0, rows].mean(0) if rows is not None and rows.numel() else live["fallback"]
-            normed = module.input_layernorm(torch.cat([h_in[0, img], pseudo[None].to(h_in.dtype)]))  # (M+1, D)
-            pos = live["positions"]
-            pseudo_pos = (pos[img[-1]] + 1) if img.numel() else pos[0]
-            q_pos = torch.cat([pos[img], pseudo_pos[None]])
-            cos, sin = self.rotary_emb(normed[None], q_pos[None])
-            q = attn.q_proj(normed).view(1, -1, attn.config.num_attention_heads, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(normed).view(1, -1, attn.config.num_key_value_heads, attn.head_dim).transpose(1, 2)
-            v = attn.v_proj(normed[:-1]).view(-1, attn.config.num_key_value_heads * attn.head_dim)
-            q, k = apply_rotary(q, k, cos, sin)
-            k = repeat_kv(k, attn.num_key_value_groups)
-            scores = (q.float() @ k.float().transpose(2, 3)) * attn.scaling  # (1, H, M+1, M+1)
-            m = scores.shape[-1]
-            causal = torch.ones(m, m, dtype=torch.bool, device=scores.device).tril()
-            probs = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(1)[0]  # (M+1, M+1)
-            out[module.self_attn.layer_idx] = (probs.detach(), v.float().norm(dim=-1).detach())
-
-        try:
-            for i in layer_indices:
-                handles.append(self.layers[i].register_forward_hook(hook, with_kwargs=True))
-            yield out
-        finally:
-            for h in handles:
-                h.remove()
+        """``pruning.text_inputs.question_embeddings`` for this engine (CDPruner's inputs)."""
+        return text_inputs.question_embeddings(self, prepared, vision, wanted, text_of)
 
     def text_relevance(self, prepared: Prepared, vision: VisionContext):
-        """Relevance of each question token to the image (IVTP eq. 5-7): cosine between CLIP's image
-        embedding and each CLIP text token, averaged over the CLIP tokens that overlap the LLM token's
-        characters. Returns ((S_full,) relevance with NaN outside the question, (Q,) question token indices,
-        None), or (None, None, reason) when no CLIP text encoder is available."""
-        from .model import load_clip
-
-        clip, note = load_clip(self.lm)
-        if clip is None or vision.cls_final is None:
-            return None, None, note or "no final [CLS] to compare with"
-        model, clip_tok = clip
-        question = prepared.question
-        prompt = prepared.prompt.replace("<image>", "<image>" * prepared.n_image)
-        start = prompt.rfind(question)
-        llm_tok = self.lm.processor.tokenizer
-        enc = llm_tok(prompt, return_offsets_mapping=True, add_special_tokens=True)
-        if len(enc.input_ids) != prepared.input_ids.shape[0] or start < 0:
-            return None, None, "the prompt's character offsets do not line up with the processor's tokens"
-        cenc = clip_tok(question, return_offsets_mapping=True, truncation=True,
-                        max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
-        with torch.no_grad():
-            dev = next(model.parameters()).device
-            tokens = model.text_model(input_ids=cenc.input_ids.to(dev)).last_hidden_state[0]  # (Tc, Dt)
-            text_emb = torch.nn.functional.normalize(model.text_projection(tokens).float(), dim=-1)
-            img_emb = torch.nn.functional.normalize(
-                model.visual_projection(vision.cls_final.to(dev, tokens.dtype)).float(), dim=-1)
-        c = text_emb @ img_emb  # (Tc,) eq. 6
-        spans = cenc.offset_mapping[0].tolist()
-        relevance = torch.full((prepared.input_ids.shape[0],), float("nan"))
-        question_index = []
-        for i, (s0, s1) in enumerate(enc.offset_mapping):
-            if s1 <= start or s0 >= start + len(question) or s1 == s0:
-                continue
-            a0, a1 = s0 - start, s1 - start
-            over = [j for j, (b0, b1) in enumerate(spans) if b1 > a0 and b0 < a1 and b1 > b0]
-            if over:
-                relevance[i] = c[over].mean()  # eq. 7
-                question_index.append(i)
-        return relevance.to(self.device), torch.tensor(question_index, device=self.device), None
+        """``pruning.text_inputs.text_relevance`` for this engine (IVTP eq. 5-7)."""
+        return text_inputs.text_relevance(self, prepared, vision)
 
     # ---------------------------------------------------------------- decode
     @torch.no_grad()
@@ -672,7 +388,7 @@ class Engine:
         for layer_idx, layer in enumerate(self.layers):
             p = positions[layer_idx]
             if p not in rotary:
-                rotary[p] = self._rotary(h, torch.tensor([p], device=dev))
+                rotary[p] = self.adapter.rotary(h, self.adapter.decode_positions(p))
             h = layer(h, attention_mask=None, position_embeddings=rotary[p], past_key_values=cache, use_cache=True)
         return self.lm_head(self.norm(h)[:, -1])[0].float()
 
@@ -752,7 +468,7 @@ class Engine:
         store: dict = {}
         state = self.prefill(prepared, vision, strategy, trace_store=store)
         tokens = self.decode(state, max_new_tokens, trace_store=store, **sampling)
-        return summarize_trace(store, state.layer_tokens, prepared, self.geometry.n_patches, len(tokens))
+        return summarize_trace(store, state.layer_tokens, prepared, prepared.n_image, len(tokens))
 
     def prefill_tflops(self, state: PrefillState) -> float:
         """The prefill's TFLOPs estimate from the token counts it ran: projector on the kept rows, every LLM layer,
@@ -776,7 +492,7 @@ class Engine:
             answer=answer, strategy=strategy.name, params=strategy.params(),
             visual_tokens=prepared.n_image, visual_tokens_kept=len(state.kept_before),
             tokens_per_layer=state.tokens_per_layer, image_tokens_per_layer=state.image_tokens_per_layer,
-            kept=state.kept_before, kept_final=state.kept_final, grid=[self.geometry.rows, self.geometry.cols],
+            kept=state.kept_before, kept_final=state.kept_final, grid=[prepared.rows or self.geometry.rows, prepared.cols or self.geometry.cols],
             generated_tokens=tokens, timings=timings,
             tflops={"vision": tf_vision, "prefill": tf_prefill, "decode_per_token": tf_decode,
                     "total": tf_vision + tf_prefill + steps * tf_decode},
@@ -818,15 +534,6 @@ def summarize_trace(store: dict, layer_tokens: list[torch.Tensor], prepared: Pre
         patch_attention.append((patch_sum / count).tolist())
     return {"segments": list(SEGMENTS), "attention_share": shares, "patch_attention": patch_attention,
             "patch_present": present, "queries": n_generated}
-
-
-def _check_indices(idx: torch.Tensor, n: int, name: str) -> None:
-    if idx.dim() != 1:
-        raise ValueError(f"strategy {name!r} returned indices of shape {tuple(idx.shape)}, expected 1-D")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise ValueError(f"strategy {name!r} returned indices outside [0, {n})")
-    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
-        raise ValueError(f"strategy {name!r} returned indices that are not unique and ascending (spatial order)")
 
 
 def check_generation(max_new_tokens, temperature=0.0, top_p=1.0, context: int | None = None) -> None:
