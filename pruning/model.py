@@ -20,6 +20,10 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
 
+# model_type -> the stock class that loads it (issue 27: families beyond LLaVA-1.5 with an engine adapter)
+MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+
 class ModelLoadError(ValueError):
     """The model directory / id cannot be loaded as a LLaVA model; the message names the problem."""
 
@@ -93,7 +97,13 @@ def build_prompt(processor, question: str) -> str:
 
 
 def geometry_from_config(config) -> Geometry:
-    """Read the patch grid geometry from a ``LlavaConfig``; raise for layouts the engine cannot prune."""
+    """Read the patch grid geometry from a ``LlavaConfig`` (or a Qwen2.5-VL config: no fixed grid, ``rows = cols =
+    0``, the grid of each image is ``Prepared.rows``/``cols``); raise for layouts the engine cannot prune."""
+    if config.model_type == "qwen2_5_vl":
+        vc = config.vision_config
+        return Geometry(image_size=0, patch_size=vc.patch_size * vc.spatial_merge_size, rows=0, cols=0, has_cls=False,
+                        vision_feature_layer=-1, select_strategy="full", vision_layers=vc.depth,
+                        llm_layers=config.text_config.num_hidden_layers)
     vc = config.vision_config
     if not isinstance(config.vision_feature_layer, int):
         raise ModelLoadError(
@@ -123,12 +133,25 @@ def _check_local_dir(path: Path) -> None:
         model_type = json.loads(cfg.read_text()).get("model_type")
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{cfg} is not valid JSON: {e}") from e
-    if model_type != "llava":
-        raise ModelLoadError(f"{cfg} has model_type={model_type!r}, not a LLaVA config ('llava')")
+    if model_type not in MODEL_CLASSES:
+        raise ModelLoadError(f"{cfg} has model_type={model_type!r}, not a LLaVA config ('llava') nor another "
+                             f"family the engine drives ({', '.join(t for t in MODEL_CLASSES if t != 'llava')})")
     if not any(path.glob("*.safetensors")):
         pickles = sorted(p.name for ext in ("bin", "pt", "pth", "ckpt", "pkl") for p in path.glob(f"*.{ext}"))
         said = f" ({', '.join(pickles)}: pickle checkpoints are never loaded, convert to safetensors)" if pickles else ""
         raise ModelLoadError(f"model directory {str(path)!r} holds no .safetensors weights{said}")
+
+
+def _model_type(source: str, is_local: bool) -> str:
+    """The config's model_type (a hub id: read through ``AutoConfig``); one with an engine adapter, else refused."""
+    if is_local:
+        return json.loads((Path(source) / "config.json").read_text())["model_type"]
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
+    if model_type not in MODEL_CLASSES:
+        raise ModelLoadError(f"{source!r} has model_type={model_type!r}: the engine drives {', '.join(MODEL_CLASSES)}")
+    return model_type
 
 
 def load_model(name_or_path: str, load_in_4bit: bool = False, device: str | None = None,
@@ -139,7 +162,10 @@ def load_model(name_or_path: str, load_in_4bit: bool = False, device: str | None
     (compute dtype bf16 on CUDA, fp32 on CPU). ``device`` defaults to CUDA when available.
     """
     import torch
-    from transformers import AutoProcessor, BitsAndBytesConfig, LlavaForConditionalGeneration
+    import transformers
+    from transformers import BitsAndBytesConfig
+
+    from .processors import load_processor
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -172,8 +198,10 @@ def load_model(name_or_path: str, load_in_4bit: bool = False, device: str | None
         kwargs["dtype"] = torch.float16 if on_cuda else torch.float32
         dtype = kwargs["dtype"]
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(source, **kwargs)
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+        model_type = _model_type(source, is_local)
+        model_cls = getattr(transformers, MODEL_CLASSES[model_type])
+        model = model_cls.from_pretrained(source, **kwargs)
+        processor = load_processor(source, model_type)
     except OSError as e:
         raise ModelLoadError(f"cannot load {source!r}: {str(e).splitlines()[0]}") from e
     if not load_in_4bit:
