@@ -21,7 +21,8 @@ DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
 
 # model_type -> the stock class that loads it (issue 27: families beyond LLaVA-1.5 with an engine adapter)
-MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                 "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
 
 
 class ModelLoadError(ValueError):
@@ -97,14 +98,20 @@ def build_prompt(processor, question: str) -> str:
 
 
 def geometry_from_config(config) -> Geometry:
-    """Read the patch grid geometry from a ``LlavaConfig`` (or a Qwen2.5-VL config: no fixed grid, ``rows = cols =
-    0``, the grid of each image is ``Prepared.rows``/``cols``); raise for layouts the engine cannot prune."""
+    """Read the patch grid geometry from a ``LlavaConfig`` (or a Qwen2.5-VL / LLaVA-OneVision config: no fixed grid,
+    ``rows = cols = 0``, the grid of each image is ``Prepared.rows``/``cols``); raise for layouts the engine cannot
+    prune."""
     if config.model_type == "qwen2_5_vl":
         vc = config.vision_config
         return Geometry(image_size=0, patch_size=vc.patch_size * vc.spatial_merge_size, rows=0, cols=0, has_cls=False,
                         vision_feature_layer=-1, select_strategy="full", vision_layers=vc.depth,
                         llm_layers=config.text_config.num_hidden_layers)
     vc = config.vision_config
+    if config.model_type == "llava_onevision":  # anyres: the token count is per image (Prepared.rows x cols)
+        return Geometry(image_size=vc.image_size, patch_size=vc.patch_size, rows=0, cols=0, has_cls=False,
+                        vision_feature_layer=config.vision_feature_layer,
+                        select_strategy=config.vision_feature_select_strategy, vision_layers=vc.num_hidden_layers,
+                        llm_layers=config.text_config.num_hidden_layers)
     if not isinstance(config.vision_feature_layer, int):
         raise ModelLoadError(
             f"vision_feature_layer={config.vision_feature_layer!r}: only a single int feature layer is supported"

@@ -20,7 +20,12 @@ def adapter_for(lm) -> Adapter:
         from .qwen import Qwen25VLAdapter
 
         return Qwen25VLAdapter(lm)
-    raise ValueError(f"model_type={model_type!r}: no engine adapter for this family (supported: llava, qwen2_5_vl)")
+    if model_type == "llava_onevision":
+        from .onevision import OnevisionAdapter
+
+        return OnevisionAdapter(lm)
+    raise ValueError(f"model_type={model_type!r}: no engine adapter for this family (supported: llava, qwen2_5_vl, "
+                     "llava_onevision)")
 
 
 __all__ = ["Adapter", "Prepared", "adapter_for", "check_indices"]
