@@ -15,6 +15,10 @@ Families (``FAMILIES``):
 - ``llava-onevision``: ``LlavaOnevisionForConditionalGeneration``. SigLIP (no [CLS]) at 32 px, patch 8
   (4x4 = 16 tokens per crop), anyres crops from pinpoints up to 64x96 plus the base image, image-newline tokens,
   ``vision_feature_select_strategy="full"``, feature layer -1, Qwen2 LLM.
+- ``llava-next``: ``LlavaNextForConditionalGeneration``. CLIP with [CLS] at 32 px, patch 8, the same pinpoints,
+  ``vision_feature_select_strategy="default"`` ([CLS] dropped), feature layer -2, a Llama LLM, LLaVA-1.5's tokenizer
+  conventions and chat template. Its stock processor has no video part, so it is saved and loaded with
+  ``AutoProcessor`` as it is.
 
 Widths are small (64) and depths 4, as in ``pruning.toy``; the LM head is scaled by 8 so that greedy decoding
 makes decisive choices (parity tests compare real choices, not near-ties).
@@ -98,15 +102,36 @@ def _onevision(tok):
     return LlavaOnevisionForConditionalGeneration, config, image_processor, processor_kwargs, ONEVISION_CHAT_TEMPLATE
 
 
+def _next(tok):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from .toy import LLAVA15_CHAT_TEMPLATE
+
+    size, patch = 32, 8
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                                 image_grid_pinpoints=ONEVISION_PINPOINTS)
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, image_size=size, patch_size=patch, projection_dim=64),
+        text_config=dict(model_type="llama", **TEXT, **_text_ids(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-2, image_grid_pinpoints=ONEVISION_PINPOINTS, tie_word_embeddings=False,
+    )
+    processor_kwargs = dict(patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return LlavaNextForConditionalGeneration, config, image_processor, processor_kwargs, LLAVA15_CHAT_TEMPLATE
+
+
 # CLI name -> (model_type, builder)
-FAMILIES = {"qwen2.5-vl": ("qwen2_5_vl", _qwen25vl), "llava-onevision": ("llava_onevision", _onevision)}
+FAMILIES = {"qwen2.5-vl": ("qwen2_5_vl", _qwen25vl), "llava-onevision": ("llava_onevision", _onevision),
+            "llava-next": ("llava_next", _next)}
 
 
 def build_family(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     """Write a tiny random-init checkpoint of ``family`` (a key of ``FAMILIES``) to ``out_dir``; return the path."""
     import torch
 
-    from .processors import make_image_only
+    from .processors import STOCK_PROCESSORS, VIDEO_FAMILIES, make_image_only
     from .toy import build_tokenizer
 
     if family not in FAMILIES:
@@ -114,9 +139,15 @@ def build_family(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     model_type, builder = FAMILIES[family]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(VOCAB, family=model_type)
+    tok = build_tokenizer(VOCAB, family="llava" if model_type == "llava_next" else model_type)
     model_cls, config, image_processor, processor_kwargs, template = builder(tok)
-    processor = make_image_only(model_type, image_processor, tok, chat_template=template, **processor_kwargs)
+    if model_type in VIDEO_FAMILIES:
+        processor = make_image_only(model_type, image_processor, tok, chat_template=template, **processor_kwargs)
+    else:
+        import transformers
+
+        stock = getattr(transformers, STOCK_PROCESSORS[model_type])
+        processor = stock(image_processor=image_processor, tokenizer=tok, chat_template=template, **processor_kwargs)
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     with torch.no_grad():

@@ -89,6 +89,23 @@ def test_onevision_token_count_matches_the_model(family_dirs):
     assert len(counts) > 1  # the count follows the image's shape
 
 
+def test_llava_next_loads_with_autoprocessor_and_counts_match(tmp_path):
+    """LLaVA-NeXT's stock processor has no video part: saved and loaded as it is, its count = the model's rows."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = build_family(tmp_path / "next", "llava-next", seed=1)
+    processor = AutoProcessor.from_pretrained(str(path))
+    assert type(processor).__name__ == "LlavaNextProcessor"
+    model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
+    for h, w in SIZES:
+        inputs = processor(images=_image(h, w), text=_prompt(processor), return_tensors="pt")
+        n = int((inputs.input_ids == model.config.image_token_id).sum())
+        with torch.no_grad():
+            feats = model.model.get_image_features(pixel_values=inputs.pixel_values,
+                                                   image_sizes=inputs.image_sizes).pooler_output
+        assert sum(f.shape[0] for f in feats) == n
+
+
 def test_build_toy_cli_writes_a_loadable_family(tmp_path):
     out = tmp_path / "q"
     done = subprocess.run([sys.executable, "-m", "pruning", "build-toy", "--geometry", "qwen2.5-vl", "--out", str(out)],

@@ -1,8 +1,9 @@
-"""The engine on LLaVA-OneVision against transformers' own LlavaOnevisionForConditionalGeneration (issue 27):
-unpruned == ``generate`` token for token and the prefill logits; pruning before the LLM == the stock forward on the
-shortened input (original or contiguous positions); dropping rows at layer k == the mask formulation. A tiny
-random-init checkpoint built offline (``pruning.toy_families``): SigLIP without [CLS], anyres crops + base image +
-newline tokens, three image shapes hence three token counts."""
+"""The engine on the anyres families against transformers' own classes (issue 27): LLaVA-OneVision
+(``LlavaOnevisionForConditionalGeneration``: SigLIP without [CLS], Qwen2 LLM) and LLaVA-NeXT
+(``LlavaNextForConditionalGeneration``: CLIP with [CLS], Llama LLM). Unpruned == ``generate`` token for token and the
+prefill logits; pruning before the LLM == the stock forward on the shortened input (original or contiguous
+positions); dropping rows at layer k == the mask formulation. Tiny random-init checkpoints built offline
+(``pruning.toy_families``): anyres crops + base image + newline tokens, three image shapes hence three token counts."""
 
 import pytest
 import torch
@@ -17,10 +18,13 @@ from .conftest import QUESTIONS
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+@pytest.fixture(scope="module", params=[("llava-onevision", "sdpa"), ("llava-onevision", "eager"),
+                                        ("llava-next", "sdpa"), ("llava-next", "eager")],
+                ids=["onevision", "onevision-eager", "next", "next-eager"])
 def engine(request, tmp_path_factory):
-    path = build_family(tmp_path_factory.mktemp("onevision") / "ov", "llava-onevision", seed=1)
-    return Engine(load_model(str(path), device="cpu", attn_implementation=request.param))
+    family, attn = request.param
+    path = build_family(tmp_path_factory.mktemp("anyres") / family, family, seed=1)
+    return Engine(load_model(str(path), device="cpu", attn_implementation=attn))
 
 
 def hf_inputs(engine, image, question):
@@ -30,8 +34,9 @@ def hf_inputs(engine, image, question):
 
 def stock_rows(engine, inputs):
     """(N, D): the stock model's packed, projected image rows (base image, crops, newline tokens)."""
+    extra = {"batch_num_images": inputs["batch_num_images"]} if "batch_num_images" in inputs else {}
     out = engine.model.model.get_image_features(pixel_values=inputs.pixel_values, image_sizes=inputs.image_sizes,
-                                                batch_num_images=inputs.batch_num_images)
+                                                **extra)
     return torch.cat(list(out.pooler_output))
 
 
