@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("build-toy", help="write a random-init LLaVA checkpoint (for tests and timing)")
     toy.add_argument("--geometry", default="llava15", choices=["tiny", "llava15", "deep", "qwen2.5-vl",
-                                                               "llava-onevision", "llava-next"],
+                                                               "llava-onevision", "llava-next", "internvl"],
                      help="a LLaVA-1.5 geometry (tiny, llava15, deep) or a tiny checkpoint of another family "
-                          "(qwen2.5-vl, llava-onevision, llava-next: pruning/toy_families.py)")
+                          "(qwen2.5-vl, llava-onevision, llava-next, internvl: pruning/toy_families.py)")
     toy.add_argument("--with-clip", action="store_true", help="also write clip/ (a random CLIP text half)")
     toy.add_argument("--out", required=True, help="directory to write")
     toy.add_argument("--seed", type=_positive_int, default=0)

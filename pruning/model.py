@@ -23,7 +23,7 @@ DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 # model_type -> the stock class that loads it (issue 27: families beyond LLaVA-1.5 with an engine adapter)
 MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
                  "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-                 "llava_next": "LlavaNextForConditionalGeneration"}
+                 "llava_next": "LlavaNextForConditionalGeneration", "internvl": "InternVLForConditionalGeneration"}
 
 
 class ModelLoadError(ValueError):
@@ -108,9 +108,11 @@ def geometry_from_config(config) -> Geometry:
                         vision_feature_layer=-1, select_strategy="full", vision_layers=vc.depth,
                         llm_layers=config.text_config.num_hidden_layers)
     vc = config.vision_config
-    if config.model_type in ("llava_onevision", "llava_next"):  # anyres: the token count is per image
+    if config.model_type in ("llava_onevision", "llava_next", "internvl"):  # crops / tiles: N is per image
         # has_cls=False: no [CLS] row reaches the packed rows the strategies see (pruning/adapters/anyres.py)
-        return Geometry(image_size=vc.image_size, patch_size=vc.patch_size, rows=0, cols=0, has_cls=False,
+        side = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
+        patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+        return Geometry(image_size=side, patch_size=patch, rows=0, cols=0, has_cls=False,
                         vision_feature_layer=config.vision_feature_layer,
                         select_strategy=config.vision_feature_select_strategy, vision_layers=vc.num_hidden_layers,
                         llm_layers=config.text_config.num_hidden_layers)

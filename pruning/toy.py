@@ -51,6 +51,12 @@ FAMILY_TOKENS = {
         "extra": ["<|im_start|>", "<|im_end|>", "<video>"], "eos": "<|im_end|>", "bos": False,
         "named": {"image_token": "<image>", "video_token": "<video>"},
     },
+    "internvl": {
+        "extra": ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"], "eos": "<|im_end|>",
+        "bos": False,
+        "named": {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                  "video_token": "<video>"},
+    },
 }
 
 # A small corpus so the BPE merges cover ordinary English; the model is random, so any text works.

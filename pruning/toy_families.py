@@ -122,9 +122,36 @@ def _next(tok):
     return LlavaNextForConditionalGeneration, config, image_processor, processor_kwargs, LLAVA15_CHAT_TEMPLATE
 
 
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _internvl(tok):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    size, patch = 32, 4  # 8x8 patches + [CLS] per tile; pixel shuffle 0.5 -> 4x4 = 16 tokens per tile
+    image_processor = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, crop_to_patches=True,
+                                               min_patches=1, max_patches=6)
+    per_tile = (size // patch // 2) ** 2
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                           image_size=[size, size], patch_size=[patch, patch]),
+        text_config=dict(model_type="qwen2", **TEXT, **_text_ids(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=per_tile, downsample_ratio=0.5,
+        vision_feature_layer=-1, vision_feature_select_strategy="default", tie_word_embeddings=False,
+    )
+    return InternVLForConditionalGeneration, config, image_processor, {"image_seq_length": per_tile}, INTERNVL_CHAT_TEMPLATE
+
+
 # CLI name -> (model_type, builder)
 FAMILIES = {"qwen2.5-vl": ("qwen2_5_vl", _qwen25vl), "llava-onevision": ("llava_onevision", _onevision),
-            "llava-next": ("llava_next", _next)}
+            "llava-next": ("llava_next", _next), "internvl": ("internvl", _internvl)}
 
 
 def build_family(out_dir: str | Path, family: str, seed: int = 0) -> Path:

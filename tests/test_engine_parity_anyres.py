@@ -1,6 +1,7 @@
 """The engine on the anyres families against transformers' own classes (issue 27): LLaVA-OneVision
 (``LlavaOnevisionForConditionalGeneration``: SigLIP without [CLS], Qwen2 LLM) and LLaVA-NeXT
-(``LlavaNextForConditionalGeneration``: CLIP with [CLS], Llama LLM). Unpruned == ``generate`` token for token and the
+(``LlavaNextForConditionalGeneration``: CLIP with [CLS], Llama LLM), and InternVL
+(``InternVLForConditionalGeneration``: tiles + thumbnail, pixel shuffle, Qwen2 LLM). Unpruned == ``generate`` token for token and the
 prefill logits; pruning before the LLM == the stock forward on the shortened input (original or contiguous
 positions); dropping rows at layer k == the mask formulation. Tiny random-init checkpoints built offline
 (``pruning.toy_families``): anyres crops + base image + newline tokens, three image shapes hence three token counts."""
@@ -19,8 +20,9 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module", params=[("llava-onevision", "sdpa"), ("llava-onevision", "eager"),
-                                        ("llava-next", "sdpa"), ("llava-next", "eager")],
-                ids=["onevision", "onevision-eager", "next", "next-eager"])
+                                        ("llava-next", "sdpa"), ("llava-next", "eager"), ("internvl", "sdpa"),
+                                        ("internvl", "eager")],
+                ids=["onevision", "onevision-eager", "next", "next-eager", "internvl", "internvl-eager"])
 def engine(request, tmp_path_factory):
     family, attn = request.param
     path = build_family(tmp_path_factory.mktemp("anyres") / family, family, seed=1)
@@ -33,11 +35,11 @@ def hf_inputs(engine, image, question):
 
 
 def stock_rows(engine, inputs):
-    """(N, D): the stock model's packed, projected image rows (base image, crops, newline tokens)."""
-    extra = {"batch_num_images": inputs["batch_num_images"]} if "batch_num_images" in inputs else {}
-    out = engine.model.model.get_image_features(pixel_values=inputs.pixel_values, image_sizes=inputs.image_sizes,
-                                                **extra)
-    return torch.cat(list(out.pooler_output))
+    """(N, D): the stock model's packed, projected image rows (base image, crops, newline tokens; InternVL: the tiles'
+    pixel-shuffled rows, tile after tile)."""
+    extra = {k: inputs[k] for k in ("image_sizes", "batch_num_images") if k in inputs}
+    out = engine.model.model.get_image_features(pixel_values=inputs.pixel_values, **extra)
+    return torch.cat([r.reshape(-1, r.shape[-1]) for r in out.pooler_output])
 
 
 def reference_greedy(model, inputs_embeds, position_ids, steps):
@@ -56,7 +58,7 @@ def reference_greedy(model, inputs_embeds, position_ids, steps):
 
 def test_token_count_follows_the_image(engine, images):
     counts = {engine.prepare(image, QUESTIONS[0]).n_image for image in images}
-    assert len(counts) == len(images)
+    assert len(counts) > 1  # (InternVL: 64x80 and 100x60 both make 6 tiles + the thumbnail)
 
 
 def test_unpruned_matches_generate(engine, images):

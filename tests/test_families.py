@@ -106,6 +106,25 @@ def test_llava_next_loads_with_autoprocessor_and_counts_match(tmp_path):
         assert sum(f.shape[0] for f in feats) == n
 
 
+def test_internvl_token_count_is_tiles_times_sequence(tmp_path):
+    """InternVL: image_seq_length (16 here: 8x8 patches pixel-shuffled by 0.5) per tile, tiles + thumbnail; equal to
+    the rows the stock model projects."""
+    from transformers import AutoModelForImageTextToText
+
+    path = build_family(tmp_path / "internvl", "internvl", seed=1)
+    processor = load_processor(str(path), "internvl")
+    assert not hasattr(processor, "video_processor")
+    model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
+    for h, w in SIZES:
+        inputs = processor(images=_image(h, w), text=_prompt(processor), return_tensors="pt")
+        n = int((inputs.input_ids == model.config.image_token_id).sum())
+        tiles = inputs.pixel_values.shape[0]
+        assert n == 16 * tiles and tiles >= 1
+        with torch.no_grad():
+            feats = model.model.get_image_features(pixel_values=inputs.pixel_values).pooler_output
+        assert feats.shape[0] * feats.shape[1] == n
+
+
 def test_build_toy_cli_writes_a_loadable_family(tmp_path):
     out = tmp_path / "q"
     done = subprocess.run([sys.executable, "-m", "pruning", "build-toy", "--geometry", "qwen2.5-vl", "--out", str(out)],

@@ -15,7 +15,7 @@ from .conftest import QUESTIONS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "strategies.md"
 COLUMNS = {"llava": "LLaVA-1.5", "qwen2_5_vl": "Qwen2.5-VL", "llava_onevision": "LLaVA-OneVision",
-           "llava_next": "LLaVA-NeXT"}
+           "llava_next": "LLaVA-NeXT", "internvl": "InternVL"}
 # strategies whose budget is not ``keep`` by default (they have an in-LLM rule of their own)
 OWN_BUDGET = {"none", "fastv", "vtw", "dart", "manual"}
 
@@ -44,9 +44,11 @@ def engines(engines, tmp_path_factory):
     qwen = build_family(root / "qwen", "qwen2.5-vl", seed=2)
     onevision = build_family(root / "ov", "llava-onevision", seed=2)
     llava_next = build_family(root / "next", "llava-next", seed=2)
+    internvl = build_family(root / "internvl", "internvl", seed=2)
     return {"llava": engines("tiny"), "qwen2_5_vl": Engine(load_model(str(qwen), device="cpu")),
             "llava_onevision": Engine(load_model(str(onevision), device="cpu")),
-            "llava_next": Engine(load_model(str(llava_next), device="cpu"))}
+            "llava_next": Engine(load_model(str(llava_next), device="cpu")),
+            "internvl": Engine(load_model(str(internvl), device="cpu"))}
 
 
 @pytest.mark.parametrize("family", list(COLUMNS))

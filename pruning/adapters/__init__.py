@@ -20,12 +20,12 @@ def adapter_for(lm) -> Adapter:
         from .qwen import Qwen25VLAdapter
 
         return Qwen25VLAdapter(lm)
-    if model_type in ("llava_onevision", "llava_next"):
+    if model_type in ("llava_onevision", "llava_next", "internvl"):
         from .anyres import AnyresAdapter
 
         return AnyresAdapter(lm)
     raise ValueError(f"model_type={model_type!r}: no engine adapter for this family (supported: llava, qwen2_5_vl, "
-                     "llava_onevision, llava_next)")
+                     "llava_onevision, llava_next, internvl)")
 
 
 __all__ = ["Adapter", "Prepared", "adapter_for", "check_indices"]
