@@ -191,12 +191,12 @@ def _ask(args) -> int:
     image = load_image(args.image, notes=notes)
     lm = load_model(resolve_model(args.model), load_in_4bit=args.load_in_4bit, device=args.device)
     engine = Engine(lm)
-    n_patches = engine.geometry.n_patches
+    result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                        warmup=args.warmup, trace=args.trace, temperature=args.temperature, top_p=args.top_p)
+    n_patches = result.visual_tokens  # this image's count (per image on dynamic-resolution families)
     if args.keep is not None and args.keep > n_patches and args.strategy != "vtw":
         notes.append(f"--keep {args.keep} is more than the {n_patches} visual tokens of the grid: clamped to "
                      f"{n_patches}")
-    result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                        warmup=args.warmup, trace=args.trace, temperature=args.temperature, top_p=args.top_p)
     result.notes = notes + (result.notes or [])
     if args.json:
         from .compare import result_json

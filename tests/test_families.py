@@ -134,3 +134,21 @@ def test_build_toy_cli_writes_a_loadable_family(tmp_path):
     assert config["model_type"] == "qwen2_5_vl"
     assert (out / "chat_template.jinja").is_file()
     load_processor(str(out), "qwen2_5_vl")
+
+
+def test_ask_cli_on_a_dynamic_grid_family(tmp_path, family_dirs):
+    """``python -m pruning ask`` on Qwen2.5-VL: the grid and the clamp note are this image's (8x10 = 80 tokens),
+    not a fixed grid's."""
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    _image(64, 80).save(image)
+    done = subprocess.run([sys.executable, "-m", "pruning", "ask", "--model", str(family_dirs["qwen2.5-vl"]),
+                           "--image", str(image), "--question", "what colour?", "--strategy", "random", "--keep", "200",
+                           "--max-new-tokens", "2", "--device", "cpu", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["grid"] == [8, 10] and out["visual_tokens"] == 80 and out["visual_tokens_kept"] == 80
+    assert any("clamped to 80" in note for note in out["notes"])
+    assert Image.open(image).size == (80, 64)
