@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from . import cost, text_inputs
-from .adapters.base import Prepared, check_indices
+from .adapters.base import Prepared, SubstituteScores, check_indices
 from .adapters.base import attention_module_fns as _attention_module_fns
 from .adapters.llava import record_cls_attention  # noqa: F401  (re-exported: benchmarks and tools import it here)
 from .model import LoadedModel
@@ -316,6 +316,8 @@ class Engine:
         kept_final = (full_index[is_image] - a).tolist()
         notes = [f"{strategy.name}: {live['note']}; the scoring query is the visual [CLS]"] if live.get("note") else []
         notes += [f"{strategy.name}: {note}" for note in (selection.notes or [])]
+        if isinstance(vision, SubstituteScores) and vision.substitute_used():  # named where a strategy read it
+            notes.append(f"{strategy.name}: {vision.score_note}")
         return PrefillState(
             cache=cache, logits=logits, next_positions=next_positions, layer_tokens=layer_tokens,
             kept_before=idx.tolist(), kept_final=kept_final, tokens_per_layer=tokens_per_layer,

@@ -184,3 +184,64 @@ def test_drop_in_llm_equals_mask_reference(engine, images):
     with torch.no_grad():
         torch.testing.assert_close(engine.lm_head(state.hidden_states), ref_logits[kept_rows], **TOL)
     assert result.generated_tokens == ref_tokens
+
+
+# ------------------------------------------------------------------ the substitute for [CLS] attention (no [CLS] in the ViT)
+def test_substitute_scores_are_attention_received(engine, images):
+    """``cls_attention`` on Qwen2.5-VL = per block and head, the attention each merged token's patches receive, over
+    the queries of their window (or all, in full-attention blocks), / T. Reference: the stock
+    ``eager_attention_forward`` on each window of each block's own q/k (captured by a pre-hook), then the stock
+    window order undone as the stock merger's output is."""
+    import sys
+
+    from transformers.vision_utils import get_vision_window_index
+
+    prepared = engine.prepare(images[0], QUESTIONS[0])
+    vision = engine.vision_pass(prepared)
+    visual = engine.adapter.visual
+    mod = sys.modules[type(visual.blocks[0].attn).__module__]
+    seen = []
+
+    def pre(module, args, kwargs):
+        seen.append((args[0], kwargs["cu_seqlens"], kwargs["position_embeddings"]))
+
+    handles = [b.attn.register_forward_pre_hook(pre, with_kwargs=True) for b in visual.blocks]
+    try:
+        with torch.no_grad():
+            out = visual(prepared.pixel_values, grid_thw=prepared.vision_inputs["image_grid_thw"])
+    finally:
+        for h in handles:
+            h.remove()
+    grid = prepared.vision_inputs["image_grid_thw"]
+    vc = engine.model.config.vision_config
+    window_index, _ = get_vision_window_index(grid, visual.spatial_merge_size, vc.window_size, vc.patch_size)
+    order = torch.argsort(window_index)
+    # the window order and its undoing, as the stock tower applies them to the merger's output
+    torch.testing.assert_close(visual.merger(out.last_hidden_state)[order], out.pooler_output)
+    ref = []
+    for block, (x, cu, (cos, sin)) in zip(visual.blocks, seen):
+        attn = block.attn
+        t = x.shape[0]
+        with torch.no_grad():
+            q, k, v = attn.qkv(x).reshape(t, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            q, k = mod.apply_rotary_pos_emb_vision(q, k, cos, sin)
+            received = torch.zeros(attn.num_heads, t)
+            bounds = cu.tolist()
+            for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                chunk = [z[s0:s1].transpose(0, 1)[None] for z in (q, k, v)]
+                _, weights = mod.eager_attention_forward(attn, *chunk, attention_mask=None, scaling=attn.scaling)
+                received[:, s0:s1] = weights[0].sum(1) / t
+        ref.append(received.view(attn.num_heads, -1, 4).sum(-1)[:, order])
+    ref = torch.stack(ref)
+    torch.testing.assert_close(vision.cls_attention, ref, atol=1e-5, rtol=1e-4)
+    assert vision.cls_attention.shape == (len(visual.blocks), vc.num_heads, prepared.n_image)
+    torch.testing.assert_close(vision.cls_attention.sum(-1), torch.ones(len(visual.blocks), vc.num_heads))
+
+
+def test_substitute_is_named_where_read(engine, images):
+    """A strategy that reads the substitute says so in its notes; one that does not, does not."""
+    note = "mean attention each merged token's patches receive"
+    read = engine.run(images[0], QUESTIONS[0], get_strategy("vtc-cls", keep=20), max_new_tokens=2, warmup=0)
+    unread = engine.run(images[0], QUESTIONS[0], get_strategy("random", keep=20), max_new_tokens=2, warmup=0)
+    assert any(note in n for n in read.notes)
+    assert not any(note in n for n in unread.notes)

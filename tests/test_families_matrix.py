@@ -67,6 +67,8 @@ def test_every_strategy_runs_or_refuses_as_documented(engines, images, family):
             assert 0 < result.visual_tokens_kept <= prepared.n_image
             if name not in OWN_BUDGET and name != "pooling":  # pooling keeps the nearest grid it can pool to
                 assert result.image_tokens_per_layer[-1] == keep, name  # the budget, reached by the last layer
+            substitute = any("a substitute" in note for note in result.notes or [])
+            assert substitute == ("substitute" in cell), (name, cell, result.notes)  # named exactly where used
             ran.append(name)
         else:
             assert cell.startswith("refuses"), (name, cell)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..strategies import VisionContext
+
 
 @dataclass
 class Prepared:
@@ -40,6 +42,24 @@ class Prepared:
     position_ids: torch.Tensor | None = None  # (P, S_full) the family's position ids of the full prompt
     #                                            (None: 0..S_full-1, one row)
     vision_inputs: dict | None = None  # other processor tensors the vision pass takes (Qwen: image_grid_thw)
+
+
+@dataclass
+class SubstituteScores(VisionContext):
+    """A ``VisionContext`` whose ``cls_attention`` holds a substitute score, named in ``score_note``, for a vision
+    tower without [CLS] (Qwen2.5-VL). It records whether a strategy read ``cls_attention`` (directly or through
+    ``cls_scores``), so that the engine names the substitute in the result's notes exactly when a strategy used it,
+    and never otherwise. ``dataclasses.replace`` (the engine's ``_strategy_inputs``) keeps the class and the note."""
+
+    score_note: str = ""
+
+    def __getattribute__(self, name):
+        if name == "cls_attention":
+            object.__setattr__(self, "_read_cls_attention", True)
+        return super().__getattribute__(name)
+
+    def substitute_used(self) -> bool:
+        return self.__dict__.get("_read_cls_attention", False)
 
 
 def check_indices(idx: torch.Tensor, n: int, name: str) -> None:

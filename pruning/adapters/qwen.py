@@ -15,17 +15,58 @@
   pruning); ``"rearrange"`` numbers the kept rows 0..S-1 with t = h = w, as 1-D RoPE would (the 2-D layout is
   lost: the "contiguous" of LLaVA's rule, on the one index every row then shares). The next token's position is the
   prompt's largest id + 1, as transformers' ``rope_deltas`` give it.
-- Scores: the ViT has no [CLS], and its attention is windowed (full in ``fullatt_block_indexes`` only). Strategies
-  that need [CLS] attention or a [CLS] feature refuse (``VisionContext.cls_scores`` says why); no substitute score
-  is computed yet.
+- Scores: the ViT has no [CLS], and its attention is windowed (full in ``fullatt_block_indexes`` only). In place of
+  the [CLS] query's attention row, ``cls_attention`` holds a named substitute, **mean attention received** (the
+  rule VisionZip's code uses for SigLIP, which has no [CLS] either): per ViT block and head, the attention each patch
+  receives summed over the queries that see it (its window, or every patch in a full-attention block), divided by
+  the patch count (so patches in windows of different sizes compare), summed over the 2x2 patches of each merged
+  token, in row-major order of the merged grid. It is computed from each block's own q/k projections and rotary
+  embedding by forward hooks (removed on exit), like LLaVA's [CLS] rows. Strategies that read it run and their
+  result's notes name the substitute (``SubstituteScores``); strategies that need a [CLS] *feature* (topk-sim) or
+  per-patch keys still refuse or fall back as docs/strategies.md says.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..strategies import VisionContext
-from .base import Adapter, Prepared
+import contextlib
+import sys
+
+from .base import Adapter, Prepared, SubstituteScores
+
+SCORE_NOTE = ("scores are the mean attention each merged token's patches receive in the ViT (a substitute: "
+              "Qwen2.5-VL's vision tower has no [CLS])")
+
+
+@contextlib.contextmanager
+def record_attention_received(blocks, store: list):
+    """Forward hooks on each ViT block's attention: (H, T) attention received per patch (window order), appended to
+    ``store`` per block; removed on exit. Recomputes q and k from the block's ``qkv`` and its rotary embedding
+    (the stock ``apply_rotary_pos_emb_vision``), over each window of ``cu_seqlens``."""
+    handles = []
+
+    def hook(module, args, kwargs, output):
+        x = args[0] if args else kwargs["hidden_states"]  # (T, D), window order
+        t = x.shape[0]
+        q, k, _ = module.qkv(x).reshape(t, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = kwargs["position_embeddings"]
+        q, k = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(q, k, cos, sin)
+        bounds = kwargs["cu_seqlens"].tolist()
+        received = torch.zeros(module.num_heads, t, device=x.device)
+        for s0, s1 in zip(bounds[:-1], bounds[1:]):
+            qs, ks = q[s0:s1].transpose(0, 1).float(), k[s0:s1].transpose(0, 1).float()  # (H, w, hd)
+            probs = ((qs @ ks.transpose(1, 2)) * module.scaling).softmax(-1)  # (H, w, w)
+            received[:, s0:s1] = probs.sum(1) / t
+        store.append(received.detach())
+
+    try:
+        for block in blocks:
+            handles.append(block.attn.register_forward_hook(hook, with_kwargs=True))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class Qwen25VLAdapter(Adapter):
@@ -80,9 +121,21 @@ class Qwen25VLAdapter(Adapter):
         if strategy is not None and strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index):
             raise ValueError(f"strategy {strategy.name!r} prunes inside the ViT by [CLS] attention: Qwen2.5-VL's "
                              "vision tower has no [CLS] (and windowed attention)")
-        out = self.visual(prepared.pixel_values, grid_thw=prepared.vision_inputs["image_grid_thw"])
+        from transformers.vision_utils import get_vision_window_index
+
+        grid = prepared.vision_inputs["image_grid_thw"]
+        received: list[torch.Tensor] = []
+        with record_attention_received(self.visual.blocks, received):
+            out = self.visual(prepared.pixel_values, grid_thw=grid)
         merged = out.pooler_output  # (N, D) after the PatchMerger, row-major
-        return VisionContext(
-            patch_features=merged, cls_attention=None, cls_feature=None, feature_layer=g.feature_layer_index,
+        vc = self.model.config.vision_config
+        window_index, _ = get_vision_window_index(grid, spatial_merge_size=self.merge, window_size=vc.window_size,
+                                                  patch_size=vc.patch_size)  # the order the blocks saw
+        unit = self.merge ** 2  # patches per merged token, consecutive in window order
+        scores = torch.stack([r.view(r.shape[0], -1, unit).sum(-1) for r in received])  # (L_v, H, N) window order
+        scores = scores[:, :, torch.argsort(window_index.to(scores.device))]  # row-major, as ``merged``
+        return SubstituteScores(
+            patch_features=merged, cls_attention=scores, cls_feature=None, feature_layer=g.feature_layer_index,
             rows=prepared.rows, cols=prepared.cols, generator=torch.Generator().manual_seed(seed),
+            score_note=SCORE_NOTE,
         )
