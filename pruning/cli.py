@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--image", required=True, help="path to an image file")
     ask.add_argument("--question", required=True)
     ask.add_argument("--strategy", default="none", help="pruning strategy name (default: none)")
-    ask.add_argument("--keep", type=_positive_int, help="visual tokens to keep")
+    ask.add_argument("--keep", type=_budget, help="visual tokens to keep: a count (64) or a ratio of this image's "
+                     "tokens (0.25; on dynamic-resolution families the count differs per image)")
     ask.add_argument("--layer", type=_positive_int, help="prune inside the LLM before layer K (implies --stage llm)")
     ask.add_argument("--stage", choices=["before", "llm"], help="where the strategy prunes")
     ask.add_argument("--positions", choices=["keep", "rearrange"], help="position ids after pruning")
@@ -173,6 +174,15 @@ def resolve_model(model: str | None) -> str:
     return str(DEFAULT_MODEL_DIR)
 
 
+def _budget(text: str):
+    from .budgets import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _ask(args) -> int:
     from .engine import Engine
     from .model import load_model
@@ -182,15 +192,23 @@ def _ask(args) -> int:
 
     # everything that can be checked without the model first, then the budget and layers against it
     check_generation(args.max_new_tokens, args.temperature, args.top_p)
-    if args.keep is not None and args.keep < 1 and args.strategy != "vtw":
+    if isinstance(args.keep, int) and args.keep < 1 and args.strategy != "vtw":
         raise ValueError(f"--keep {args.keep}: keep at least 1 visual token")
     stage = args.stage or ("llm" if args.layer is not None else None)
-    strategy = get_strategy(args.strategy, keep=args.keep, layer=args.layer, stage=stage,
-                            positions=args.positions, seed=args.seed, **_params(args.param))
+    ratio = isinstance(args.keep, float)
+    settings = dict(layer=args.layer, stage=stage, positions=args.positions, seed=args.seed, **_params(args.param))
+    strategy = get_strategy(args.strategy, keep=1 if ratio else args.keep, **settings)  # checked before loading
     notes: list[str] = []
     image = load_image(args.image, notes=notes)
     lm = load_model(resolve_model(args.model), load_in_4bit=args.load_in_4bit, device=args.device)
     engine = Engine(lm)
+    if ratio:  # a ratio of this image's own token count (pruning/budgets.py)
+        from .budgets import keep_tokens
+
+        n_image = engine.prepare(image, args.question).n_image
+        keep = keep_tokens(args.keep, n_image)
+        strategy = get_strategy(args.strategy, keep=keep, **settings)
+        notes.append(f"--keep {args.keep}: {keep} of this image's {n_image} visual tokens")
     result = engine.run(image, args.question, strategy, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                         warmup=args.warmup, trace=args.trace, temperature=args.temperature, top_p=args.top_p)
     n_patches = result.visual_tokens  # this image's count (per image on dynamic-resolution families)

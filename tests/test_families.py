@@ -152,3 +152,31 @@ def test_ask_cli_on_a_dynamic_grid_family(tmp_path, family_dirs):
     assert out["grid"] == [8, 10] and out["visual_tokens"] == 80 and out["visual_tokens_kept"] == 80
     assert any("clamped to 80" in note for note in out["notes"])
     assert Image.open(image).size == (80, 64)
+
+
+def test_budget_forms():
+    from pruning.budgets import keep_tokens, parse_budget
+
+    assert parse_budget("64") == 64 and isinstance(parse_budget("64"), int)
+    assert parse_budget("0.25") == 0.25 and parse_budget("1.0") == 1.0
+    for bad in ("-5", "2.5", "0.0", "abc", "nan"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+    assert keep_tokens(0.25, 80) == 20 and keep_tokens(0.25, 36) == 9 and keep_tokens(0.001, 36) == 1
+    assert keep_tokens(200, 80) == 80 and keep_tokens(20, 80) == 20
+
+
+def test_ask_cli_ratio_budget_follows_the_image(tmp_path, family_dirs):
+    """``--keep 0.25`` keeps a quarter of each image's own tokens: 20 of 80 (64x80), 9 of 36 (48x48)."""
+    kept = {}
+    for h, w in ((64, 80), (48, 48)):
+        image = tmp_path / f"{h}x{w}.png"
+        _image(h, w).save(image)
+        done = subprocess.run([sys.executable, "-m", "pruning", "ask", "--model", str(family_dirs["qwen2.5-vl"]),
+                               "--image", str(image), "--question", "what colour?", "--strategy", "random",
+                               "--keep", "0.25", "--max-new-tokens", "1", "--device", "cpu", "--json"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        kept[(h, w)] = (out["visual_tokens_kept"], out["visual_tokens"])
+    assert kept == {(64, 80): (20, 80), (48, 48): (9, 36)}
