@@ -155,3 +155,45 @@ def test_drop_in_llm_equals_mask_reference(engine, images):
     with torch.no_grad():
         torch.testing.assert_close(engine.lm_head(state.hidden_states), ref_logits[kept_rows], **TOL)
     assert result.generated_tokens == tokens
+
+
+# ------------------------------------------------------------------ the substitute for [CLS] attention
+def test_substitute_scores_follow_the_packed_rows(engine, images):
+    """Mean attention received, packed as the rows are: one score per row, per ViT layer and head; 0 exactly on the
+    newline rows (anyres); and, with eager attention, equal to the stock tower's own attention weights
+    (``output_attentions``): summed over each crop's queries / T, [CLS] dropped where the features drop it."""
+    prepared = engine.prepare(images[0], QUESTIONS[0])
+    vision = engine.vision_pass(prepared)
+    model, config = engine.model, engine.model.config
+    scores, rows = vision.cls_attention, vision.patch_features
+    assert scores.shape[-1] == rows.shape[0] == prepared.n_image
+    family = config.model_type
+    if family != "internvl":
+        newline = (rows == model.model.image_newline.to(rows.dtype)).all(-1)
+        assert 0 < int(newline.sum()) < rows.shape[0]
+        assert bool((scores[:, :, newline] == 0).all()) and bool((scores[:, :, ~newline] > 0).all())
+    if engine.attn_impl != "eager":
+        return
+    crops = prepared.pixel_values[0] if prepared.pixel_values.dim() == 5 else prepared.pixel_values
+    with torch.no_grad():
+        att = model.model.vision_tower(crops.to(engine.vision_dtype), output_attentions=True).attentions
+    drop = 1 if config.vision_feature_select_strategy == "default" else 0
+    received = torch.stack([a.sum(2) / a.shape[-1] for a in att])[..., drop:]  # (L, B, H, T')
+    if family == "internvl":  # every tile's shuffled rows: each row sums its 2x2 patches
+        side = int(received.shape[-1] ** 0.5)
+        ref = torch.stack([torch.stack([
+            model.model.pixel_shuffle(layer[:, h].reshape(-1, side, side, 1), config.downsample_ratio).sum(-1).reshape(-1)
+            for h in range(layer.shape[1])]) for layer in received])
+        torch.testing.assert_close(scores, ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(scores.sum(-1), received.sum(-1).sum(1))  # every tile's patches, all counted
+    else:  # the base image comes first, unchanged by the packing
+        base = received[:, 0]  # (L, H, side^2)
+        torch.testing.assert_close(scores[:, :, :base.shape[-1]], base, atol=1e-5, rtol=1e-4)
+
+
+def test_substitute_is_named_where_read(engine, images):
+    note = "a substitute"
+    read = engine.run(images[0], QUESTIONS[0], get_strategy("vtc-cls", keep=20), max_new_tokens=2, warmup=0)
+    unread = engine.run(images[0], QUESTIONS[0], get_strategy("divprune", keep=20), max_new_tokens=2, warmup=0)
+    assert any(note in n for n in read.notes)
+    assert not any(note in n for n in unread.notes)

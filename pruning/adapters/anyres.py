@@ -13,24 +13,72 @@ feed them with image-newline tokens; both use 1-D RoPE.
 - Pruning happens after the projector (the stock call projects every crop), so ``project`` is the identity and
   feature-merging strategies average LLM-space rows (on LLaVA-1.5 they average vision features before the MLP).
 - Positions: 0..S-1, one row, as LLaVA-1.5.
-- Scores: SigLIP has no [CLS]. LLaVA-NeXT's CLIP has one per crop, but its rows are not yet carried through the
-  packing (unpadding, newlines) to the N rows, so on both families the strategies that need [CLS] attention or a
-  [CLS] feature refuse (``VisionContext.cls_scores`` says why): a deviation on NeXT, named in docs/strategies.md.
+- Scores: SigLIP has no [CLS]; LLaVA-NeXT's CLIP has one per crop, but no single [CLS] row covers the N rows (each
+  crop has its own), so both families get the substitute Qwen2.5-VL has, **mean attention received**: per ViT layer,
+  head and crop, the attention each patch receives summed over the crop's queries / the crop's token count,
+  computed from the layer's own q/k projections by forward hooks during the stock ``get_image_features`` call (so
+  exactly the crops it uses), [CLS] dropped where the select strategy drops it, then packed into the N rows by the
+  stock ``pack_image_features`` itself (unpadding, OneVision's bilinear shrink) with a score of 0 for each newline
+  token. Strategies that read it run and name it in their notes (``SubstituteScores``); those that need a [CLS]
+  feature still refuse. On NeXT this replaces the per-crop [CLS] attention: a deviation, named in
+  docs/strategies.md.
 
 InternVL (``InternVLForConditionalGeneration``) takes the same road with tiles instead of crops: the processor cuts
 the image into up to ``max_patches`` square tiles plus a thumbnail, the stock ``get_image_features`` runs InternViT
 on each (its [CLS] dropped, "default"), pixel-shuffles every tile's patch grid by 0.5 (2x2 patches -> one token of 4x
 the width) and projects: ``image_seq_length`` rows per tile, tile after tile, between ``<img>`` and ``</img>``.
-Those rows are the N prunable rows (1 x N, budgets global over all tiles); the per-tile [CLS] is not carried to
-them, so [CLS] strategies refuse here too.
+Those rows are the N prunable rows (1 x N, budgets global over all tiles). Scores: mean attention received per tile
+as above (from each layer's q_norm / k_norm outputs, i.e. after the optional q/k norm), [CLS] dropped, and each head's
+scores pixel-shuffled by the stock ``pixel_shuffle`` as the features are, the 4 patches of a token summed.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from ..strategies import VisionContext
-from .base import Adapter, Prepared
+from .base import Adapter, Prepared, SubstituteScores
+
+SCORE_NOTE = ("scores are the mean attention each row's patches receive in the ViT, per crop or tile (a substitute: "
+              "no [CLS] attention row covers the packed rows of {family})")
+
+
+@contextlib.contextmanager
+def record_attention_received(attentions, store: list):
+    """Forward hooks on each ViT attention module's query / key projections (InternVL: its q_norm / k_norm, after
+    the optional norm): per layer, (B, H, T) attention each token receives, summed over the B crops' own queries and
+    divided by T (each crop's scores of a head sum to 1); removed on exit."""
+    handles, queries = [], {}
+
+    def names(attn):
+        return ("q_norm", "k_norm") if hasattr(attn, "q_norm") else ("q_proj", "k_proj")
+
+    def q_hook(i):
+        def hook(module, args, output):
+            queries[i] = output
+        return hook
+
+    def k_hook(i, attn):
+        def hook(module, args, output):
+            q = queries.pop(i)
+            b, t, _ = output.shape
+            heads = attn.num_heads
+            q = q.view(b, t, heads, -1).transpose(1, 2).float()  # (B, H, T, hd)
+            k = output.view(b, t, heads, -1).transpose(1, 2).float()
+            probs = ((q @ k.transpose(2, 3)) * attn.scale).softmax(-1)  # (B, H, T, T)
+            store.append((probs.sum(2) / t).detach())  # (B, H, T)
+        return hook
+
+    try:
+        for i, attn in enumerate(attentions):
+            q_name, k_name = names(attn)
+            handles.append(getattr(attn, q_name).register_forward_hook(q_hook(i)))
+            handles.append(getattr(attn, k_name).register_forward_hook(k_hook(i, attn)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class AnyresAdapter(Adapter):
@@ -80,9 +128,47 @@ class AnyresAdapter(Adapter):
         if strategy is not None and strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index):
             raise ValueError(f"strategy {strategy.name!r} prunes inside the ViT by [CLS] attention: no [CLS] rows "
                              f"are carried to the packed rows of {self.family} (see pruning/adapters/anyres.py)")
-        out = self.model.model.get_image_features(pixel_values=prepared.pixel_values, **prepared.vision_inputs)
+        received: list[torch.Tensor] = []
+        with record_attention_received(self.attentions(), received):
+            out = self.model.model.get_image_features(pixel_values=prepared.pixel_values, **prepared.vision_inputs)
         rows = torch.cat([r.reshape(-1, r.shape[-1]) for r in out.pooler_output])  # (N, D); InternVL: tile by tile
-        return VisionContext(
-            patch_features=rows, cls_attention=None, cls_feature=None, feature_layer=g.feature_layer_index,
+        scores = torch.stack([self.pack_scores(r, prepared) for r in received])  # (L_v, H, N)
+        if scores.shape[-1] != rows.shape[0]:
+            raise ValueError(f"{self.family}: {scores.shape[-1]} packed scores for {rows.shape[0]} rows")
+        return SubstituteScores(
+            patch_features=rows, cls_attention=scores, cls_feature=None, feature_layer=g.feature_layer_index,
             rows=prepared.rows, cols=prepared.cols, generator=torch.Generator().manual_seed(seed),
+            score_note=SCORE_NOTE.format(family=self.family),
         )
+
+    def attentions(self) -> list:
+        """The vision tower's attention modules, layer by layer."""
+        encoder = getattr(self.vision_tower, "vision_model", self.vision_tower).encoder
+        layers = encoder.layer if hasattr(encoder, "layer") else encoder.layers  # InternViT: .layer
+        return [getattr(layer, "attention", None) or layer.self_attn for layer in layers]
+
+    def pack_scores(self, received: torch.Tensor, prepared: Prepared) -> torch.Tensor:
+        """(B, H, T) per-crop scores -> (H, N), laid out as the packed rows: through the stock packing itself."""
+        config = self.model.config
+        if config.vision_feature_select_strategy == "default":  # the [CLS] column goes, as the features' does
+            received = received[:, :, 1:]
+        heads = received.shape[1]
+        inner = self.model.model
+        if self.family == "internvl":
+            side = int(received.shape[-1] ** 0.5)
+            per_head = []
+            for h in range(heads):  # one channel at a time: the shuffle's channel order cannot mix heads
+                x = inner.pixel_shuffle(received[:, h].reshape(-1, side, side, 1), scale_factor=config.downsample_ratio)
+                per_head.append(x.sum(-1).reshape(-1))  # the patches of one token, summed; tile after tile
+            return torch.stack(per_head)
+        feats = [received.transpose(1, 2)]  # one image: (B crops, T', H), heads as channels
+        sizes = prepared.vision_inputs["image_sizes"]
+        newline = torch.zeros(heads, dtype=received.dtype, device=received.device)  # a newline row scores 0
+        if self.family == "llava_onevision":
+            packed, _ = inner.pack_image_features(feats, sizes, image_newline=newline,
+                                                  vision_aspect_ratio=getattr(config, "vision_aspect_ratio",
+                                                                              "anyres_max_9"))
+        else:
+            packed, _ = inner.pack_image_features(feats, sizes, config.vision_feature_select_strategy,
+                                                  image_newline=newline)
+        return packed[0].transpose(0, 1)  # (H, N)
