@@ -39,7 +39,7 @@ from gradio.components.plot import PlotData
 
 from . import about, overlays, plots, teach
 from .colors import swatch_html
-from .units import bytes_unit, flops_unit, format_bytes, format_flops
+from .units import bytes_unit, flops_unit, format_bytes, format_flops, format_ms
 
 CSS = """
 .ps-intro p {margin: 0 0 4px 0;}
@@ -57,6 +57,12 @@ CSS = """
 #ps-plot-kl:not(:has(.js-plotly-plot)) {display: none !important;}
 #ps-relevance-box:not(:has(.ps-relevance-note p)) {display: none !important;}
 #ps-placeholder:not(:has(p)) {display: none !important;}
+#ps-view-box:not(:has(#ps-view img)) {display: none !important;}
+#ps-view-box {align-items: flex-start; gap: 12px;}
+.ps-view-note {font-size: 0.9em;}
+.ps-offworld {color: #9a3412; font-weight: 600;}
+.ps-view-note .ps-offworld {font-weight: 400;}
+.ps-timing-note {color: #555; font-style: italic; font-size: 0.92em;}
 /* a message beside an input: takes no room while empty */
 .ps-field-msg:not(:has(p)) {display: none !important;}
 .ps-field-msg p {color: #b42318; font-weight: 600; margin: 0;}
@@ -97,6 +103,7 @@ PLACEHOLDER = ("_Results appear here after **Compare**: one card per strategy (i
                "patches it discarded masked), a table of what each cost, then plots of what happens inside the "
                "model._")
 WAITING = "waiting…"
+BAND_SEEDS = 5  # the Sweep's band: random run with seeds 0..4
 
 
 def undecoded(image: gr.Image) -> gr.Image:
@@ -173,44 +180,120 @@ def card_waiting(name: str) -> str:
     return f"### {swatch_html(name)}\n<span class='ps-card-waiting'>{WAITING}</span>"
 
 
+def _spread_words(sp: dict | None, unit: str = "", fmt: str = "{:.2f}") -> str:
+    """``(min–max over n)`` of a ``timing_spread`` / ``speedup_spread`` entry; empty without one."""
+    if not sp or sp.get("n", 0) < 2:
+        return ""
+    return f" ({fmt.format(sp['min'])}–{fmt.format(sp['max'])}{unit} over {sp['n']})"
+
+
+def speedup_words(r: dict) -> str:
+    """The measured speedup with its per-pair spread and the FLOPs' prediction: never a bare ratio."""
+    sp = r.get("speedup_spread")
+    spread = (f", {sp['min']:.2f}–{sp['max']:.2f}x over {sp['n']} paired runs" if sp and sp.get("n", 0) > 1
+              else "")
+    return f"**{r['speedup']:.2f}x** vs none, measured{spread} (FLOPs predict {r['speedup_predicted']:.2f}x)"
+
+
+def projected_words(r: dict) -> str:
+    """One line: what this kept set would cost on the speed report's target model (``result["projected"]``);
+    empty when the library could not project it (the table caption then says why)."""
+    p = r.get("projected") or {}
+    if not p.get("available"):
+        return ""
+    lo, hi = p["ttft_ms_range"]
+    speed = "" if r["strategy"] == "none" else f" · **{p['speedup_ttft']:.2f}x**"
+    return (f"**{p['target_name']}, projected:** first token {format_ms(p['ttft_ms'])} "
+            f"({format_ms(lo)}–{format_ms(hi)}) · prefill {format_ms(p['prefill_ms'])} · KV cache "
+            f"{format_bytes(p['kv_cache_bytes'])}{speed}")
+
+
+def offworld_words(r: dict) -> str:
+    """A card's warning when the input is outside the embedded model's world (the full reasons sit under the
+    image as the model sees it)."""
+    if not r.get("offworld_warnings"):
+        return ""
+    return ("<span class='ps-offworld'>⚠ Outside the toy model's world: this answer is a guess "
+            "(why: under <i>As the model sees it</i>).</span>")
+
+
+def view_words(view_event: dict) -> str:
+    """Under the image as the model sees it: how the processor resized or cropped the upload, then every reason
+    the input lies outside the embedded model's world (the library's ``view`` event)."""
+    lines = ["**As the model sees it** (left): " + html.escape(view_event.get("view_note") or "")]
+    lines += [f"<span class='ps-offworld'>⚠ {html.escape(w)}</span>" for w in view_event.get("warnings") or []]
+    return "  \n".join(line for line in lines if line)
+
+
 def card_details(r: dict) -> str:
-    t = r["timings"]
-    stats = (f"{r['visual_tokens_kept']} of {r['visual_tokens']} visual tokens enter the LLM, "
-             f"{r['image_tokens_per_layer'][-1]} reach its last layer  \n"
-             f"prefill {t['prefill_ms']:.1f} ms · {t['decode_ms_per_token']:.2f} ms per decoded token · "
-             f"{format_flops(r['tflops']['prefill'])} prefill  \n"
-             + ("the reference the speedups are measured against" if r["strategy"] == "none" else
-                f"**{r['speedup']:.2f}x** vs none, measured (FLOPs predict {r['speedup_predicted']:.2f}x)"))
+    t, sp = r["timings"], r.get("timing_spread") or {}
+    ttft = (sp.get("ttft_ms") or {}).get("median", t["vision_ms"] + t["prefill_ms"])
+    lines = [offworld_words(r),
+             f"{r['visual_tokens_kept']} of {r['visual_tokens']} visual tokens enter the LLM, "
+             f"{r['image_tokens_per_layer'][-1]} reach its last layer",
+             f"**Here, measured:** first token {ttft:.1f} ms{_spread_words(sp.get('ttft_ms'), ' ms', '{:.1f}')} · "
+             f"{t['decode_ms_per_token']:.2f} ms per decoded token · {format_flops(r['tflops']['prefill'])} prefill",
+             "the reference the speedups are measured against" if r["strategy"] == "none" else speedup_words(r)]
+    if r.get("timing_note"):
+        lines.append(f"<span class='ps-timing-note'>{html.escape(r['timing_note'])}</span>")
+    lines.append(projected_words(r))
     if r.get("notes"):
-        stats += "  \n_" + "; ".join(r["notes"]) + "_"
-    extra = teach.card_lines(r)  # ground truth, random's seeds (app/teach.py)
-    if extra:
-        stats += "  \n" + extra
-    return stats
+        lines.append("_" + "; ".join(r["notes"]) + "_")
+    lines.append(teach.card_lines(r))  # ground truth, random's seeds (app/teach.py)
+    return "  \n".join(line for line in lines if line)
 
 
 def _yes_no(r: dict, ctx: dict) -> str:
     return "yes" if r["same_as_none"] else "<span class='ps-differs'>no</span>"
 
 
+def _speedup_cell(r: dict, c: dict) -> str:
+    """The measured speedup and its per-pair range; a † where the card carries a note on why it is not a clear
+    gain (below 1, or a range that holds 1)."""
+    if r["strategy"] == "none":
+        return "reference"
+    sp = r.get("speedup_spread")
+    spread = f" <small>({sp['min']:.2f}–{sp['max']:.2f})</small>" if sp and sp.get("n", 0) > 1 else ""
+    return f"{r['speedup']:.2f}x{spread}{' †' if r.get('timing_note') else ''}"
+
+
+def _projected(key: str, fmt):
+    def cell(r: dict, c: dict) -> str:
+        p = r.get("projected") or {}
+        if not p.get("available"):
+            return "n/a"
+        if key == "speedup_ttft" and r["strategy"] == "none":
+            return "reference"
+        return fmt(p[key], c)
+    return cell
+
+
 # The comparison table, one column per entry: (header, unit line under it, cell from (result, context), text-aligned).
 # ``context`` holds what a whole column shares (one FLOPs unit, one bytes unit). A new column is one more entry.
+# "{target}" in a header is the projection's target model (LLaVA-1.5-7B).
 TABLE_COLUMNS = [
     ("strategy", "", lambda r, c: swatch_html(r["strategy"]), True),
     ("answer", "", lambda r, c: html.escape(r["answer"] or "(empty)"), True),
     ("same as none", "", _yes_no, True),
     ("visual tokens", "into the LLM", lambda r, c: str(r["visual_tokens_kept"]), False),
     ("in last layer", "tokens", lambda r, c: str(r["image_tokens_per_layer"][-1]), False),
-    ("vision", "ms", lambda r, c: f"{r['timings']['vision_ms']:.1f}", False),
-    ("prefill", "ms", lambda r, c: f"{r['timings']['prefill_ms']:.1f}", False),
-    ("decode", "ms / token", lambda r, c: f"{r['timings']['decode_ms_per_token']:.2f}", False),
-    ("total", "ms", lambda r, c: f"{r['timings']['total_ms']:.1f}", False),
+    ("first token", "ms, here", lambda r, c: f"{r['timings']['vision_ms'] + r['timings']['prefill_ms']:.1f}", False),
+    ("decode", "ms / token, here", lambda r, c: f"{r['timings']['decode_ms_per_token']:.2f}", False),
     ("compute", "prefill", lambda r, c: format_flops(r["tflops"]["prefill"], unit=c["flops"]), False),
-    ("KV cache", "", lambda r, c: format_bytes(r["kv_cache_bytes"], unit=c["bytes"]), False),
-    ("speedup", "measured", lambda r, c: f"{r['speedup']:.2f}x", False),
-    ("speedup", "FLOPs predict", lambda r, c: f"{r['speedup_predicted']:.2f}x", False),
+    ("KV cache", "here", lambda r, c: format_bytes(r["kv_cache_bytes"], unit=c["bytes"]), False),
+    ("speedup", "measured here (range)", _speedup_cell, False),
+    ("speedup", "FLOPs predict", lambda r, c: "reference" if r["strategy"] == "none" else
+     f"{r['speedup_predicted']:.2f}x", False),
+    ("first token", "{target}, projected", _projected("ttft_ms", lambda v, c: format_ms(v)), False),
+    ("KV cache", "{target}, projected", _projected("kv_cache_bytes", lambda v, c: format_bytes(v)), False),
+    ("speedup", "{target}, projected", _projected("speedup_ttft", lambda v, c: f"{v:.2f}x"), False),
 ]
 TABLE_HEADERS = [h if not u else f"{h} ({u})" for h, u, _, _ in TABLE_COLUMNS]
+
+
+def _target(results: list[dict]) -> str:
+    return next((r["projected"]["target_name"] for r in results if (r.get("projected") or {}).get("available")),
+                "target model")
 
 
 def table_html(results: list[dict], columns=TABLE_COLUMNS) -> str:
@@ -218,8 +301,9 @@ def table_html(results: list[dict], columns=TABLE_COLUMNS) -> str:
     unit per column; it scrolls sideways inside its box where the page is narrower than the table."""
     ctx = {"flops": flops_unit([r["tflops"]["prefill"] for r in results]) if results else None,
            "bytes": bytes_unit([r["kv_cache_bytes"] for r in results]) if results else None}
-    head = "".join(f"<th{' class=ps-text' if text else ''}>{h}{f'<small>{u}</small>' if u else ''}</th>"
-                   for h, u, _, text in columns)
+    target = _target(results)
+    head = "".join(f"<th{' class=ps-text' if text else ''}>{h}"
+                   f"{f'<small>{u.format(target=target)}</small>' if u else ''}</th>" for h, u, _, text in columns)
     body = "".join("<tr>" + "".join(f"<td{' class=ps-text' if text else ''}>{cell(r, ctx)}</td>"
                                     for _, _, cell, text in columns) + "</tr>" for r in results)
     if not results:
@@ -228,12 +312,37 @@ def table_html(results: list[dict], columns=TABLE_COLUMNS) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
-def table_caption(results: list[dict]) -> str:
+def overhead_words(results: list[dict], embedded: bool) -> str:
+    """One line on why the embedded model's times are overhead-bound, from none's own figures (empty before
+    none's result, or for a model that is not the toy)."""
+    none = next((r for r in results if r["strategy"] == "none"), None)
+    if none is None or not embedded:
+        return ""
+    gflops, ms = none["tflops"]["prefill"] * 1e3, none["timings"]["prefill_ms"]
+    return (f"<b>Why the toy's speedups are small or even below 1:</b> its whole unpruned prefill is {gflops:.2f} "
+            f"GFLOPs in {ms:.1f} ms, so fixed per-layer costs (Python, kernel launches, the selection itself) that "
+            "pruning does not remove outweigh the arithmetic it saves. ")
+
+
+def table_caption(results: list[dict], projection: dict | None = None, embedded: bool = False) -> str:
+    """What the table's figures are: how the times were taken, why the toy's are overhead-bound (``embedded``),
+    and what the projected columns rest on (``projection``: ``Scope.projection_info()``)."""
     repeats = next((r.get("repeats") for r in results if r.get("repeats")), None)
     runs = f"median of {repeats} runs after a warm-up" if repeats else "median of the timed runs after a warm-up"
-    return (f"<p class='ps-table-caption'>Timings: {runs}, on a machine that may be busy with other visitors. "
-            "Speedup: time to first token (vision + prefill) of none over the strategy's; FLOPs predict: the same "
-            "ratio of prefill compute.</p>")
+    text = (f"Timings here: {runs}, on a machine that may be busy with other visitors. Speedup: time to first token "
+            "(vision + prefill) of none over the strategy's, each run paired with a run of none moments apart; the "
+            "range spans the pairs; † : not a clear gain, the card says why. FLOPs predict: the same ratio of "
+            "prefill compute. ")
+    text += overhead_words(results, embedded)
+    if projection is not None:
+        if projection.get("available"):
+            text += (f"<b>Projected columns:</b> the same kept tokens per layer on {_target(results)}, timed from "
+                     f"<code>python -m pruning speed</code>'s per-layer times measured at its real widths on "
+                     f"{html.escape(projection['machine'])} (not a run of that model; range: the measurement's "
+                     "quartiles; KV cache in fp16, as that model keeps it).")
+        else:
+            text += f"No projection to a larger model: {html.escape(projection.get('reason', ''))}."
+    return f"<p class='ps-table-caption'>{text}</p>"
 
 
 def refused_input(message: str) -> str:
@@ -346,6 +455,12 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         run = gr.Button("Compare", variant="primary", elem_id="ps-run")
                         # the one progress text, where the eye is after a click (the results come below)
                         status = gr.Markdown("", elem_id="ps-status")
+                        forms = info["question_forms"]
+                        question_form = gr.Dropdown(
+                            [(f"{f['form']}  (e.g. {f['example']})" + ("" if f["evaluated"] else " [training only]"),
+                              f["example"]) for f in forms], value=None, elem_id="ps-question-form",
+                            label="Or pick a question form the toy model knows (fills the question; edit the "
+                                  "colour or shape)", visible=bool(forms))
                         if examples:
                             gr.Examples([[e["image"], e["question"]] for e in examples], [image, question],
                                         label="Examples: held-out scenes the model never saw (click one, then Compare)")
@@ -374,6 +489,11 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         settings_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-settings-msg")
                 placeholder = gr.Markdown(PLACEHOLDER, elem_id="ps-placeholder")
                 with gr.Column(elem_id="ps-results"):
+                    with gr.Row(elem_id="ps-view-box", equal_height=False):
+                        view_image = gr.Image(type="pil", show_label=False, interactive=False,
+                                              height=160, width=160, min_width=170, scale=0, elem_id="ps-view",
+                                              buttons=["download"])
+                        view_note = gr.Markdown("", elem_id="ps-view-note", elem_classes="ps-view-note")
                     gr.HTML(overlays.legend_html(), padding=False)
                     cards = []
                     with gr.Row(equal_height=False, elem_id="ps-cards"):
@@ -386,7 +506,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                             cards.append((title, picture, details))
                     gr.Markdown("### What each strategy cost")
                     table = gr.HTML(table_html([]), elem_id="ps-table", padding=False)
-                    table_note = gr.HTML(table_caption([]), padding=False)
+                    table_note = gr.HTML(table_caption([], info["projection"], info["embedded"]), padding=False)
                 with gr.Column(elem_id="ps-inside"):
                     gr.Markdown("## Look inside")
                     with gr.Row():
@@ -408,8 +528,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
             # -------------------------------------------------------- Sweep
             with gr.Tab("Sweep", id="sweep"):
-                gr.Markdown("Accuracy against budget on held-out questions of the shapes world (the library's "
-                            "`bench` sweep). Each question runs once per strategy and budget.")
+                gr.Markdown("Accuracy on held-out questions of the shapes world (the library's `bench` sweep), "
+                            "against the visual tokens each LLM layer reads on average (a budget's cost for every "
+                            "method, FastV's and VTW's included) and against prefill compute. Each question runs "
+                            "once per strategy and budget; bars: Wilson 95% intervals.")
                 with gr.Row():
                     sweep_strategies = gr.Dropdown([s for s in names if s != "none"],
                                                    value=[s for s in info["default_strategies"] if s != "none"],
@@ -420,6 +542,13 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                     sweep_types = gr.CheckboxGroup(["colour", "shape", "exist", "count", "position"],
                                                    value=["colour", "shape", "exist", "count", "position"],
                                                    label="Question types")
+                with gr.Row():
+                    sweep_seed = gr.Number(0, precision=0, elem_id="ps-sweep-seed", min_width=200,
+                                           label="Seed: 0 = the default held-out questions; 1..999 draw another "
+                                                 "set (and seed random and k-means)")
+                    sweep_band = gr.Checkbox(False, elem_id="ps-sweep-band", min_width=200,
+                                             label=f"Also run random with {BAND_SEEDS} seeds and draw its range as a "
+                                                   f"band (random's luck; {BAND_SEEDS} more runs per budget)")
                 sweep_run = gr.Button("Run sweep", variant="primary", elem_id="ps-sweep-run")
                 sweep_status = gr.Markdown("", elem_id="ps-sweep-status")
                 with gr.Row():
@@ -463,7 +592,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         plot_outputs = [tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance,
                         relevance_note, heat_choice]
         messages = {"image": image_msg, "question": question_msg, "settings": settings_msg, "model": model_status}
-        all_outputs = [status, table, results_state, table_note, placeholder, *messages.values(), *card_outputs,
+        all_outputs = [status, table, results_state, table_note, placeholder, view_image, view_note,
+                       *messages.values(), *card_outputs,
                        *plot_outputs]
 
         def collect_params(values) -> dict:
@@ -507,14 +637,16 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 stream = pool.get(model_name).compare_stream(
                     image_path, question_text, chosen or [], whole(keep_value), collect_params(values),
                     max_new_tokens=whole(max_new_tokens), eta=0.003 if eta_value is None else float(eta_value))
-                view = next(stream)["view"]  # the library checks the whole request before its first event
+                first_event = next(stream)  # the library checks the whole request before its first event
             except ValueError as e:
                 yield refuse(e)
                 return
+            view = first_event["view"]
+            picked = pool.get(model_name).info()
             # every slot of this run laid out at once, waiting; the others empty (hidden by CSS)
             names_ = order + [None] * (len(cards) - total)
             yield {status: f"Running none, the unpruned reference (1 of {total})... The cards fill in below.",
-                   placeholder: "",
+                   placeholder: "", view_image: overlays.as_seen(view), view_note: view_words(first_event),
                    table: table_html([]), **{m: "" for m in messages.values()},
                    **{x: v for (title, picture, details), name in zip(cards, names_)
                       for x, v in ((title, card_waiting(name) if name else ""), (picture, None), (details, ""))}}
@@ -530,7 +662,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                if done < total else
                                f"All strategies done ({total} of {total}); drawing the look-inside plots...")
                         yield {status: nxt, title: card_title(r), picture: overlays.overlay(view, r),
-                               details: card_details(r), table: table_html(results), table_note: table_caption(results),
+                               details: card_details(r), table: table_html(results),
+                               table_note: table_caption(results, picked["projection"], picked["embedded"]),
                                results_state: list(results)}
                     elif event["kind"] == "inspect":
                         values_ = _inspect_updates(event, results, info, tokens_plot, shares_plot, llm_heat,
@@ -563,13 +696,15 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                       model_name, values, in_page=False, had_results=False)
             forget_skipped_outputs(demo, request)  # as in run_compare
 
-        cleared = [status, results_state, placeholder, table, *messages.values(), *card_outputs, tokens_plot,
+        cleared = [status, results_state, placeholder, table, view_image, view_note, *messages.values(),
+                   *card_outputs, tokens_plot,
                    shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, relevance_note]
 
         def clear_results():
             """A new image: the results of the old one go (and a comparison still running for it stops)."""
             return {status: "New image: press **Compare** to compare the strategies on it.", results_state: [],
-                    placeholder: PLACEHOLDER, table: table_html([]), **{m: "" for m in messages.values()},
+                    placeholder: PLACEHOLDER, table: table_html([]), view_image: None, view_note: "",
+                    **{m: "" for m in messages.values()},
                     **{x: v for title, picture, details in cards for x, v in ((title, ""), (picture, None),
                                                                                (details, ""))},
                     **{x: None for x in (tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot,
@@ -580,6 +715,13 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 return {question_msg: ""}
             return {status: "The question changed: press **Compare** to answer it (the results below answer the "
                             "previous question).", question_msg: ""}
+
+        def pick_question(example, results):
+            """A question form picked from the list fills the question box (the visitor may edit its colour or
+            shape); as for a typed question, the results on the page say they answer the previous one."""
+            if not example:
+                return {question: gr.skip(), status: gr.skip(), question_msg: gr.skip()}
+            return {question: example, **question_changed(results)}
 
         def redraw_heatmap(results, name):
             chosen = next((r for r in results if r["strategy"] == name), None)
@@ -595,7 +737,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             except (ValueError, json.JSONDecodeError) as e:
                 raise gr.Error(str(e), print_exception=False) from e
 
-        def run_sweep(chosen, budgets_text, n, types, model_name, progress=gr.Progress(track_tqdm=True)):
+        def run_sweep(chosen, budgets_text, n, types, model_name, seed=0, band=False,
+                      progress=gr.Progress(track_tqdm=True)):
             try:
                 budgets = []
                 for part in (budgets_text or "").split(","):
@@ -606,11 +749,21 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                             raise ValueError(f"budget {part.strip()!r} is not a whole number of tokens") from None
                 if not types:
                     raise ValueError("pick at least one question type")
-                rows = pool.get(model_name).sweep(chosen or [], budgets, n=int(n), types=types)
+                seed = whole(seed) if seed not in (None, "") else 0
+                bands = None
+                if band:
+                    out = pool.get(model_name).teach.random_band(chosen or [], budgets, whole(n), BAND_SEEDS,
+                                                                 progress=progress, types=types, seed=seed)
+                    rows = out["rows"] + out["random_runs"][0]
+                    bands = {"random": plots.band_from_seeds(out["random_runs"])}
+                else:
+                    rows = pool.get(model_name).sweep(chosen or [], budgets, n=whole(n), types=types, seed=seed)
             except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
-            fig_budget, fig_tflops = plots.sweep_figures(rows)
-            return (f"{int(n)} questions x {len(rows)} configurations.", plot_value(fig_budget), plot_value(fig_tflops),
+            fig_budget, fig_tflops = plots.sweep_figures(rows, bands=bands)
+            said = f"{whole(n)} questions x {len(rows)} configurations (question set: seed {seed})"
+            said += f"; random over {BAND_SEEDS} seeds drawn as a band." if band else "."
+            return (said, plot_value(fig_budget), plot_value(fig_tflops),
                     sweep_table(rows), sweep_csv(rows))
 
         def switch_model(model_name, keep_value):
@@ -634,6 +787,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                      cancels=[click, release])
         question.input(question_changed, [results_state], [status, question_msg], queue=False,
                        show_progress="hidden", api_visibility="private")
+        question_form.input(pick_question, [question_form, results_state], [question, status, question_msg],
+                            queue=False, show_progress="hidden", api_visibility="private")
         keep.change(lambda k, g: budget_words(k, *g), [keep, grid_state], keep_words, queue=False, show_progress="hidden",
                     api_visibility="private")
         heat_choice.change(redraw_heatmap, [results_state, heat_choice], llm_heat, api_visibility="private")
@@ -645,7 +800,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         api_button.click(api_compare, [api_image, api_question, strategies, keep, max_new, api_params, model_choice],
                          api_out,
                          api_name="compare", concurrency_id="model")
-        sweep_run.click(run_sweep, [sweep_strategies, sweep_budgets, sweep_n, sweep_types, model_choice],
+        sweep_run.click(run_sweep, [sweep_strategies, sweep_budgets, sweep_n, sweep_types, model_choice, sweep_seed,
+                                    sweep_band],
                         [sweep_status, sweep_budget_plot, sweep_tflops_plot, sweep_df, sweep_file], api_name="sweep",
                         concurrency_id="model")
     return demo

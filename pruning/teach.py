@@ -503,11 +503,14 @@ class Teacher:
         return {**out, "view": view, "grid": [g.rows, g.cols], "keep": keep, "truth": truth,
                 "none_answer": none["answer"]}
 
-    def random_band(self, strategies, budgets, n: int = 40, seeds: int = 5, progress=None) -> dict:
-        """Accuracy on ``n`` held-out shapes questions (the default set) at each budget: one sweep row per chosen
-        strategy and budget (and none), and ``random`` once per seed 0..seeds-1 on the same questions, so that the
-        spread of random's accuracy over its seeds is a band (``random_runs``: one list of rows per seed; the app
-        draws it with ``app.plots.band_from_seeds``)."""
+    def random_band(self, strategies, budgets, n: int = 40, seeds: int = 5, progress=None, types=None,
+                    seed: int | None = None) -> dict:
+        """Accuracy on ``n`` held-out shapes questions at each budget: one sweep row per chosen strategy and budget
+        (and none), and ``random`` once per seed 0..seeds-1 on the same questions, so that the spread of random's
+        accuracy over its seeds is a band (``random_runs``: one list of rows per seed; the app draws it with
+        ``app.plots.band_from_seeds``). ``types`` and ``seed`` pick the questions as ``Scope.sweep`` does
+        (``seed`` also seeds k-means); random's own seeds stay 0..seeds-1."""
+        seed = bench.check_seed(seed)
         g = self.engine.geometry
         names = [s for s in _names(strategies) if s not in ("none", "random")]
         budget_list = parse_budgets(budgets, g.n_patches)
@@ -523,17 +526,18 @@ class Teacher:
         from .compare import BUDGET_FREE
 
         for name in names:
+            seeded = {"seed": seed} if seed and name in bench.SEEDED else {}
             if name in BUDGET_FREE:
-                configs.append((name, {"name": name}))
+                configs.append((name, {"name": name, **seeded}))
             else:
-                configs += [(name, {"name": name, "keep": b}) for b in budget_list]
+                configs += [(name, {"name": name, "keep": b, **seeded}) for b in budget_list]
         random_cfgs = [(s, {"name": "random", "keep": b, "seed": s}) for s in range(seeds) for b in budget_list]
         for _, p in configs + random_cfgs:
             self.engine.check(get_strategy(**p))
         total = len(configs) + len(random_cfgs)
         rows, runs = [], [[] for _ in range(seeds)]
         with self.scope.lock:
-            samples = bench.load_samples("shapes", n)
+            samples = bench.load_samples("shapes", n, types=types, seed=seed)
             for i, (label, p) in enumerate(configs + random_cfgs):
                 if progress is not None:
                     progress((i + 1) / total, f"{label} ({i + 1} of {total})")
@@ -545,7 +549,7 @@ class Teacher:
                     row.update(label=label)
                     rows.append(row)
         bench.add_prefill_speedups(rows)
-        return {"rows": rows, "random_runs": runs, "n": n, "seeds": seeds, "budgets": budget_list}
+        return {"rows": rows, "random_runs": runs, "n": n, "seeds": seeds, "budgets": budget_list, "seed": seed}
 
     # ------------------------------------------------------------ lessons and export
     def lesson(self, lesson_id: str, max_new_tokens: int = 8) -> dict:
