@@ -58,6 +58,10 @@ CSS = """
 #ps-relevance-box:not(:has(.ps-relevance-note p)) {display: none !important;}
 #ps-placeholder:not(:has(p)) {display: none !important;}
 #ps-view-box:not(:has(#ps-view img)) {display: none !important;}
+#ps-compare-export-file:not(:has(a)) {display: none !important;}
+/* the Teach and Lessons tabs' plots take no room until they hold a figure */
+:is(#ps-probe-plot, #ps-film-plot, #ps-agree-plot, #ps-position-plot, #ps-band-plot,
+    #ps-lesson-plot):not(:has(.js-plotly-plot)) {display: none !important;}
 #ps-view-box {align-items: flex-start; gap: 12px;}
 .ps-view-note {font-size: 0.9em;}
 .ps-offworld {color: #9a3412; font-weight: 600;}
@@ -423,6 +427,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
     with gr.Blocks(title="PruneScope: visual-token pruning, side by side", analytics_enabled=False) as demo:
         results_state = gr.State([])
+        inside_state = gr.State(None)  # what the heatmaps are redrawn from: the view and [CLS] attention of the run
         grid_state = gr.State([n_patches, grid])  # the picked model's patch count and grid
         gr.HTML("<div class='ps-intro'><h1>PruneScope</h1><p>Compare training-free visual-token pruning strategies "
                 "on one image and one question: what each keeps, what it answers, where attention goes and what "
@@ -507,8 +512,17 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                     gr.Markdown("### What each strategy cost")
                     table = gr.HTML(table_html([]), elem_id="ps-table", padding=False)
                     table_note = gr.HTML(table_caption([], info["projection"], info["embedded"]), padding=False)
+                    with gr.Row(elem_id="ps-compare-export-row", equal_height=False):
+                        export_button = gr.Button("Save this comparison as one HTML page (opens offline)",
+                                                  size="sm", scale=0, min_width=280, elem_id="ps-compare-export")
+                        export_file = gr.File(label="The comparison (HTML)", elem_id="ps-compare-export-file",
+                                              min_width=280)
+                    export_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-compare-export-msg")
                 with gr.Column(elem_id="ps-inside"):
                     gr.Markdown("## Look inside")
+                    heat_over = gr.Checkbox(True, elem_id="ps-heat-over",
+                                            label="Draw the attention heatmaps over the image (untick: the grid "
+                                                  "of cells alone)")
                     with gr.Row():
                         tokens_plot = gr.Plot(show_label=False, elem_id="ps-plot-tokens", min_width=300)
                         shares_plot = gr.Plot(show_label=False, elem_id="ps-plot-shares", min_width=300)
@@ -571,7 +585,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
             # -------------------------------------------------------- Teach and Lessons (app/teach.py)
             teach.build_tabs(pool, info, {"image": image, "question": question, "strategies": strategies,
-                                          "keep": keep, "model": model_choice, "results": results_state})
+                                          "keep": keep, "model": model_choice, "results": results_state,
+                                          "export_button": export_button, "export_file": export_file,
+                                          "export_msg": export_msg})
 
             # -------------------------------------------------------- How it works
             with gr.Tab("How it works", id="about"):
@@ -590,7 +606,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         # ------------------------------------------------------------ callbacks
         card_outputs = [x for card in cards for x in card]
         plot_outputs = [tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance,
-                        relevance_note, heat_choice]
+                        relevance_note, heat_choice, inside_state]
         messages = {"image": image_msg, "question": question_msg, "settings": settings_msg, "model": model_status}
         all_outputs = [status, table, results_state, table_note, placeholder, view_image, view_note,
                        *messages.values(), *card_outputs,
@@ -619,7 +635,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             return int(value) if isinstance(value, float) and value.is_integer() else value
 
         def stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
-                           values, in_page: bool, had_results: bool):
+                           values, in_page: bool, had_results: bool, over: bool = True):
             """The Compare tab's messages for one comparison: values only (the module docstring says why).
             ``in_page``: a refusal becomes a message beside the input it names and in the status line, and the
             page keeps its results; else (the API) it raises."""
@@ -666,9 +682,11 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                table_note: table_caption(results, picked["projection"], picked["embedded"]),
                                results_state: list(results)}
                     elif event["kind"] == "inspect":
+                        inside = {"view": view, "cls_attention": event["cls_attention"], "grid": first_event["grid"]}
                         values_ = _inspect_updates(event, results, info, tokens_plot, shares_plot, llm_heat,
                                                    cls_heat, consistency_plot, kl_plot, relevance, relevance_note,
-                                                   heat_choice)
+                                                   heat_choice, view if over else None)
+                        values_[inside_state] = inside
                         # the table again: a program calling /compare_stream gets the last message's values
                         yield {status: f"Done: {len(results)} strategies on a {grid[0]}x{grid[1]} grid, budget "
                                        f"{whole(keep_value)} of {n_patches} visual tokens: cards, table and "
@@ -680,10 +698,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 yield {status: f"**Stopped after {len(results)} of {total}:** {e}"}
 
         def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
-                        results, request: gr.Request, *values):
+                        results, over, request: gr.Request, *values):
             forget_skipped_outputs(demo, request)
             yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
-                                      model_name, values, in_page=True, had_results=bool(results))
+                                      model_name, values, in_page=True, had_results=bool(results), over=over)
             # this runs once the last message has gone: its skips' copies are of no further use (every slot is
             # skipped by most messages, so a run leaves one copy of nearly every output)
             forget_skipped_outputs(demo, request)
@@ -696,14 +714,15 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                       model_name, values, in_page=False, had_results=False)
             forget_skipped_outputs(demo, request)  # as in run_compare
 
-        cleared = [status, results_state, placeholder, table, view_image, view_note, *messages.values(),
-                   *card_outputs, tokens_plot,
+        cleared = [status, results_state, placeholder, table, view_image, view_note, inside_state, export_file,
+                   *messages.values(), *card_outputs, tokens_plot,
                    shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, relevance_note]
 
         def clear_results():
             """A new image: the results of the old one go (and a comparison still running for it stops)."""
             return {status: "New image: press **Compare** to compare the strategies on it.", results_state: [],
                     placeholder: PLACEHOLDER, table: table_html([]), view_image: None, view_note: "",
+                    inside_state: None, export_file: None,
                     **{m: "" for m in messages.values()},
                     **{x: v for title, picture, details in cards for x, v in ((title, ""), (picture, None),
                                                                                (details, ""))},
@@ -723,9 +742,20 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 return {question: gr.skip(), status: gr.skip(), question_msg: gr.skip()}
             return {question: example, **question_changed(results)}
 
-        def redraw_heatmap(results, name):
+        def redraw_heatmap(results, name, inside, over):
             chosen = next((r for r in results if r["strategy"] == name), None)
-            return plot_value(plots.llm_attention_figure(chosen)) if chosen and chosen.get("trace") else None
+            view = inside["view"] if inside and over else None
+            return plot_value(plots.llm_attention_figure(chosen, view)) if chosen and chosen.get("trace") else None
+
+        def redraw_heatmaps(results, name, inside, over):
+            """Both heatmaps again, over the image or as grids alone (no model call)."""
+            if not inside:
+                return gr.skip(), gr.skip()
+            cls = inside["cls_attention"]
+            return (redraw_heatmap(results, name, inside, over),
+                    plot_value(plots.cls_attention_figure(cls, inside["grid"], info["feature_layer"],
+                                                          inside["view"] if over else None))
+                    if cls is not None else None)
 
         def api_compare(image, question, strategies, keep, max_new_tokens, params, model):
             """Compare strategies on one image and question; returns one dict per strategy (none first)."""
@@ -778,7 +808,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
         model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status], api_visibility="private",
                             concurrency_id="model")
-        compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, results_state, *param_inputs]
+        compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, results_state, heat_over,
+                          *param_inputs]
         in_page = dict(concurrency_id="model", show_progress="minimal", show_progress_on=[status],
                        api_visibility="private")
         click = run.click(run_compare, compare_inputs, all_outputs, scroll_to_output=True, **in_page)
@@ -791,7 +822,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                             queue=False, show_progress="hidden", api_visibility="private")
         keep.change(lambda k, g: budget_words(k, *g), [keep, grid_state], keep_words, queue=False, show_progress="hidden",
                     api_visibility="private")
-        heat_choice.change(redraw_heatmap, [results_state, heat_choice], llm_heat, api_visibility="private")
+        heat_choice.change(redraw_heatmap, [results_state, heat_choice, inside_state, heat_over], llm_heat,
+                           api_visibility="private")
+        heat_over.change(redraw_heatmaps, [results_state, heat_choice, inside_state, heat_over], [llm_heat, cls_heat],
+                         api_visibility="private", queue=False, show_progress="hidden")
         api_stream_button = gr.Button(visible=False)
         api_stream_button.click(api_compare_stream, [image, question, strategies, keep, max_new, api_eta, model_choice,
                                                      *param_inputs], all_outputs, api_name="compare_stream",
@@ -828,15 +862,17 @@ def _control(c: dict, strategy: str, info: dict):
 
 
 def _inspect_updates(event: dict, results: list[dict], info: dict, tokens_plot, shares_plot, llm_heat, cls_heat,
-                     consistency_plot, kl_plot, relevance, relevance_note, heat_choice) -> dict:
-    """The look-inside plots of one comparison, values only (what has none is emptied, and its CSS hides it)."""
+                     consistency_plot, kl_plot, relevance, relevance_note, heat_choice, view=None) -> dict:
+    """The look-inside plots of one comparison, values only (what has none is emptied, and its CSS hides it);
+    ``view``: the heatmaps drawn over the image."""
     names = [r["strategy"] for r in results]
     default = next((n for n in names if n != "none"), "none")
     chosen = results[names.index(default)]
     out = {tokens_plot: plot_value(plots.tokens_alive_figure(results)),
            shares_plot: plot_value(plots.attention_shares_figure(results)),
-           llm_heat: plot_value(plots.llm_attention_figure(chosen)), heat_choice: gr.update(choices=names, value=default)}
-    out[cls_heat] = (plot_value(plots.cls_attention_figure(event["cls_attention"], info["grid"], info["feature_layer"]))
+           llm_heat: plot_value(plots.llm_attention_figure(chosen, view)), heat_choice: gr.update(choices=names, value=default)}
+    out[cls_heat] = (plot_value(plots.cls_attention_figure(event["cls_attention"], info["grid"], info["feature_layer"],
+                                                           view))
                      if event["cls_attention"] is not None else None)
     out[consistency_plot] = plot_value(plots.consistency_figure(event["consistency"])) if event["consistency"] else None
     kl, rel = event.get("vtw_kl"), event.get("ivtp_relevance")

@@ -224,6 +224,17 @@ def test_off_world_input_the_view_the_question_forms_and_the_projection(app_serv
     table = page.inner_text("#ps-table")
     assert "LLaVA-1.5-7B, projected" in table and "measured here (range)" in table
     assert "measured at its real widths on" in page.inner_text("#ps-results")
+    # the heatmaps over the image, or as grids alone; one click saves the comparison as one HTML page
+    images = "(id) => (document.querySelector(id + ' .js-plotly-plot').layout.images || []).length"
+    page.wait_for_selector("#ps-plot-llm .js-plotly-plot", state="visible")
+    assert page.evaluate(images, "#ps-plot-llm") == 1 and page.evaluate(images, "#ps-plot-cls") == 1
+    page.uncheck("#ps-heat-over input[type=checkbox]")
+    page.wait_for_function(f"() => ({images})('#ps-plot-llm') === 0 && ({images})('#ps-plot-cls') === 0")
+    assert not page.is_visible("#ps-compare-export-file")
+    page.click("#ps-compare-export")
+    page.wait_for_selector("#ps-compare-export-file a", state="visible")
+    listed = page.inner_text("#ps-compare-export-file")
+    assert "prunescope-comparison-" in listed and ".html" in listed, listed
 
     page.click("#ps-image button[aria-label='Remove Image']")
     page.set_input_files("#ps-image input[type=file]", str(path))
