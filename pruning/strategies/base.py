@@ -29,7 +29,8 @@ MAX_TOKENS = 100_000  # a count of visual tokens (a budget, VisionZip's C): more
 MAX_LLM_LAYER = 255  # an LLM layer (K): deeper than any LLaVA's LLM; Engine.check bounds it by the model's depth
 MAX_VIT_LAYERS = 64  # ViT layers (VTC-CLS's K): Engine.check bounds it by the model's feature layer
 MAX_SEED = 2**32 - 1  # what every RNG takes
-MAX_PATCHES_TEXT = 20_000  # characters of manual's patch list ("575, " x 576 patches of LLaVA-1.5 is 2,880)
+MAX_PATCHES = 10_000  # indices in manual's patch list (LLaVA-1.5's grid has 576 patches)
+MAX_PATCHES_TEXT = 100_000  # characters of manual's patch list as text (10,000 indices of 5 digits and ", ": 70,000)
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,7 @@ def check_params(params) -> dict[str, dict]:
                              f"its parameters: {', '.join(specs)}")
         unknown = [k for k in given if not isinstance(k, str) or k not in specs]
         if unknown:
-            raise ValueError(f"strategy {name!r} has no parameter(s) {[shown(k) for k in unknown]}; valid: "
+            raise ValueError(f"strategy {name!r} has no parameter(s) [{', '.join(shown(k) for k in unknown)}]; valid: "
                              f"{sorted(specs)}")
         checked = {k: spec.check(name, k, given[k], cls, default is None)
                    for k, (spec, default) in specs.items() if k in given and given[k] is not None}
