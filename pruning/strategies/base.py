@@ -27,7 +27,7 @@ POSITIONS = ("keep", "rearrange")
 MAX_TOKENS = 100_000  # a count of visual tokens (a budget, VisionZip's C): more than any LLaVA's grid, so a bound
 #                       that never refuses a real request and keeps a request's numbers small
 MAX_LLM_LAYER = 255  # an LLM layer (K): deeper than any LLaVA's LLM; Engine.check bounds it by the model's depth
-MAX_VIT_LAYERS = 64  # ViT layers (VTC-CLS's K): Engine.check bounds it by the model's feature layer
+MAX_VIT_LAYERS = 255  # ViT layers (VTC-CLS's K): Engine.check bounds it by the model's feature layer
 MAX_SEED = 2**32 - 1  # what every RNG takes
 MAX_PATCHES = 10_000  # indices in manual's patch list (LLaVA-1.5's grid has 576 patches)
 MAX_PATCHES_TEXT = 100_000  # characters of manual's patch list as text (10,000 indices of 5 digits and ", ": 70,000)
