@@ -528,9 +528,36 @@ def test_app_refuses_bad_questions(client, name, question, words):
     _app_refuses(client, words, question=question)
 
 
+def _app_raw(app_server, question, image=str(EXAMPLE), strategies=("vtc-cls",), keep=KEEP, max_new_tokens=2):
+    """/compare through Gradio's REST API with the JSON written in ASCII escapes: what a program sends that
+    gradio_client cannot (it encodes its JSON as UTF-8, which a lone surrogate is not)."""
+    import httpx
+
+    with httpx.Client(base_url=app_server.url, timeout=120) as http:
+        with open(image, "rb") as f:
+            path = http.post("gradio_api/upload", files={"files": (Path(image).name, f, "image/png")}).json()[0]
+        image_data = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        body = json.dumps({"data": [image_data, question, list(strategies), keep, max_new_tokens, {}, None]})
+        event = http.post("gradio_api/call/compare", content=body.encode("ascii"),
+                          headers={"Content-Type": "application/json"}).json()["event_id"]
+        stream = http.get(f"gradio_api/call/compare/{event}").text
+    kind, data = None, None
+    for line in stream.splitlines():
+        if line.startswith("event: "):
+            kind = line[len("event: "):]
+        elif line.startswith("data: ") and kind in ("complete", "error"):
+            data = line[len("data: "):]
+    assert kind == "complete", f"/compare answered {kind}: {data}"
+    return json.loads(data)[0]
+
+
 @pytest.mark.parametrize("name, question, note", ODD_QUESTIONS, ids=[c[0] for c in ODD_QUESTIONS])
-def test_app_answers_odd_questions(client, name, question, note):
-    results = _app(client, question=question)
+def test_app_answers_odd_questions(client, app_server, name, question, note):
+    try:
+        question.encode("utf-8")
+        results = _app(client, question=question)
+    except UnicodeEncodeError:  # a lone surrogate: sent as JSON's "\ud800" escape
+        results = _app_raw(app_server, question)
     assert all(r["answer"] for r in results)
     for r in results:
         assert (note is None and r["notes"] == []) or all(w in " | ".join(r["notes"]) for w in note), r["notes"]
