@@ -535,6 +535,10 @@ class Teacher:
             else:
                 configs += [(name, {"name": name, "keep": b}) for b in budget_list]
         random_cfgs = [(s, {"name": "random", "keep": b, "seed": s}) for s in range(seeds) for b in budget_list]
+        from .compare import check_sweep_size
+
+        # the same ceiling as a sweep's (random's seeds are its configurations too), before any work
+        check_sweep_size(len(names) + 1, len(budget_list), len(configs) + len(random_cfgs), n)
         for _, p in configs + random_cfgs:
             self.engine.check(get_strategy(**p))
         total = len(configs) + len(random_cfgs)

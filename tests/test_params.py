@@ -322,6 +322,15 @@ def test_the_largest_sweep_is_refused_before_any_work(tripped):
                               f"the {SWEEP_CEILING:,}"), message
 
 
+def test_the_largest_random_band_is_refused_before_any_work(tripped):
+    """The Teach tab's band is a sweep with random once per seed: the same ceiling."""
+    message = _refusal(lambda: tripped.teach.random_band(available(), list(range(1, 145, 12)), n=400, seeds=20))
+    assert message.startswith("sweep of ") and f"more than the {SWEEP_CEILING:,}" in message
+    # the Teach tab's defaults: vtc-cls, fastv, vtw at 3 budgets, 20 questions, 5 seeds of random
+    rows = 1 + 3 + 3 + 1 + 5 * 3
+    assert check_sweep_size(4, 3, rows, 20) <= SWEEP_CEILING
+
+
 @pytest.mark.parametrize("kwargs, start", [
     ({"budgets": 5}, "budgets=5: expected a list"),
     ({"types": "colour"}, "types='colour': expected a list of question types"),
