@@ -30,7 +30,7 @@ from pruning import bench, images
 from pruning.cli import main
 from pruning.compare import Scope
 from pruning.model import DEFAULT_MODEL_DIR, ModelLoadError, load_model
-from pruning.strategies import get_strategy
+from pruning.strategies import available, get_strategy
 
 from .conftest import free_port, load_app_main
 
@@ -576,6 +576,19 @@ def test_app_refuses(client, name, kwargs, words):
 @pytest.mark.parametrize("eta", [0, -1], ids=["eta-0", "eta-negative"])
 def test_app_refuses_eta(client, eta):
     _app_refuses(client, [f"Value {eta} is less than minimum value"], endpoint=lambda c, **_: _app_stream(c, eta))
+
+
+def test_app_refuses_the_largest_sweep(client):
+    """/sweep with every strategy, budgets 1..144, 400 questions and every type (~11 h of work, issue 24): refused at
+    once, the ceiling and the request's size in the message; the app answers the next request."""
+    names = [s for s in available() if s != "none"]  # what the Sweep tab's strategy menu offers
+
+    def sweep(c, **_):
+        return c.predict(names, ",".join(str(b) for b in range(1, 145)), 400,
+                         ["colour", "shape", "exist", "count", "position"], api_name="/sweep")
+
+    _app_refuses(client, ["sweep of", "144 budgets x 400 questions", "more than the 20,000 one request may ask"],
+                 endpoint=sweep)
 
 
 def test_app_refuses_broken_models_the_host_allowed(files):
