@@ -96,10 +96,13 @@ class Spec:
                 raise refuse()
             return value_
         if self.kind == "float":
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise refuse()
-            value_ = float(value)
-            if not (self.low < value_ if self.above else self.low <= value_) or value_ > self.high:
+            try:
+                value_ = float(value)
+            except OverflowError:  # an integer beyond any float (10**400)
+                raise refuse() from None
+            if not math.isfinite(value_) or not (self.low < value_ if self.above else self.low <= value_) or value_ > self.high:
                 raise refuse()
             return value_
         if self.kind == "bool":
@@ -119,7 +122,10 @@ class Spec:
 
 def shown(value, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters (a refusal quotes what was given, never megabytes of it)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more digits than Python writes out (sys.get_int_max_str_digits)
+        return f"<a whole number of {value.bit_length():,} bits>"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
