@@ -299,11 +299,12 @@ def _check_budget(keep, n_patches: int, notes: list | None = None) -> int | None
     if isinstance(keep, float) and keep.is_integer():
         keep = int(keep)
     if isinstance(keep, bool) or not isinstance(keep, int):
-        raise ValueError(f"keep={keep!r}: expected a whole number of visual tokens (1..{n_patches})")
+        raise ValueError(f"keep={shown(keep)}: expected a whole number of visual tokens (1..{n_patches})")
     if keep < 1:
-        raise ValueError(f"keep={keep}: keep at least 1 of the {n_patches} visual tokens")
+        raise ValueError(f"keep={shown(keep)}: keep at least 1 of the {n_patches} visual tokens")
     if keep > n_patches and notes is not None:
-        notes.append(f"keep={keep} is more than the {n_patches} visual tokens of the grid: clamped to {n_patches}")
+        notes.append(f"keep={shown(keep)} is more than the {n_patches} visual tokens of the grid: clamped to "
+                     f"{n_patches}")
     return min(keep, n_patches)
 
 
@@ -404,10 +405,10 @@ class Scope:
         each repeat paired with a timed vision pass + prefill of ``none`` right before or after it (``timed_pairs``),
         so its speedup is a ratio of runs made moments apart, with the per-repeat spread (``timing_fields``)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected 1..512")
+            raise ValueError(f"max_new_tokens={shown(max_new_tokens)}: expected 1..512")
         for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 50:
-                raise ValueError(f"{name}={value!r}: expected {low}..50")
+                raise ValueError(f"{name}={shown(value)}: expected {low}..50")
         self.check_question(question)
         eta = bench.check_eta(eta)
         budget_notes: list[str] = []

@@ -102,7 +102,8 @@ class Spec:
                 value_ = float(value)
             except OverflowError:  # an integer beyond any float (10**400)
                 raise refuse() from None
-            if not math.isfinite(value_) or not (self.low < value_ if self.above else self.low <= value_) or value_ > self.high:
+            inside = (self.low < value_ if self.above else self.low <= value_) and value_ <= self.high
+            if not math.isfinite(value_) or not inside:
                 raise refuse()
             return value_
         if self.kind == "bool":
