@@ -76,7 +76,7 @@ SWEEP_NEW_TOKENS = 4  # tokens each question of a sweep decodes (``bench.evaluat
 # The most work one sweep request may ask: configurations (strategy x budget rows) x questions x new tokens. The
 # app's default Sweep (vtc-cls, fastv, vtw at 3 budgets, 40 questions) is 8 x 40 x 4 = 1,280, and the default
 # strategies on the slider's 400 questions 12,800; every strategy at 3 budgets on 100 questions is 47 x 100 x 4 =
-# 18,800, which took 6.1 minutes of the embedded model on a shared 2-core machine (``python -m
+# 18,800, which took 2.6 to 6.1 minutes of the embedded model on a shared 2-core machine (``python -m
 # benchmarks.sweep_ceiling``, docs/robustness.md). The queue runs one request at a time, so this bounds how long one
 # visitor's sweep keeps the others waiting.
 SWEEP_CEILING = 20_000
