@@ -764,7 +764,11 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                     params = json.loads(params or "{}")
                 return pool.get(model).compare(image, question, strategies, None if keep is None else keep, params,
                                                max_new_tokens=int(max_new_tokens))
-            except (ValueError, json.JSONDecodeError) as e:
+            except json.JSONDecodeError as e:
+                raise gr.Error(f"params is not valid JSON ({e.msg} at character {e.pos}): expected a mapping of "
+                               'strategy names to mappings of their parameters, e.g. {"fastv": {"ratio": 0.75}}',
+                               print_exception=False) from e
+            except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
 
         def run_sweep(chosen, budgets_text, n, types, model_name, seed=0, band=False,
@@ -841,8 +845,21 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
     return demo
 
 
+def range_words(c: dict) -> str:
+    """A numeric control's accepted range, from the strategy's own parameter spec (the library refuses anything
+    outside it in its own words, shown beside the settings): "1..7", "0 to 1", "above 0, up to 1"."""
+    lo, hi = c.get("min"), c.get("max")
+    if lo is None or hi is None or c["kind"] not in ("int", "float"):
+        return ""
+    if c["kind"] == "int":
+        return f"{lo}..{hi:,}" if hi >= 10_000 else f"{lo}..{hi}"
+    return f"above {lo:g}, up to {hi:g}" if c.get("above") else f"{lo:g} to {hi:g}"
+
+
 def _control(c: dict, strategy: str, info: dict):
     label = c["label"]
+    if range_words(c):
+        label += f"; {range_words(c)}"
     if c["kind"] == "choice":
         return gr.Radio(c["choices"], value=c["default"], label=label)
     if c["kind"] == "bool":
@@ -851,8 +868,6 @@ def _control(c: dict, strategy: str, info: dict):
         return gr.Textbox(value=c["default"], label=label)
     if c["kind"] == "float":
         return gr.Number(value=c["default"], label=label)
-    if c["name"] == "layer":
-        label += f"; 1..{info['llm_layers'] - 1}"
     if c["default"] is None:
         # a text box, not a gr.Number: an empty Number shows (and sends) 0 once its accordion is opened, which the
         # library then refused ("layer=0") for every visitor who only looked at the parameters

@@ -152,3 +152,11 @@ def test_an_off_world_input_is_flagged_on_every_card_and_explained_under_the_vie
 def test_a_comparison_runs_none_first_and_each_strategy_once():
     assert ui.run_order(["fastv", "none", "vtc-cls", "fastv"]) == ["none", "fastv", "vtc-cls"]
     assert ui.run_order(None) == ["none"]
+
+
+def test_a_numeric_control_names_its_range_from_the_spec():
+    assert ui.range_words({"kind": "int", "min": 1, "max": 7}) == "1..7"
+    assert ui.range_words({"kind": "int", "min": 0, "max": 4294967295}) == "0..4,294,967,295"
+    assert ui.range_words({"kind": "float", "min": 0, "max": 1, "above": False}) == "0 to 1"
+    assert ui.range_words({"kind": "float", "min": 0, "max": 1, "above": True}) == "above 0, up to 1"
+    assert ui.range_words({"kind": "choice", "min": None, "max": None}) == ""

@@ -502,6 +502,8 @@ APP_REFUSED = [
     ("tau-above-1", dict(strategies=["ivtp"], params={"ivtp": {"tau": 1.5}}), ["tau=1.5", "[0, 1]"]),
     ("tau-negative", dict(strategies=["ivtp"], params={"ivtp": {"tau": -0.1}}), ["tau=-0.1", "[0, 1]"]),
     ("unknown-strategy", dict(strategies=["bogus"]), ["bogus", "choices"]),
+    ("params-not-json", dict(params="{fastv: {ratio: 0.5"), ["params is not valid JSON", "expected a mapping of "
+                                                             "strategy names"]),
     ("unknown-model-path", dict(model="/no/such/model"), ["/no/such/model"]),
     ("unknown-hub-id", dict(model="nobody/no-such-llava"), ["nobody/no-such-llava"]),
     ("max-new-tokens-0", dict(max_new_tokens=0), ["Value 0 is less than minimum value 1"]),
