@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..engine import Engine
 from ..model import load_model
 from ..strategies import Selection, Strategy, get_strategy
+from ..strategies.base import MAX_PATCHES, MAX_PATCHES_TEXT, hyper
 from . import world
 
 
@@ -39,7 +40,7 @@ class FixedPatches(Strategy):
     """Keep an explicit set of patches (for analyses; not a registered strategy)."""
 
     name = "fixed-patches"
-    patches: tuple = ()
+    patches: tuple = hyper((), "patches", high=MAX_PATCHES, max_chars=MAX_PATCHES_TEXT)
 
     def select_before_llm(self, ctx):
         return Selection(torch.tensor(sorted(set(self.patches)), dtype=torch.long))
