@@ -90,24 +90,30 @@ def test_a_pickle_checkpoint_is_refused_and_never_unpickled(model_dirs, tmp_path
 
 
 def test_models_load_with_safetensors_only_and_no_remote_code(monkeypatch):
-    """Every loader PruneScope calls (the LLaVA, its processor, IVTP's CLIP and tokenizer), for a local directory and
-    for a hub id, is asked for safetensors only and no remote code."""
+    """Every loader PruneScope calls (the config a hub id's family is read from, the LLaVA, its processor, IVTP's
+    CLIP and tokenizer), for a local directory and for a hub id, is asked for safetensors only and no remote
+    code."""
+    from types import SimpleNamespace
+
     import transformers
 
     from pruning.model import load_clip
 
     calls = []
+    hub_id = "nobody/no-such-llava"
 
     def recorder(name, fail=False):
         def from_pretrained(source, *args, **kwargs):
             calls.append((name, source, kwargs))
             if fail:
                 raise OSError("recorded, not loaded")
+            if name == "AutoConfig" and source == hub_id:  # the hub is out of reach: say it is a LLaVA
+                return SimpleNamespace(model_type="llava")
             return original[name](source, *args, **kwargs)
         return from_pretrained
 
     original = {name: getattr(transformers, name).from_pretrained for name in
-                ("LlavaForConditionalGeneration", "AutoProcessor", "CLIPModel", "AutoTokenizer")}
+                ("LlavaForConditionalGeneration", "AutoProcessor", "CLIPModel", "AutoTokenizer", "AutoConfig")}
     for name in original:
         monkeypatch.setattr(getattr(transformers, name), "from_pretrained", recorder(name))
     lm = load_model(str(ROOT / "assets" / "model"), device="cpu")
@@ -115,10 +121,12 @@ def test_models_load_with_safetensors_only_and_no_remote_code(monkeypatch):
     monkeypatch.setattr(transformers.LlavaForConditionalGeneration, "from_pretrained",
                         recorder("LlavaForConditionalGeneration", fail=True))
     with pytest.raises(ModelLoadError, match="nobody/no-such-llava"):
-        load_model("nobody/no-such-llava", device="cpu")
-    assert {name for name, _, _ in calls} == set(original)
+        load_model(hub_id, device="cpu")
+    assert {name for name, _, _ in calls} >= set(original) - {"AutoConfig"}
     for name, source, kwargs in calls:
         assert kwargs.get("trust_remote_code") is False, (name, source)
         if name in ("LlavaForConditionalGeneration", "CLIPModel"):
             assert kwargs.get("use_safetensors") is True, (name, source)
-    assert ("LlavaForConditionalGeneration", "nobody/no-such-llava") in {(n, s) for n, s, _ in calls}
+    made = {(n, s) for n, s, _ in calls}
+    assert ("AutoConfig", hub_id) in made, "a hub id's family is read from its config, with no remote code"
+    assert ("LlavaForConditionalGeneration", hub_id) in made
