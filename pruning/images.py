@@ -29,9 +29,9 @@ def load_image(source, name: str | None = None, notes: list | None = None):
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise ValueError(f"image {path!r} does not exist")
+            raise ValueError(f"image {label} does not exist")
         if os.path.getsize(path) == 0:
-            raise ValueError(f"image {path!r} is an empty (0-byte) file")
+            raise ValueError(f"image {label} is an empty (0-byte) file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
