@@ -135,6 +135,25 @@ def test_fair_lock_hands_the_lock_to_the_first_waiter():
     assert order == ["waiter", "holder again"]
 
 
+def test_a_sweep_that_lets_go_between_questions_gives_bench_sweeps_rows():
+    """``Scope.sweep`` takes the lock per question; its rows are ``bench.sweep``'s (all but the timings)."""
+    import torch
+
+    from pruning import bench
+    from pruning.compare import Scope
+
+    scope = Scope(threads=torch.get_num_threads())
+    rows = scope.sweep(["random", "fastv"], [36, 18], n=6, types=["colour", "count"], progress=False, seed=3)
+    with scope.lock:
+        samples = bench.load_samples("shapes", 6, types=["colour", "count"], seed=3)
+        expected = bench.sweep(scope.engine, samples, "random,fastv", [36, 18], progress=False,
+                               position_variants=False, seed=3)
+    keys = ("label", "name", "params", "hits", "n", "accuracy", "per_type", "tokens_entering_llm",
+            "visual_tokens_per_layer", "tokens_last_layer", "prefill_tflops", "budget_label", "seed")
+    assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in expected]
+    assert not scope.lock.locked()
+
+
 def test_a_compare_is_answered_while_a_long_sweep_runs(app_server, other):
     sweeper = Client(app_server.url, verbose=False)
     sweep = sweeper.submit(["vtc-cls", "fastv"], "48,24", 150, ["colour", "shape", "exist", "count", "position"],
