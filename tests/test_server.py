@@ -350,8 +350,8 @@ def test_security_headers_on_every_response(app_server):
 
 
 def test_the_page_runs_under_its_content_security_policy(app_server, browser, shots):
-    """The Compare tab at 1400 px with the headers on: the page loads, a comparison streams its cards, and the
-    browser reports no violation of the policy."""
+    """The Compare tab at 1400 px with the headers on: the page loads, a comparison streams its cards and plots, the
+    Teach tab draws its probe grid and patch painter, and the browser reports no violation of the policy."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(180_000)
     page.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation', "
@@ -369,6 +369,13 @@ def test_the_page_runs_under_its_content_security_policy(app_server, browser, sh
         page.locator(f"#ps-card-{i}").scroll_into_view_if_needed()
     page.wait_for_selector("#ps-plot-tokens .js-plotly-plot", state="visible")
     page.screenshot(path=str(shots / "csp-compare.png"), full_page=True)
+    # the Teach tab's patch painter: a gr.HTML whose script Gradio runs with new Function
+    page.get_by_role("tab", name="Teach", exact=True).click()
+    page.wait_for_selector("#ps-probe-image img", state="visible")
+    page.click("#ps-hand-box .label-wrap")  # the painter's accordion
+    page.wait_for_selector("#ps-painter .pp-c[data-i='38']", state="visible")
+    page.click("#ps-painter .pp-c[data-i='38']")  # its script runs: the count follows the click
+    page.wait_for_function("() => document.querySelector('#ps-painter .pp-count').innerText.startsWith('1 of 144')")
     violations = page.evaluate("window.__csp")
     blocked = [m for m in console if "Content Security Policy" in m or "Refused to" in m]
     page.close()
