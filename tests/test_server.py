@@ -301,6 +301,18 @@ def test_request_bodies_are_capped(app_server, other):
     r = httpx.post(app_server.url + "gradio_api/upload",
                    files={"files": ("big.png", b"\0" * (MAX_FILE_BYTES + 2**20 + 10), "image/png")}, timeout=60)
     assert r.status_code == 413 and "an upload to /gradio_api/upload may be at most" in r.json()["detail"], r.text
+
+    def multipart():  # two files of 6 MiB (each under Gradio's per-file cap) streamed without a Content-Length
+        for i in range(2):
+            yield (f'--b\r\nContent-Disposition: form-data; name="files"; filename="part-{i}.png"\r\n'
+                   "Content-Type: image/png\r\n\r\n").encode()
+            for _ in range(6):
+                yield b"\0" * 2**20
+            yield b"\r\n"
+        yield b"--b--\r\n"
+    r = httpx.post(app_server.url + "gradio_api/upload", content=multipart(),
+                   headers={"content-type": "multipart/form-data; boundary=b"}, timeout=60)
+    assert r.status_code == 413 and "an upload to /gradio_api/upload may be at most" in r.json()["detail"], r.text
     answered(other)
 
 
