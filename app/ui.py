@@ -482,7 +482,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             with gr.Tab("How it works", id="about"):
                 teach.how_it_works(pool)  # where each method acts, glossary, papers (app/teach.py)
                 gr.Markdown(about.strategies_markdown(names))
-                gr.Markdown(about.model_card_markdown(info, scope.model_card()))
+                gr.Markdown(about.model_card_markdown({**info, "model": pool.label(pool.default)}, scope.model_card()))
 
         # hidden inputs of the JSON API (same library calls, no drawing)
         with gr.Column(visible=False):

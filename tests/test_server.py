@@ -392,3 +392,19 @@ def test_the_page_runs_under_its_content_security_policy(app_server, browser, sh
     blocked = [m for m in console if "Content Security Policy" in m or "Refused to" in m]
     page.close()
     assert violations == [] and blocked == [], (violations, blocked)
+
+
+def test_models_are_named_by_labels_never_by_the_hosts_paths(tmp_path):
+    """What the model menu offers (``ScopePool.labels``) and what ``ScopePool.get`` takes: no directory of the host."""
+    from pruning.compare import ScopePool
+
+    a, b = tmp_path / "one" / "llava-7b", tmp_path / "two" / "llava-7b"
+    pool = ScopePool(None, [str(a), str(b), "llava-hf/llava-1.5-7b-hf"])
+    assert pool.labels == ["embedded toy model", "llava-7b (local)", "llava-7b (local, 2)", "llava-hf/llava-1.5-7b-hf"]
+    assert all(str(tmp_path) not in label and str(ROOT) not in label for label in pool.labels)
+    with pytest.raises(ValueError) as info:
+        pool.get("llava-7b (local, 2)")  # on the list, by its label; the directory does not exist
+    assert "'llava-7b (local, 2)'" in str(info.value) and str(tmp_path) not in str(info.value), str(info.value)
+    with pytest.raises(ValueError, match="not on this host's allow-list") as info:
+        pool.get("/etc")
+    assert str(tmp_path) not in str(info.value)
