@@ -261,6 +261,19 @@ def test_an_image_sent_as_a_data_url_is_answered(app_server, other):
     assert [r["kept"] for r in by_url] == [r["kept"] for r in by_file]
 
 
+def test_an_example_picked_in_the_page_is_answered(app_server):
+    """An example arrives as Gradio's cached copy (the Examples table's value in the page's config): screened like an
+    upload, and answered."""
+    table = next(c for c in config(app_server)["components"] if c["type"] == "dataset")
+    cached = table["props"]["samples"][0][0]
+    session = uuid.uuid4().hex
+    with httpx.Client() as http:
+        image = {"path": cached["path"], "orig_name": cached["orig_name"], "meta": {"_type": "gradio.FileData"}}
+        assert join(http, app_server, session, fn_index(app_server, "compare"), compare_data(image)).status_code == 200
+    (msg,) = completed(app_server, session, 1)
+    assert msg["success"] and msg["output"]["data"][0][0]["answer"], json.dumps(msg)[:500]
+
+
 @pytest.mark.parametrize("case, make, raw, name, words", IMAGE_CASES[:5], ids=[c[0] for c in IMAGE_CASES[:5]])
 def test_page_events_screen_their_images_too(app_server, other, case, make, raw, name, words):
     """The Compare button's event (reached by fn_index, as the page reaches it) and the probe grid's click (a
