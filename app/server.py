@@ -294,7 +294,10 @@ def screen_image(payload, check_image, max_bytes: int = MAX_FILE_BYTES):
         path, name = payload["path"], upload_name(payload["orig_name"])
     if isinstance(path, str) and path:
         upload_dir = Path(gr.utils.get_upload_folder()).resolve()
-        real = Path(path).resolve()
+        try:
+            real = Path(path).resolve()
+        except (OSError, ValueError):  # a NUL byte, a loop of links
+            raise gr.Error(f"image path {upload_name(path)!r} is not a valid file path", print_exception=False) from None
         if not real.is_relative_to(upload_dir):
             raise gr.Error(f"image '{upload_name(path)}' was not uploaded to this app: upload the file first (POST "
                            "/gradio_api/upload; gradio_client's handle_file does), then name the path the upload "

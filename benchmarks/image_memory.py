@@ -10,7 +10,8 @@ how it arrived, what the server said, the peak over the RSS before the case, and
 RSS before (memory the request did not give back). The app and the HTTP client share the process. Linux only.
 
 The cases (docs/robustness.md has the figures): the worst accepted image (a 7071x7071 PNG: 50.0 M pixels, the most
-``pruning.images.MAX_PIXELS`` lets in, as an upload and as a data: URL); the bombs refused from their header (a
+``pruning.images.MAX_PIXELS`` lets in, as an upload and as a data: URL); the same file cut in half (its header passes,
+its decoding fails half way); the bombs refused from their header (a
 13000x13000 PNG of 37 kB, a 277-byte 1x100000 PNG, a 30000x30000 PNG, each as an upload and as a data: URL); a data:
 URL of 10.2 MiB; a 30 MB request body.
 """
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
         ("worst accepted: 7071x7071 PNG", "upload", lambda: compare(upload(worst, "worst-7071.png"))),
         ("worst accepted: 7071x7071 PNG", "data: URL", lambda: compare(as_data_url(worst, "worst-7071.png"))),
     ]
+    truncated = worst[: len(worst) // 2]
+    cases.append(("failed: 7071x7071 PNG, first half", "upload", lambda: compare(upload(truncated, "half.png"))))
     for name, raw in (("bomb 13000x13000", bomb_png(13000, 13000)), ("thin 1x100000", bomb_png(1, 100000)),
                       ("bomb 30000x30000", bomb_png(30000, 30000))):
         label = f"{name} PNG ({len(raw):,} bytes)"
