@@ -99,6 +99,13 @@ def _blend(region: np.ndarray, mask: np.ndarray, colour, alpha: float) -> None:
     region[mask] = (1 - alpha) * region[mask] + alpha * np.asarray(colour, np.float32)
 
 
+def as_seen(view: np.ndarray, display: int = DISPLAY // 2) -> Image.Image:
+    """``view`` (H, W, 3) uint8, the image as the model sees it (after the processor's resize and crop), upscaled
+    by an integer factor with nearest neighbour, so a small input stays sharp and nothing is resampled."""
+    s = scale_for(view, display)
+    return Image.fromarray(np.repeat(np.repeat(np.asarray(view, np.uint8), s, 0), s, 1))
+
+
 def overlay(view: np.ndarray, result: dict, display: int = DISPLAY) -> Image.Image:
     """``view`` (H, W, 3) uint8, the image as the model sees it, upscaled by an integer factor, with each
     patch drawn in its state's style. Pixels outside the patch grid (if H or W is not a multiple of the
@@ -234,5 +241,5 @@ def legend_html() -> str:
     return "<div class='ps-legend'>" + "".join(items) + "</div>"
 
 
-__all__ = ["overlay", "patch_states", "legend_html", "group_colour", "group_tints", "boundary_edges", "LEGEND",
+__all__ = ["overlay", "as_seen", "patch_states", "legend_html", "group_colour", "group_tints", "boundary_edges", "LEGEND",
            "STATES"]

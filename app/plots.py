@@ -10,11 +10,15 @@ right), a bounded number of ticks per axis.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import re
 import textwrap
 
+import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.subplots import make_subplots
 
 from .colors import rgba, strategy_color, trace_style
@@ -327,16 +331,32 @@ def attention_shares_figure(results: list[dict], columns: int = 3) -> go.Figure:
     return fig
 
 
+HEAT_OVER_IMAGE = 0.6  # a heatmap's opacity over the image: the colour reads, the shapes show through
+
+
+def _image_beneath(fig: go.Figure, view, rows: int, cols: int) -> None:
+    """``view`` (H, W, 3 uint8: the image as the model sees it) under a patch-grid figure, cell (r, c) over
+    patch (r, c), so a heatmap drawn with some transparency reads as attention over the picture."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(view, np.uint8)).save(buf, format="PNG", optimize=True)
+    fig.add_layout_image(source="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
+                         xref="x", yref="y", x=-0.5, y=-0.5, sizex=cols, sizey=rows, sizing="stretch",
+                         layer="below", xanchor="left", yanchor="top")
+
+
 def _slider_heatmaps(maps: list[list], rows: int, cols: int, title: str, layer_word: str, colorbar: str,
-                     present: list | None = None, start: int = 0) -> go.Figure:
+                     present: list | None = None, start: int = 0, view=None) -> go.Figure:
     """One heatmap per layer over the patch grid and a slider to pick the layer (no server round trip). Patches
-    not present in a layer (pruned before it) are grey cells with a cross, with a key above the grid."""
+    not present in a layer (pruned before it) are grey cells with a cross, with a key above the grid. With
+    ``view`` (the image as the model sees it) the heatmaps are drawn over the image, partly transparent, and a
+    pruned cell shows the picture under its cross."""
     fig = go.Figure()
     n = len(maps)
     heat = []
     for i, values in enumerate(maps):
         z = _grid(values, present[i] if present else None, rows, cols)
         fig.add_trace(go.Heatmap(z=z, visible=i == start, colorscale="Viridis", hoverongaps=False,
+                                 opacity=HEAT_OVER_IMAGE if view is not None else 1.0,
                                  colorbar={"title": {"text": colorbar, "side": "right"}, "thickness": 12, "len": 0.8},
                                  hovertemplate=f"{layer_word} {i}: row %{{y}}, column %{{x}}: %{{z:.3g}}<extra></extra>"))
         heat.append(len(fig.data) - 1)
@@ -367,36 +387,43 @@ def _slider_heatmaps(maps: list[list], rows: int, cols: int, title: str, layer_w
              for i in range(n)]
     fig.update_layout(sliders=[{"active": start, "steps": steps, "currentvalue": {"prefix": f"{layer_word}: "},
                                 "pad": {"t": 36}, "len": 1.0, "x": 0, "font": {"size": 11}}],
-                      xaxis_title="patch column", yaxis_title="patch row", plot_bgcolor=PRUNED_CELL)
+                      xaxis_title="patch column", yaxis_title="patch row",
+                      plot_bgcolor=PRUNED_CELL if view is None else "white")
+    if view is not None:
+        _image_beneath(fig, view, rows, cols)
     fig.update_xaxes(range=[-0.5, cols - 0.5], constrain="domain", showgrid=False, zeroline=False, nticks=7)
     fig.update_yaxes(range=[rows - 0.5, -0.5], scaleanchor="x", constrain="domain", showgrid=False, zeroline=False,
                      nticks=7)
     _finish(fig, f"{head}<br>{layer_word} {start}", sub or None, height=540)
     if pruned_of:  # the key to the crosses, as a note above the grid (a legend there pushed the margins about)
-        fig.add_annotation(text="× = pruned before this layer (grey cells)", xref="paper", yref="paper", x=0,
+        fig.add_annotation(text="× = pruned before this layer" + (" (grey cells)" if view is None else ""),
+                           xref="paper", yref="paper", x=0,
                            xanchor="left", y=1, yanchor="bottom", yshift=4, showarrow=False,
                            font={"size": 11, "color": "#444"})
     fig.update_layout(showlegend=False)
     return fig
 
 
-def llm_attention_figure(result: dict) -> go.Figure:
+def llm_attention_figure(result: dict, view=None) -> go.Figure:
     """The LLM's attention over the patch grid (generated tokens' queries, mean over heads) in each layer; patches
-    pruned before a layer are grey with a cross (FastV's demo leaves them blank)."""
+    pruned before a layer are grey with a cross (FastV's demo leaves them blank). ``view``: drawn over the image."""
     rows, cols = result["grid"]
     trace = result["trace"]
     return _slider_heatmaps(trace["patch_attention"], rows, cols,
                             f"LLM attention per patch: {result['strategy']}, mean over heads", "LLM layer", "attention<br>(share)",
-                            present=trace.get("patch_present"), start=min(2, len(trace["patch_attention"]) - 1))
+                            present=trace.get("patch_present"), start=min(2, len(trace["patch_attention"]) - 1),
+                            view=view)
 
 
-def cls_attention_figure(cls_attention: list[list], grid: list[int], feature_layer: int | None = None) -> go.Figure:
-    """The vision encoder's [CLS] attention over the patch grid in each ViT layer (mean over heads)."""
+def cls_attention_figure(cls_attention: list[list], grid: list[int], feature_layer: int | None = None,
+                         view=None) -> go.Figure:
+    """The vision encoder's [CLS] attention over the patch grid in each ViT layer (mean over heads); ``view``:
+    drawn over the image."""
     rows, cols = grid
     start = feature_layer if feature_layer is not None and 0 <= feature_layer < len(cls_attention) else 0
     sub = f"opens at layer {start}, whose features the LLM gets" if feature_layer is not None else "vision encoder"
     return _slider_heatmaps(cls_attention, rows, cols, f"[CLS] attention per patch: {sub}", "ViT layer",
-                            "attention<br>(share)", start=start)
+                            "attention<br>(share)", start=start, view=view)
 
 
 def vtw_kl_figure(calibration: dict) -> go.Figure:

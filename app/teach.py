@@ -579,7 +579,7 @@ def export_html(inputs: dict, view: np.ndarray, results: list[dict], extras: dic
         figs.append(("Where the answer's attention goes", plots.attention_shares_figure(results)))
         for r in results:
             if r.get("trace") and r["strategy"] != "none":
-                figs.append((f"LLM attention over the grid: {r['strategy']}", plots.llm_attention_figure(r)))
+                figs.append((f"LLM attention over the grid: {r['strategy']}", plots.llm_attention_figure(r, view)))
     if extras.get("film"):
         figs.append(("Budget film: answer still right", film_curve_figure(extras["film"])))
     if extras.get("agreement"):
@@ -693,8 +693,9 @@ SWITCH_TO_COMPARE = """() => {
 def build_tabs(pool, info: dict, compare: dict) -> dict:
     """Lay out the Teach and Lessons tabs (call inside the app's ``gr.Tabs``) and wire their events. ``compare``:
     the Compare tab's components ``image``, ``question``, ``strategies``, ``keep``, ``model`` and ``results`` (the
-    state holding its last results), which the Teach tab reads and a lesson fills. Returns the new components by
-    name (for tests and for the caller)."""
+    state holding its last results), which the Teach tab reads and a lesson fills; optionally ``export_button``,
+    ``export_file`` and ``export_msg``, an export under the Compare tab's table, wired here as the Teach tab's own.
+    Returns the new components by name (for tests and for the caller)."""
     from .ui import plot_value, undecoded
 
     scope = pool.get()
@@ -1012,12 +1013,16 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
             return {band_msg: warn(e)}
         return {band_msg: "", band_plot: plot_value(band_figure(b))}
 
-    def page_export(img, q, chosen, k, m, results, film, agreement, progress=gr.Progress()):
-        try:
-            path = run_export(img, q, chosen, k, m, results, film, agreement, progress)
-        except ValueError as e:
-            return {export_msg: warn(e)}
-        return {export_msg: "", export_file: path}
+    def export_into(msg_out, file_out):
+        """The export callback of one button (the Teach tab's, or the one under the Compare tab's table), writing
+        its message and file into its own components."""
+        def page_export(img, q, chosen, k, m, results, film, agreement, progress=gr.Progress()):
+            try:
+                path = run_export(img, q, chosen, k, m, results, film, agreement, progress)
+            except ValueError as e:
+                return {msg_out: warn(e)}
+            return {msg_out: "", file_out: path}
+        return page_export
 
     def page_lesson(index):
         def run(m):
@@ -1075,8 +1080,11 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                     [agree_msg, agree_state, agree_plot, agree_counts, position_plot, position_table], **model_q)
     seeds_btn.click(page_seeds, [image, question, keep, seeds_n, model], [seeds_msg, seeds_out], **model_q)
     band_btn.click(page_band, [strategies, band_budgets, band_n, seeds_n, model], [band_msg, band_plot], **model_q)
-    export_btn.click(page_export, [image, question, strategies, keep, model, results_state, film_state, agree_state],
-                     [export_msg, export_file], **model_q)
+    export_inputs = [image, question, strategies, keep, model, results_state, film_state, agree_state]
+    export_btn.click(export_into(export_msg, export_file), export_inputs, [export_msg, export_file], **model_q)
+    if "export_button" in compare:  # the same export, one click from the Compare tab's results
+        compare["export_button"].click(export_into(compare["export_msg"], compare["export_file"]), export_inputs,
+                                       [compare["export_msg"], compare["export_file"]], **model_q)
     lesson_outputs = [lesson_msg, lesson_state, lesson_text, lesson_cards, lesson_image, lesson_plot]
     for i, b in enumerate(lesson_btns):
         b.click(page_lesson(i), [model], lesson_outputs, **model_q)

@@ -40,7 +40,7 @@ from gradio.components.plot import PlotData
 
 from . import about, overlays, plots, teach
 from .colors import swatch_html
-from .units import bytes_unit, flops_unit, format_bytes, format_flops
+from .units import bytes_unit, flops_unit, format_bytes, format_flops, format_ms
 
 CSS = """
 .ps-intro p {margin: 0 0 4px 0;}
@@ -58,6 +58,16 @@ CSS = """
 #ps-plot-kl:not(:has(.js-plotly-plot)) {display: none !important;}
 #ps-relevance-box:not(:has(.ps-relevance-note p)) {display: none !important;}
 #ps-placeholder:not(:has(p)) {display: none !important;}
+#ps-view-box:not(:has(#ps-view img)) {display: none !important;}
+#ps-compare-export-file:not(:has(a)) {display: none !important;}
+/* the Teach and Lessons tabs' plots take no room until they hold a figure */
+:is(#ps-probe-plot, #ps-film-plot, #ps-agree-plot, #ps-position-plot, #ps-band-plot,
+    #ps-lesson-plot):not(:has(.js-plotly-plot)) {display: none !important;}
+#ps-view-box {align-items: flex-start; gap: 12px;}
+.ps-view-note {font-size: 0.9em;}
+.ps-offworld {color: #9a3412; font-weight: 600;}
+.ps-view-note .ps-offworld {font-weight: 400;}
+.ps-timing-note {color: #555; font-style: italic; font-size: 0.92em;}
 /* a message beside an input: takes no room while empty */
 .ps-field-msg:not(:has(p)) {display: none !important;}
 .ps-field-msg p {color: #b42318; font-weight: 600; margin: 0;}
@@ -98,6 +108,7 @@ PLACEHOLDER = ("_Results appear here after **Compare**: one card per strategy (i
                "patches it discarded masked), a table of what each cost, then plots of what happens inside the "
                "model._")
 WAITING = "waiting…"
+BAND_SEEDS = 5  # the Sweep's band: random run with seeds 0..4
 
 
 class Upload(os.PathLike):
@@ -206,44 +217,120 @@ def card_waiting(name: str) -> str:
     return f"### {swatch_html(name)}\n<span class='ps-card-waiting'>{WAITING}</span>"
 
 
+def _spread_words(sp: dict | None, unit: str = "", fmt: str = "{:.2f}") -> str:
+    """``(min–max over n)`` of a ``timing_spread`` / ``speedup_spread`` entry; empty without one."""
+    if not sp or sp.get("n", 0) < 2:
+        return ""
+    return f" ({fmt.format(sp['min'])}–{fmt.format(sp['max'])}{unit} over {sp['n']})"
+
+
+def speedup_words(r: dict) -> str:
+    """The measured speedup with its per-pair spread and the FLOPs' prediction: never a bare ratio."""
+    sp = r.get("speedup_spread")
+    spread = (f", {sp['min']:.2f}–{sp['max']:.2f}x over {sp['n']} paired runs" if sp and sp.get("n", 0) > 1
+              else "")
+    return f"**{r['speedup']:.2f}x** vs none, measured{spread} (FLOPs predict {r['speedup_predicted']:.2f}x)"
+
+
+def projected_words(r: dict) -> str:
+    """One line: what this kept set would cost on the speed report's target model (``result["projected"]``);
+    empty when the library could not project it (the table caption then says why)."""
+    p = r.get("projected") or {}
+    if not p.get("available"):
+        return ""
+    lo, hi = p["ttft_ms_range"]
+    speed = "" if r["strategy"] == "none" else f" · **{p['speedup_ttft']:.2f}x**"
+    return (f"**{p['target_name']}, projected:** first token {format_ms(p['ttft_ms'])} "
+            f"({format_ms(lo)}–{format_ms(hi)}) · prefill {format_ms(p['prefill_ms'])} · KV cache "
+            f"{format_bytes(p['kv_cache_bytes'])}{speed}")
+
+
+def offworld_words(r: dict) -> str:
+    """A card's warning when the input is outside the embedded model's world (the full reasons sit under the
+    image as the model sees it)."""
+    if not r.get("offworld_warnings"):
+        return ""
+    return ("<span class='ps-offworld'>⚠ Outside the toy model's world: this answer is a guess "
+            "(why: under <i>As the model sees it</i>).</span>")
+
+
+def view_words(view_event: dict) -> str:
+    """Under the image as the model sees it: how the processor resized or cropped the upload, then every reason
+    the input lies outside the embedded model's world (the library's ``view`` event)."""
+    lines = ["**As the model sees it** (left): " + html.escape(view_event.get("view_note") or "")]
+    lines += [f"<span class='ps-offworld'>⚠ {html.escape(w)}</span>" for w in view_event.get("warnings") or []]
+    return "  \n".join(line for line in lines if line)
+
+
 def card_details(r: dict) -> str:
-    t = r["timings"]
-    stats = (f"{r['visual_tokens_kept']} of {r['visual_tokens']} visual tokens enter the LLM, "
-             f"{r['image_tokens_per_layer'][-1]} reach its last layer  \n"
-             f"prefill {t['prefill_ms']:.1f} ms · {t['decode_ms_per_token']:.2f} ms per decoded token · "
-             f"{format_flops(r['tflops']['prefill'])} prefill  \n"
-             + ("the reference the speedups are measured against" if r["strategy"] == "none" else
-                f"**{r['speedup']:.2f}x** vs none, measured (FLOPs predict {r['speedup_predicted']:.2f}x)"))
+    t, sp = r["timings"], r.get("timing_spread") or {}
+    ttft = (sp.get("ttft_ms") or {}).get("median", t["vision_ms"] + t["prefill_ms"])
+    lines = [offworld_words(r),
+             f"{r['visual_tokens_kept']} of {r['visual_tokens']} visual tokens enter the LLM, "
+             f"{r['image_tokens_per_layer'][-1]} reach its last layer",
+             f"**Here, measured:** first token {ttft:.1f} ms{_spread_words(sp.get('ttft_ms'), ' ms', '{:.1f}')} · "
+             f"{t['decode_ms_per_token']:.2f} ms per decoded token · {format_flops(r['tflops']['prefill'])} prefill",
+             "the reference the speedups are measured against" if r["strategy"] == "none" else speedup_words(r)]
+    if r.get("timing_note"):
+        lines.append(f"<span class='ps-timing-note'>{html.escape(r['timing_note'])}</span>")
+    lines.append(projected_words(r))
     if r.get("notes"):
-        stats += "  \n_" + "; ".join(r["notes"]) + "_"
-    extra = teach.card_lines(r)  # ground truth, random's seeds (app/teach.py)
-    if extra:
-        stats += "  \n" + extra
-    return stats
+        lines.append("_" + "; ".join(r["notes"]) + "_")
+    lines.append(teach.card_lines(r))  # ground truth, random's seeds (app/teach.py)
+    return "  \n".join(line for line in lines if line)
 
 
 def _yes_no(r: dict, ctx: dict) -> str:
     return "yes" if r["same_as_none"] else "<span class='ps-differs'>no</span>"
 
 
+def _speedup_cell(r: dict, c: dict) -> str:
+    """The measured speedup and its per-pair range; a † where the card carries a note on why it is not a clear
+    gain (below 1, or a range that holds 1)."""
+    if r["strategy"] == "none":
+        return "reference"
+    sp = r.get("speedup_spread")
+    spread = f" <small>({sp['min']:.2f}–{sp['max']:.2f})</small>" if sp and sp.get("n", 0) > 1 else ""
+    return f"{r['speedup']:.2f}x{spread}{' †' if r.get('timing_note') else ''}"
+
+
+def _projected(key: str, fmt):
+    def cell(r: dict, c: dict) -> str:
+        p = r.get("projected") or {}
+        if not p.get("available"):
+            return "n/a"
+        if key == "speedup_ttft" and r["strategy"] == "none":
+            return "reference"
+        return fmt(p[key], c)
+    return cell
+
+
 # The comparison table, one column per entry: (header, unit line under it, cell from (result, context), text-aligned).
 # ``context`` holds what a whole column shares (one FLOPs unit, one bytes unit). A new column is one more entry.
+# "{target}" in a header is the projection's target model (LLaVA-1.5-7B).
 TABLE_COLUMNS = [
     ("strategy", "", lambda r, c: swatch_html(r["strategy"]), True),
     ("answer", "", lambda r, c: html.escape(r["answer"] or "(empty)"), True),
     ("same as none", "", _yes_no, True),
     ("visual tokens", "into the LLM", lambda r, c: str(r["visual_tokens_kept"]), False),
     ("in last layer", "tokens", lambda r, c: str(r["image_tokens_per_layer"][-1]), False),
-    ("vision", "ms", lambda r, c: f"{r['timings']['vision_ms']:.1f}", False),
-    ("prefill", "ms", lambda r, c: f"{r['timings']['prefill_ms']:.1f}", False),
-    ("decode", "ms / token", lambda r, c: f"{r['timings']['decode_ms_per_token']:.2f}", False),
-    ("total", "ms", lambda r, c: f"{r['timings']['total_ms']:.1f}", False),
+    ("first token", "ms, here", lambda r, c: f"{r['timings']['vision_ms'] + r['timings']['prefill_ms']:.1f}", False),
+    ("decode", "ms / token, here", lambda r, c: f"{r['timings']['decode_ms_per_token']:.2f}", False),
     ("compute", "prefill", lambda r, c: format_flops(r["tflops"]["prefill"], unit=c["flops"]), False),
-    ("KV cache", "", lambda r, c: format_bytes(r["kv_cache_bytes"], unit=c["bytes"]), False),
-    ("speedup", "measured", lambda r, c: f"{r['speedup']:.2f}x", False),
-    ("speedup", "FLOPs predict", lambda r, c: f"{r['speedup_predicted']:.2f}x", False),
+    ("KV cache", "here", lambda r, c: format_bytes(r["kv_cache_bytes"], unit=c["bytes"]), False),
+    ("speedup", "measured here (range)", _speedup_cell, False),
+    ("speedup", "FLOPs predict", lambda r, c: "reference" if r["strategy"] == "none" else
+     f"{r['speedup_predicted']:.2f}x", False),
+    ("first token", "{target}, projected", _projected("ttft_ms", lambda v, c: format_ms(v)), False),
+    ("KV cache", "{target}, projected", _projected("kv_cache_bytes", lambda v, c: format_bytes(v)), False),
+    ("speedup", "{target}, projected", _projected("speedup_ttft", lambda v, c: f"{v:.2f}x"), False),
 ]
 TABLE_HEADERS = [h if not u else f"{h} ({u})" for h, u, _, _ in TABLE_COLUMNS]
+
+
+def _target(results: list[dict]) -> str:
+    return next((r["projected"]["target_name"] for r in results if (r.get("projected") or {}).get("available")),
+                "target model")
 
 
 def table_html(results: list[dict], columns=TABLE_COLUMNS) -> str:
@@ -251,8 +338,9 @@ def table_html(results: list[dict], columns=TABLE_COLUMNS) -> str:
     unit per column; it scrolls sideways inside its box where the page is narrower than the table."""
     ctx = {"flops": flops_unit([r["tflops"]["prefill"] for r in results]) if results else None,
            "bytes": bytes_unit([r["kv_cache_bytes"] for r in results]) if results else None}
-    head = "".join(f"<th{' class=ps-text' if text else ''}>{h}{f'<small>{u}</small>' if u else ''}</th>"
-                   for h, u, _, text in columns)
+    target = _target(results)
+    head = "".join(f"<th{' class=ps-text' if text else ''}>{h}"
+                   f"{f'<small>{u.format(target=target)}</small>' if u else ''}</th>" for h, u, _, text in columns)
     body = "".join("<tr>" + "".join(f"<td{' class=ps-text' if text else ''}>{cell(r, ctx)}</td>"
                                     for _, _, cell, text in columns) + "</tr>" for r in results)
     if not results:
@@ -261,12 +349,37 @@ def table_html(results: list[dict], columns=TABLE_COLUMNS) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
-def table_caption(results: list[dict]) -> str:
+def overhead_words(results: list[dict], embedded: bool) -> str:
+    """One line on why the embedded model's times are overhead-bound, from none's own figures (empty before
+    none's result, or for a model that is not the toy)."""
+    none = next((r for r in results if r["strategy"] == "none"), None)
+    if none is None or not embedded:
+        return ""
+    gflops, ms = none["tflops"]["prefill"] * 1e3, none["timings"]["prefill_ms"]
+    return (f"<b>Why the toy's speedups are small or even below 1:</b> its whole unpruned prefill is {gflops:.2f} "
+            f"GFLOPs in {ms:.1f} ms, so fixed per-layer costs (Python, kernel launches, the selection itself) that "
+            "pruning does not remove outweigh the arithmetic it saves. ")
+
+
+def table_caption(results: list[dict], projection: dict | None = None, embedded: bool = False) -> str:
+    """What the table's figures are: how the times were taken, why the toy's are overhead-bound (``embedded``),
+    and what the projected columns rest on (``projection``: ``Scope.projection_info()``)."""
     repeats = next((r.get("repeats") for r in results if r.get("repeats")), None)
     runs = f"median of {repeats} runs after a warm-up" if repeats else "median of the timed runs after a warm-up"
-    return (f"<p class='ps-table-caption'>Timings: {runs}, on a machine that may be busy with other visitors. "
-            "Speedup: time to first token (vision + prefill) of none over the strategy's; FLOPs predict: the same "
-            "ratio of prefill compute.</p>")
+    text = (f"Timings here: {runs}, on a machine that may be busy with other visitors. Speedup: time to first token "
+            "(vision + prefill) of none over the strategy's, each run paired with a run of none moments apart; the "
+            "range spans the pairs; † : not a clear gain, the card says why. FLOPs predict: the same ratio of "
+            "prefill compute. ")
+    text += overhead_words(results, embedded)
+    if projection is not None:
+        if projection.get("available"):
+            text += (f"<b>Projected columns:</b> the same kept tokens per layer on {_target(results)}, timed from "
+                     f"<code>python -m pruning speed</code>'s per-layer times measured at its real widths on "
+                     f"{html.escape(projection['machine'])} (not a run of that model; range: the measurement's "
+                     "quartiles; KV cache in fp16, as that model keeps it).")
+        else:
+            text += f"No projection to a larger model: {html.escape(projection.get('reason', ''))}."
+    return f"<p class='ps-table-caption'>{text}</p>"
 
 
 def refused_input(message: str) -> str:
@@ -347,6 +460,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
     with gr.Blocks(title="PruneScope: visual-token pruning, side by side", analytics_enabled=False) as demo:
         results_state = gr.State([])
+        inside_state = gr.State(None)  # what the heatmaps are redrawn from: the view and [CLS] attention of the run
         grid_state = gr.State([n_patches, grid])  # the picked model's patch count and grid
         gr.HTML("<div class='ps-intro'><h1>PruneScope</h1><p>Compare training-free visual-token pruning strategies "
                 "on one image and one question: what each keeps, what it answers, where attention goes and what "
@@ -380,6 +494,12 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         run = gr.Button("Compare", variant="primary", elem_id="ps-run")
                         # the one progress text, where the eye is after a click (the results come below)
                         status = gr.Markdown("", elem_id="ps-status")
+                        forms = info["question_forms"]
+                        question_form = gr.Dropdown(
+                            [(f"{f['form']}  (e.g. {f['example']})" + ("" if f["evaluated"] else " [training only]"),
+                              f["example"]) for f in forms], value=None, elem_id="ps-question-form",
+                            label="Or pick a question form the toy model knows (fills the question; edit the "
+                                  "colour or shape)", visible=bool(forms))
                         if examples:
                             gr.Examples([[e["image"], e["question"]] for e in examples], [image, question],
                                         label="Examples: held-out scenes the model never saw (click one, then Compare)")
@@ -408,6 +528,11 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         settings_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-settings-msg")
                 placeholder = gr.Markdown(PLACEHOLDER, elem_id="ps-placeholder")
                 with gr.Column(elem_id="ps-results"):
+                    with gr.Row(elem_id="ps-view-box", equal_height=False):
+                        view_image = gr.Image(type="pil", show_label=False, interactive=False,
+                                              height=160, width=160, min_width=170, scale=0, elem_id="ps-view",
+                                              buttons=["download"])
+                        view_note = gr.Markdown("", elem_id="ps-view-note", elem_classes="ps-view-note")
                     gr.HTML(overlays.legend_html(), padding=False)
                     cards = []
                     with gr.Row(equal_height=False, elem_id="ps-cards"):
@@ -420,9 +545,18 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                             cards.append((title, picture, details))
                     gr.Markdown("### What each strategy cost")
                     table = gr.HTML(table_html([]), elem_id="ps-table", padding=False)
-                    table_note = gr.HTML(table_caption([]), padding=False)
+                    table_note = gr.HTML(table_caption([], info["projection"], info["embedded"]), padding=False)
+                    with gr.Row(elem_id="ps-compare-export-row", equal_height=False):
+                        export_button = gr.Button("Save this comparison as one HTML page (opens offline)",
+                                                  size="sm", scale=0, min_width=280, elem_id="ps-compare-export")
+                        export_file = gr.File(label="The comparison (HTML)", elem_id="ps-compare-export-file",
+                                              min_width=280)
+                    export_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-compare-export-msg")
                 with gr.Column(elem_id="ps-inside"):
                     gr.Markdown("## Look inside")
+                    heat_over = gr.Checkbox(True, elem_id="ps-heat-over",
+                                            label="Draw the attention heatmaps over the image (untick: the grid "
+                                                  "of cells alone)")
                     with gr.Row():
                         tokens_plot = gr.Plot(show_label=False, elem_id="ps-plot-tokens", min_width=300)
                         shares_plot = gr.Plot(show_label=False, elem_id="ps-plot-shares", min_width=300)
@@ -442,8 +576,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
             # -------------------------------------------------------- Sweep
             with gr.Tab("Sweep", id="sweep"):
-                gr.Markdown("Accuracy against budget on held-out questions of the shapes world (the library's "
-                            "`bench` sweep). Each question runs once per strategy and budget.")
+                gr.Markdown("Accuracy on held-out questions of the shapes world (the library's `bench` sweep), "
+                            "against the visual tokens each LLM layer reads on average (a budget's cost for every "
+                            "method, FastV's and VTW's included) and against prefill compute. Each question runs "
+                            "once per strategy and budget; bars: Wilson 95% intervals.")
                 with gr.Row():
                     sweep_strategies = gr.Dropdown([s for s in names if s != "none"],
                                                    value=[s for s in info["default_strategies"] if s != "none"],
@@ -454,6 +590,13 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                     sweep_types = gr.CheckboxGroup(["colour", "shape", "exist", "count", "position"],
                                                    value=["colour", "shape", "exist", "count", "position"],
                                                    label="Question types")
+                with gr.Row():
+                    sweep_seed = gr.Number(0, precision=0, elem_id="ps-sweep-seed", min_width=200,
+                                           label="Seed: 0 = the default held-out questions; 1..999 draw another "
+                                                 "set (and seed random and k-means)")
+                    sweep_band = gr.Checkbox(False, elem_id="ps-sweep-band", min_width=200,
+                                             label=f"Also run random with {BAND_SEEDS} seeds and draw its range as a "
+                                                   f"band (random's luck; {BAND_SEEDS} more runs per budget)")
                 sweep_run = gr.Button("Run sweep", variant="primary", elem_id="ps-sweep-run")
                 sweep_status = gr.Markdown("", elem_id="ps-sweep-status")
                 with gr.Row():
@@ -476,7 +619,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
             # -------------------------------------------------------- Teach and Lessons (app/teach.py)
             teach.build_tabs(pool, info, {"image": image, "question": question, "strategies": strategies,
-                                          "keep": keep, "model": model_choice, "results": results_state})
+                                          "keep": keep, "model": model_choice, "results": results_state,
+                                          "export_button": export_button, "export_file": export_file,
+                                          "export_msg": export_msg})
 
             # -------------------------------------------------------- How it works
             with gr.Tab("How it works", id="about"):
@@ -495,9 +640,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         # ------------------------------------------------------------ callbacks
         card_outputs = [x for card in cards for x in card]
         plot_outputs = [tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance,
-                        relevance_note, heat_choice]
+                        relevance_note, heat_choice, inside_state]
         messages = {"image": image_msg, "question": question_msg, "settings": settings_msg, "model": model_status}
-        all_outputs = [status, table, results_state, table_note, placeholder, *messages.values(), *card_outputs,
+        all_outputs = [status, table, results_state, table_note, placeholder, view_image, view_note,
+                       *messages.values(), *card_outputs,
                        *plot_outputs]
 
         def collect_params(values) -> dict:
@@ -523,7 +669,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             return int(value) if isinstance(value, float) and value.is_integer() else value
 
         def stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
-                           values, in_page: bool, had_results: bool):
+                           values, in_page: bool, had_results: bool, over: bool = True):
             """The Compare tab's messages for one comparison: values only (the module docstring says why).
             ``in_page``: a refusal becomes a message beside the input it names and in the status line, and the
             page keeps its results; else (the API) it raises."""
@@ -541,14 +687,16 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 stream = pool.get(model_name).compare_stream(
                     image_path, question_text, chosen or [], whole(keep_value), collect_params(values),
                     max_new_tokens=whole(max_new_tokens), eta=0.003 if eta_value is None else float(eta_value))
-                view = next(stream)["view"]  # the library checks the whole request before its first event
+                first_event = next(stream)  # the library checks the whole request before its first event
             except ValueError as e:
                 yield refuse(e)
                 return
+            view = first_event["view"]
+            picked = pool.get(model_name).info()
             # every slot of this run laid out at once, waiting; the others empty (hidden by CSS)
             names_ = order + [None] * (len(cards) - total)
             yield {status: f"Running none, the unpruned reference (1 of {total})... The cards fill in below.",
-                   placeholder: "",
+                   placeholder: "", view_image: overlays.as_seen(view), view_note: view_words(first_event),
                    table: table_html([]), **{m: "" for m in messages.values()},
                    **{x: v for (title, picture, details), name in zip(cards, names_)
                       for x, v in ((title, card_waiting(name) if name else ""), (picture, None), (details, ""))}}
@@ -564,12 +712,15 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                if done < total else
                                f"All strategies done ({total} of {total}); drawing the look-inside plots...")
                         yield {status: nxt, title: card_title(r), picture: overlays.overlay(view, r),
-                               details: card_details(r), table: table_html(results), table_note: table_caption(results),
+                               details: card_details(r), table: table_html(results),
+                               table_note: table_caption(results, picked["projection"], picked["embedded"]),
                                results_state: list(results)}
                     elif event["kind"] == "inspect":
+                        inside = {"view": view, "cls_attention": event["cls_attention"], "grid": first_event["grid"]}
                         values_ = _inspect_updates(event, results, info, tokens_plot, shares_plot, llm_heat,
                                                    cls_heat, consistency_plot, kl_plot, relevance, relevance_note,
-                                                   heat_choice)
+                                                   heat_choice, view if over else None)
+                        values_[inside_state] = inside
                         # the table again: a program calling /compare_stream gets the last message's values
                         yield {status: f"Done: {len(results)} strategies on a {grid[0]}x{grid[1]} grid, budget "
                                        f"{whole(keep_value)} of {n_patches} visual tokens: cards, table and "
@@ -581,10 +732,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 yield {status: f"**Stopped after {len(results)} of {total}:** {e}"}
 
         def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
-                        results, request: gr.Request, *values):
+                        results, over, request: gr.Request, *values):
             forget_skipped_outputs(demo, request)
             yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
-                                      model_name, values, in_page=True, had_results=bool(results))
+                                      model_name, values, in_page=True, had_results=bool(results), over=over)
             # this runs once the last message has gone: its skips' copies are of no further use (every slot is
             # skipped by most messages, so a run leaves one copy of nearly every output)
             forget_skipped_outputs(demo, request)
@@ -597,13 +748,16 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                       model_name, values, in_page=False, had_results=False)
             forget_skipped_outputs(demo, request)  # as in run_compare
 
-        cleared = [status, results_state, placeholder, table, *messages.values(), *card_outputs, tokens_plot,
+        cleared = [status, results_state, placeholder, table, view_image, view_note, inside_state, export_file,
+                   *messages.values(), *card_outputs, tokens_plot,
                    shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, relevance_note]
 
         def clear_results():
             """A new image: the results of the old one go (and a comparison still running for it stops)."""
             return {status: "New image: press **Compare** to compare the strategies on it.", results_state: [],
-                    placeholder: PLACEHOLDER, table: table_html([]), **{m: "" for m in messages.values()},
+                    placeholder: PLACEHOLDER, table: table_html([]), view_image: None, view_note: "",
+                    inside_state: None, export_file: None,
+                    **{m: "" for m in messages.values()},
                     **{x: v for title, picture, details in cards for x, v in ((title, ""), (picture, None),
                                                                                (details, ""))},
                     **{x: None for x in (tokens_plot, shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot,
@@ -615,9 +769,27 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             return {status: "The question changed: press **Compare** to answer it (the results below answer the "
                             "previous question).", question_msg: ""}
 
-        def redraw_heatmap(results, name):
+        def pick_question(example, results):
+            """A question form picked from the list fills the question box (the visitor may edit its colour or
+            shape); as for a typed question, the results on the page say they answer the previous one."""
+            if not example:
+                return {question: gr.skip(), status: gr.skip(), question_msg: gr.skip()}
+            return {question: example, **question_changed(results)}
+
+        def redraw_heatmap(results, name, inside, over):
             chosen = next((r for r in results if r["strategy"] == name), None)
-            return plot_value(plots.llm_attention_figure(chosen)) if chosen and chosen.get("trace") else None
+            view = inside["view"] if inside and over else None
+            return plot_value(plots.llm_attention_figure(chosen, view)) if chosen and chosen.get("trace") else None
+
+        def redraw_heatmaps(results, name, inside, over):
+            """Both heatmaps again, over the image or as grids alone (no model call)."""
+            if not inside:
+                return gr.skip(), gr.skip()
+            cls = inside["cls_attention"]
+            return (redraw_heatmap(results, name, inside, over),
+                    plot_value(plots.cls_attention_figure(cls, inside["grid"], info["feature_layer"],
+                                                          inside["view"] if over else None))
+                    if cls is not None else None)
 
         def api_compare(image, question, strategies, keep, max_new_tokens, params, model):
             """Compare strategies on one image and question; returns one dict per strategy (none first)."""
@@ -626,10 +798,15 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                     params = json.loads(params or "{}")
                 return pool.get(model).compare(image, question, strategies, None if keep is None else keep, params,
                                                max_new_tokens=int(max_new_tokens))
-            except (ValueError, json.JSONDecodeError) as e:
+            except json.JSONDecodeError as e:
+                raise gr.Error(f"params is not valid JSON ({e.msg} at character {e.pos}): expected a mapping of "
+                               'strategy names to mappings of their parameters, e.g. {"fastv": {"ratio": 0.75}}',
+                               print_exception=False) from e
+            except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
 
-        def run_sweep(chosen, budgets_text, n, types, model_name, progress=gr.Progress(track_tqdm=True)):
+        def run_sweep(chosen, budgets_text, n, types, model_name, seed=0, band=False,
+                      progress=gr.Progress(track_tqdm=True)):
             try:
                 budgets = []
                 for part in (budgets_text or "").split(","):
@@ -640,11 +817,21 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                             raise ValueError(f"budget {part.strip()!r} is not a whole number of tokens") from None
                 if not types:
                     raise ValueError("pick at least one question type")
-                rows = pool.get(model_name).sweep(chosen or [], budgets, n=int(n), types=types)
+                seed = whole(seed) if seed not in (None, "") else 0
+                bands = None
+                if band:
+                    out = pool.get(model_name).teach.random_band(chosen or [], budgets, whole(n), BAND_SEEDS,
+                                                                 progress=progress, types=types, seed=seed)
+                    rows = out["rows"] + out["random_runs"][0]
+                    bands = {"random": plots.band_from_seeds(out["random_runs"])}
+                else:
+                    rows = pool.get(model_name).sweep(chosen or [], budgets, n=whole(n), types=types, seed=seed)
             except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
-            fig_budget, fig_tflops = plots.sweep_figures(rows)
-            return (f"{int(n)} questions x {len(rows)} configurations.", plot_value(fig_budget), plot_value(fig_tflops),
+            fig_budget, fig_tflops = plots.sweep_figures(rows, bands=bands)
+            said = f"{whole(n)} questions x {len(rows)} configurations (question set: seed {seed})"
+            said += f"; random over {BAND_SEEDS} seeds drawn as a band." if band else "."
+            return (said, plot_value(fig_budget), plot_value(fig_tflops),
                     sweep_table(rows), sweep_csv(rows))
 
         def switch_model(model_name, keep_value):
@@ -659,7 +846,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
 
         model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status], api_visibility="private",
                             concurrency_id="model")
-        compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, results_state, *param_inputs]
+        compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, results_state, heat_over,
+                          *param_inputs]
         in_page = dict(concurrency_id="model", show_progress="minimal", show_progress_on=[status],
                        api_visibility="private")
         click = run.click(run_compare, compare_inputs, all_outputs, scroll_to_output=True, **in_page)
@@ -668,9 +856,14 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                      cancels=[click, release])
         question.input(question_changed, [results_state], [status, question_msg], queue=False,
                        show_progress="hidden", api_visibility="private")
+        question_form.input(pick_question, [question_form, results_state], [question, status, question_msg],
+                            queue=False, show_progress="hidden", api_visibility="private")
         keep.change(lambda k, g: budget_words(k, *g), [keep, grid_state], keep_words, queue=False, show_progress="hidden",
                     api_visibility="private")
-        heat_choice.change(redraw_heatmap, [results_state, heat_choice], llm_heat, api_visibility="private")
+        heat_choice.change(redraw_heatmap, [results_state, heat_choice, inside_state, heat_over], llm_heat,
+                           api_visibility="private")
+        heat_over.change(redraw_heatmaps, [results_state, heat_choice, inside_state, heat_over], [llm_heat, cls_heat],
+                         api_visibility="private", queue=False, show_progress="hidden")
         api_stream_button = gr.Button(visible=False)
         api_stream_button.click(api_compare_stream, [image, question, strategies, keep, max_new, api_eta, model_choice,
                                                      *param_inputs], all_outputs, api_name="compare_stream",
@@ -679,14 +872,28 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         api_button.click(api_compare, [api_image, api_question, strategies, keep, max_new, api_params, model_choice],
                          api_out,
                          api_name="compare", concurrency_id="model")
-        sweep_run.click(run_sweep, [sweep_strategies, sweep_budgets, sweep_n, sweep_types, model_choice],
+        sweep_run.click(run_sweep, [sweep_strategies, sweep_budgets, sweep_n, sweep_types, model_choice, sweep_seed,
+                                    sweep_band],
                         [sweep_status, sweep_budget_plot, sweep_tflops_plot, sweep_df, sweep_file], api_name="sweep",
                         concurrency_id="sweep")  # its own group: it lets go of the model between questions
     return demo
 
 
+def range_words(c: dict) -> str:
+    """A numeric control's accepted range, from the strategy's own parameter spec (the library refuses anything
+    outside it in its own words, shown beside the settings): "1..7", "0 to 1", "above 0, up to 1"."""
+    lo, hi = c.get("min"), c.get("max")
+    if lo is None or hi is None or c["kind"] not in ("int", "float"):
+        return ""
+    if c["kind"] == "int":
+        return f"{lo}..{hi:,}" if hi >= 10_000 else f"{lo}..{hi}"
+    return f"above {lo:g}, up to {hi:g}" if c.get("above") else f"{lo:g} to {hi:g}"
+
+
 def _control(c: dict, strategy: str, info: dict):
     label = c["label"]
+    if range_words(c):
+        label += f"; {range_words(c)}"
     if c["kind"] == "choice":
         return gr.Radio(c["choices"], value=c["default"], label=label)
     if c["kind"] == "bool":
@@ -695,8 +902,6 @@ def _control(c: dict, strategy: str, info: dict):
         return gr.Textbox(value=c["default"], label=label)
     if c["kind"] == "float":
         return gr.Number(value=c["default"], label=label)
-    if c["name"] == "layer":
-        label += f"; 1..{info['llm_layers'] - 1}"
     if c["default"] is None:
         # a text box, not a gr.Number: an empty Number shows (and sends) 0 once its accordion is opened, which the
         # library then refused ("layer=0") for every visitor who only looked at the parameters
@@ -706,15 +911,17 @@ def _control(c: dict, strategy: str, info: dict):
 
 
 def _inspect_updates(event: dict, results: list[dict], info: dict, tokens_plot, shares_plot, llm_heat, cls_heat,
-                     consistency_plot, kl_plot, relevance, relevance_note, heat_choice) -> dict:
-    """The look-inside plots of one comparison, values only (what has none is emptied, and its CSS hides it)."""
+                     consistency_plot, kl_plot, relevance, relevance_note, heat_choice, view=None) -> dict:
+    """The look-inside plots of one comparison, values only (what has none is emptied, and its CSS hides it);
+    ``view``: the heatmaps drawn over the image."""
     names = [r["strategy"] for r in results]
     default = next((n for n in names if n != "none"), "none")
     chosen = results[names.index(default)]
     out = {tokens_plot: plot_value(plots.tokens_alive_figure(results)),
            shares_plot: plot_value(plots.attention_shares_figure(results)),
-           llm_heat: plot_value(plots.llm_attention_figure(chosen)), heat_choice: gr.update(choices=names, value=default)}
-    out[cls_heat] = (plot_value(plots.cls_attention_figure(event["cls_attention"], info["grid"], info["feature_layer"]))
+           llm_heat: plot_value(plots.llm_attention_figure(chosen, view)), heat_choice: gr.update(choices=names, value=default)}
+    out[cls_heat] = (plot_value(plots.cls_attention_figure(event["cls_attention"], info["grid"], info["feature_layer"],
+                                                           view))
                      if event["cls_attention"] is not None else None)
     out[consistency_plot] = plot_value(plots.consistency_figure(event["consistency"])) if event["consistency"] else None
     kl, rel = event.get("vtw_kl"), event.get("ivtp_relevance")

@@ -176,9 +176,11 @@ def _ask(args) -> int:
     from .strategies import get_strategy
 
     from .engine import check_generation
+    from .model import check_question
 
     # everything that can be checked without the model first, then the budget and layers against it
     check_generation(args.max_new_tokens, args.temperature, args.top_p)
+    check_question(args.question)  # its length counted before the model loads (nothing tokenizes it first)
     if args.keep is not None and args.keep < 1 and args.strategy != "vtw":
         raise ValueError(f"--keep {args.keep}: keep at least 1 visual token")
     stage = args.stage or ("llm" if args.layer is not None else None)

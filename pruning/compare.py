@@ -23,7 +23,6 @@ import logging
 import statistics
 import threading
 from collections import OrderedDict
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +33,11 @@ from . import analysis, bench, cost, offworld, projection
 from .engine import Engine
 from .images import load_image
 from .locks import FairLock
-from .model import DEFAULT_MODEL_DIR, load_model
+from .model import DEFAULT_MODEL_DIR, check_question, load_model
 from .shapes import grammar
 from .speed import spread
-from .strategies import POSITIONS, available, get_strategy
-from .strategies.base import Strategy
-
-# Choices of string parameters the app offers (stage comes from each strategy's own ``stages``; a strategy
-# class may add its own in a ``choices`` class attribute, {parameter: (values, ...)}; other strings are text).
-CHOICES = {"positions": POSITIONS, "ensemble": ("avg", "max", "min")}
+from .strategies import available, get_strategy
+from .strategies.base import Strategy, check_params, parameter_specs, shown
 # Words for the parameters' labels (the paper's symbol first).
 LABELS = {
     "k_layers": "K: [CLS] layers ensembled (VTC-CLS eq. 9)", "ensemble": "E: how the K layers combine (eq. 9)",
@@ -80,47 +75,73 @@ TIMINGS = ("vision_ms", "prefill_ms", "decode_ms_per_token", "total_ms", "ttft_m
 SAMPLING = {"temperature": 0.0, "top_p": 1.0, "seed": 0}
 ETA = 0.003  # VTW's KL threshold (Algorithm 1)
 VISION_CACHE = 8  # images whose vision pass Scope keeps for the analyses of a re-run
+SWEEP_NEW_TOKENS = 4  # tokens each question of a sweep decodes (``bench.evaluate``'s default)
+# The most work one sweep request may ask: configurations (strategy x budget rows) x questions x new tokens. The
+# app's default Sweep (vtc-cls, fastv, vtw at 3 budgets, 40 questions) is 8 x 40 x 4 = 1,280, and the default
+# strategies on the slider's 400 questions 12,800; every strategy at 3 budgets on 100 questions is 47 x 100 x 4 =
+# 18,800, which took 2.6 to 6.1 minutes of the embedded model on a shared 2-core machine (``python -m
+# benchmarks.sweep_ceiling``, docs/robustness.md). The queue runs one request at a time, so this bounds how long one
+# visitor's sweep keeps the others waiting.
+SWEEP_CEILING = 20_000
 
 
-def strategy_controls() -> dict[str, list[dict]]:
-    """Per strategy, the hyper-parameters a user may set (all but ``keep``), with their defaults: what the
-    app's collapsed parameter sections are built from, so they follow the strategies' dataclasses."""
+def strategy_controls(geometry=None) -> dict[str, list[dict]]:
+    """Per strategy, the hyper-parameters a user may set (all but ``keep``), with their defaults and the values
+    they accept: what the app's collapsed parameter sections are built from, so they follow the strategies'
+    dataclasses. ``min`` / ``max`` (numbers; else None) and ``choices`` come from each parameter's ``Spec``, the
+    source the library's own validation reads, so a control never offers what the library refuses; ``above``:
+    ``min`` itself is excluded. With a model's ``geometry``, the layer bounds are that model's (an LLM layer below
+    its depth, VTC-CLS's K up to its feature layer), as ``Engine.check`` applies them."""
     out = {}
     for name in available():
         strategy = get_strategy(name)
+        cls = type(strategy)
         controls = []
-        for f in (fields(strategy) if name != "none" else []):  # none has no rule, so nothing to set
-            if f.name == "keep" or f.default is MISSING and f.default_factory is MISSING:
+        for pname, (spec, _) in (parameter_specs(cls).items() if name != "none" else []):  # none has no rule
+            if pname == "keep":
                 continue
-            default = getattr(strategy, f.name)
-            choices_of = {**CHOICES, **getattr(type(strategy), "choices", {})}
-            if f.name == "seed" and name not in SEEDED:
+            default = getattr(strategy, pname)
+            if pname == "seed" and name not in SEEDED:
                 continue
-            if f.name == "layer" and "llm" not in strategy.stages:
+            if pname == "layer" and "llm" not in strategy.stages:
                 continue  # before-only strategies never read it
-            if f.name == "stage":
-                if len(strategy.stages) < 2:
-                    continue
-                kind, choices = "choice", list(strategy.stages)
-            elif f.name in choices_of:
-                kind, choices = "choice", list(choices_of[f.name])
-            elif isinstance(default, str):
-                kind, choices = "text", None
-            elif isinstance(default, bool):
-                kind, choices = "bool", None
-            elif isinstance(default, float):
-                kind, choices = "float", None
-            else:  # int, or None for "derived from the model" (VTW's K, IVTP's unused layer)
-                kind, choices = "int", None
-                if name == "ivtp" and f.name == "layer":
-                    continue  # IVTP prunes at the end of every group; layer is unused
-            label = LABELS.get(f.name, f.name)
-            if name == "vtc-cls" and f.name == "positions":
+            if name == "ivtp" and pname == "layer":
+                continue  # IVTP prunes at the end of every group; layer is unused
+            if pname == "stage" and len(strategy.stages) < 2:
+                continue
+            kind = {"choice": "choice", "bool": "bool", "float": "float", "int": "int"}.get(spec.kind, "text")
+            low = high = None
+            if kind in ("int", "float"):
+                low, high = spec.low, spec.high
+                if geometry is not None and spec.depth == "llm":
+                    high = min(high, geometry.llm_layers - 1)
+                elif geometry is not None and spec.depth == "vit":
+                    high = min(high, geometry.feature_layer_index + 1)
+            label = LABELS.get(pname, pname)
+            if name == "vtc-cls" and pname == "positions":
                 label += " (left as it is: rearrange before the LLM, keep at stage llm)"
-            controls.append({"name": f.name, "label": label, "kind": kind, "default": default, "choices": choices,
-                             "help": HELP.get((name, f.name))})
+            controls.append({"name": pname, "label": label, "kind": kind, "default": default,
+                             "choices": list(spec.values(cls)) if kind == "choice" else None, "min": low, "max": high,
+                             "above": spec.above, "help": HELP.get((name, pname))})
         out[name] = controls
     return out
+
+
+def check_strategy_names(strategies) -> list[str]:
+    """The strategies a request names (a list, or one comma-separated string), as a list of names; anything but
+    text names is refused in words (unknown names are refused by ``get_strategy``, with the valid ones)."""
+    if strategies is None:
+        return []
+    if isinstance(strategies, str):
+        return [s.strip() for s in strategies.split(",") if s.strip()]
+    if not isinstance(strategies, (list, tuple)):
+        raise ValueError(f"strategies={shown(strategies)}: expected a list of strategy names; valid strategies: "
+                         f"{', '.join(available())}")
+    for s in strategies:
+        if not isinstance(s, str):
+            raise ValueError(f"strategies: {shown(s)} is not a strategy name; valid strategies: "
+                             f"{', '.join(available())}")
+    return list(strategies)
 
 
 def result_json(result) -> dict:
@@ -281,11 +302,12 @@ def _check_budget(keep, n_patches: int, notes: list | None = None) -> int | None
     if isinstance(keep, float) and keep.is_integer():
         keep = int(keep)
     if isinstance(keep, bool) or not isinstance(keep, int):
-        raise ValueError(f"keep={keep!r}: expected a whole number of visual tokens (1..{n_patches})")
+        raise ValueError(f"keep={shown(keep)}: expected a whole number of visual tokens (1..{n_patches})")
     if keep < 1:
-        raise ValueError(f"keep={keep}: keep at least 1 of the {n_patches} visual tokens")
+        raise ValueError(f"keep={shown(keep)}: keep at least 1 of the {n_patches} visual tokens")
     if keep > n_patches and notes is not None:
-        notes.append(f"keep={keep} is more than the {n_patches} visual tokens of the grid: clamped to {n_patches}")
+        notes.append(f"keep={shown(keep)} is more than the {n_patches} visual tokens of the grid: clamped to "
+                     f"{n_patches}")
     return min(keep, n_patches)
 
 
@@ -339,7 +361,7 @@ class Scope:
                 "image_size": g.image_size, "llm_layers": g.llm_layers, "vision_layers": g.vision_layers,
                 "feature_layer": g.feature_layer_index, "strategies": available(),
                 "default_strategies": [s for s in COMPARE_DEFAULT if s in available()],
-                "controls": strategy_controls(), "repeats": REPEATS,
+                "controls": strategy_controls(g), "repeats": REPEATS,
                 "question_forms": grammar.question_forms() if self.is_embedded else [],
                 "projection": self.projection_info()}
 
@@ -361,13 +383,11 @@ class Scope:
 
     # ------------------------------------------------------------ compare
     def _strategies(self, strategies, keep, params: dict | None) -> list[Strategy]:
-        if isinstance(strategies, str):
-            strategies = [s.strip() for s in strategies.split(",") if s.strip()]
-        names = ["none"] + [s for s in dict.fromkeys(strategies or []) if s != "none"]
-        params = params or {}
-        unknown = set(params) - set(available())
-        if unknown:
-            raise ValueError(f"parameters given for unknown strategies {sorted(unknown)}; valid: {', '.join(available())}")
+        """``none`` and the named strategies (each once), built with their parameters and the shared budget; the
+        names and ``params`` are checked as a whole first (``check_params``), so nothing is built from a request
+        that is refused."""
+        names = ["none"] + [s for s in dict.fromkeys(check_strategy_names(strategies)) if s != "none"]
+        params = check_params(params)
         out = []
         for name in names:
             p = dict(params.get(name) or {})
@@ -388,20 +408,19 @@ class Scope:
         each repeat paired with a timed vision pass + prefill of ``none`` right before or after it (``timed_pairs``),
         so its speedup is a ratio of runs made moments apart, with the per-repeat spread (``timing_fields``)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected 1..512")
+            raise ValueError(f"max_new_tokens={shown(max_new_tokens)}: expected 1..512")
         for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 50:
-                raise ValueError(f"{name}={value!r}: expected {low}..50")
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question is empty: type a question about the image")
+                raise ValueError(f"{name}={shown(value)}: expected {low}..50")
+        self.check_question(question)
         eta = bench.check_eta(eta)
-        image_notes: list[str] = []
-        image = load_image(image, notes=image_notes)
         budget_notes: list[str] = []
         keep = _check_budget(keep, self.engine.geometry.n_patches, budget_notes)
         chosen = self._strategies(strategies, keep, params)
         for strategy in chosen:
             self.engine.check(strategy, max_new_tokens)  # layers beyond the model's depth, before running
+        image_notes: list[str] = []
+        image = load_image(image, notes=image_notes)  # the first step that reads more than the request itself
         with self.lock:
             prepared = self.engine.prepare(image, question)
             digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
@@ -429,6 +448,13 @@ class Scope:
                 yield {"kind": "result", "result": fields_}
             if inspect:
                 yield {"kind": "inspect", **self._inspect(image, digest, prepared, chosen, keep, eta)}
+
+    def check_question(self, question) -> None:
+        """The question's own checks, before any work and outside the lock: text, not empty, at most
+        ``model.MAX_QUESTION_CHARS`` characters (counted, never tokenized), no image placeholder."""
+        check_question(question, getattr(self.engine.lm.processor, "image_token", "<image>"))
+        if not question.strip():
+            raise ValueError("question is empty: type a question about the image")
 
     def _measured(self, prepared, strategy, reference: dict | None, max_new_tokens: int, repeats: int,
                   warmup: int) -> dict:
@@ -520,21 +546,26 @@ class Scope:
         ``seed`` (0..999; None or 0: the default set) draws another held-out question set and seeds random and
         kmeans."""
         seed = bench.check_seed(seed)
-        if isinstance(strategies, str):
-            strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+        strategies = check_strategy_names(strategies)
         if not strategies:
             raise ValueError("pick at least one strategy to sweep")
-        if not isinstance(n, int) or not 1 <= n <= 1000:
-            raise ValueError(f"n={n!r}: expected 1..1000 questions")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
+            raise ValueError(f"n={shown(n)}: expected 1..1000 questions")
+        if isinstance(budgets, (str, bytes)) or not isinstance(budgets, (list, tuple, set)):
+            raise ValueError(f"budgets={shown(budgets)}: expected a list of whole numbers of visual tokens")
         budgets = sorted({_check_budget(b, self.engine.geometry.n_patches) for b in budgets}, reverse=True)
         if not budgets:
             raise ValueError("give at least one budget")
+        if types is not None and (isinstance(types, str) or not isinstance(types, (list, tuple))
+                                  or not all(isinstance(t, str) for t in types)):
+            raise ValueError(f"types={shown(types)}: expected a list of question types")
+        rows = bench.configs(",".join(strategies), budgets, position_variants=False, seed=seed)
+        check_sweep_size(len({p["name"] for _, p in rows} - {"none"}), len(budgets), len(rows), n)
         samples = bench.load_samples("shapes", n, types=types, seed=seed)
         # bench.sweep's loop, with the model's lock taken per question, not for the whole sweep: a Compare that
         # arrives meanwhile runs after the current question (FairLock: waiters go first), not after the sweep
-        rows = []
-        for label, params_ in tqdm(bench.configs(",".join(strategies), budgets, False, seed), desc="bench",
-                                   disable=not progress):
+        out = []
+        for label, params_ in tqdm(rows, desc="bench", disable=not progress):
             strategy = get_strategy(**params_)
             records = []
             for sample in samples:
@@ -542,9 +573,24 @@ class Scope:
                     records.append(bench.sample_record(self.engine, sample, strategy))
             row = bench.summarise(strategy, records)
             row.update(label=label, seed=seed)
-            rows.append(row)
-        bench.add_prefill_speedups(rows)
-        return rows
+            out.append(row)
+        bench.add_prefill_speedups(out)
+        return out
+
+
+def check_sweep_size(strategies: int, budgets: int, configurations: int, n: int,
+                     new_tokens: int = SWEEP_NEW_TOKENS, ceiling: int = SWEEP_CEILING) -> int:
+    """A sweep's work, configurations (its rows: each strategy at each budget, with none and vtw once) x
+    questions x new tokens per question, against ``ceiling``: refused above it, with the request's size and the
+    ceiling in the message. Returns the size."""
+    size = configurations * n * new_tokens
+    if size > ceiling:
+        raise ValueError(
+            f"sweep of {strategies} strategies x {budgets} budgets x {n} questions x {new_tokens} new tokens: "
+            f"{configurations:,} configurations x {n} questions x {new_tokens} tokens = {size:,}, more than the "
+            f"{ceiling:,} one request may ask (the app runs one request at a time); pick fewer strategies, budgets "
+            f"or questions")
+    return size
 
 
 class ScopePool:
@@ -611,5 +657,6 @@ class ScopePool:
             return self._loaded[name]
 
 
-__all__ = ["Scope", "ScopePool", "strategy_controls", "result_json", "compare_fields", "own_fields", "relative_fields",
-           "timed_pairs", "timing_fields", "timing_note", "COMPARE_DEFAULT", "REPEATS"]
+__all__ = ["Scope", "ScopePool", "strategy_controls", "check_strategy_names", "check_sweep_size", "result_json",
+           "compare_fields", "own_fields", "relative_fields", "timed_pairs", "timing_fields", "timing_note",
+           "COMPARE_DEFAULT", "REPEATS", "SWEEP_CEILING"]

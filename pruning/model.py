@@ -66,19 +66,48 @@ class LoadedModel:
         return build_prompt(self.processor, question)
 
 
-def clean_question(question, image_token: str = "<image>") -> tuple[str, list[str]]:
-    """The question as the model will read it, and what was changed, in words. Refused (ValueError):
-    not text, empty or whitespace only, or holding the image placeholder (which would add a second image
-    span). Control characters other than newline and tab are removed, and the notes say so."""
+# The longest question accepted, in characters, counted before anything reads the text (a tokenizer takes
+# seconds over megabytes, and the app's queue would wait for it). LLaVA-1.5's context of 4,096 tokens, less its
+# 576 image tokens, holds about 3,500 question tokens: about 14,000 characters of English at ~4 characters a token.
+# A question under this bound may still be refused by the model's context, in tokens (``Engine.prepare``).
+MAX_QUESTION_CHARS = 16_000
+
+
+def check_question(question, image_token: str | None = "<image>") -> None:
+    """What a question must be before anything reads it, in the order that costs least: text, at most
+    ``MAX_QUESTION_CHARS`` characters (its length, never its tokens), without the image placeholder (which would
+    add a second image span). Every library entry point that takes a question calls this (``clean_question`` too)
+    before loading an image or taking the model's lock."""
     if not isinstance(question, str):
         raise ValueError(f"question must be text, got {type(question).__name__}")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f"question is too long: {len(question):,} characters, more than the {MAX_QUESTION_CHARS:,} "
+                         "accepted (refused before reading it); ask a shorter question")
+    if image_token and image_token in question:
+        raise ValueError(f"question contains the image placeholder {image_token!r}: the image is added by "
+                         "PruneScope, remove the placeholder from the question")
+
+
+def clean_question(question, image_token: str = "<image>") -> tuple[str, list[str]]:
+    """The question as the model will read it, and what was changed, in words. Refused (ValueError): what
+    ``check_question`` refuses, and empty or whitespace only. Lone surrogates (half of a UTF-16 pair: what a JSON
+    "\\ud800" decodes to; not text, and a tokenizer raises on them) are removed and a well-formed pair becomes its
+    character; control characters other than newline and tab are removed; the notes say what was removed."""
+    check_question(question, image_token)
     notes = []
+    surrogates = sum(1 for ch in question if "\ud800" <= ch <= "\udfff")
+    if surrogates:
+        joined = question.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "ignore")
+        lone = 2 * (len(question) - len(joined)) - surrogates  # each pair joined shortens it by 1, each lone by 1
+        if lone:
+            notes.append(f"removed {lone} lone surrogate(s) (half of a UTF-16 pair, not text) from the question")
+        question = joined
     cleaned = "".join(ch for ch in question if ch in "\n\t" or unicodedata.category(ch) != "Cc")
     if len(cleaned) != len(question):
         notes.append(f"removed {len(question) - len(cleaned)} control character(s) from the question")
     if not cleaned.strip():
         raise ValueError("question is empty: give a non-empty text question")
-    if image_token and image_token in cleaned:
+    if image_token and image_token in cleaned:  # control characters could have split it
         raise ValueError(f"question contains the image placeholder {image_token!r}: the image is added by "
                          "PruneScope, remove the placeholder from the question")
     return cleaned.strip(), notes

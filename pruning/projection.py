@@ -173,7 +173,7 @@ def _notes(result: dict, geometry, schedule: dict, points, report: dict) -> list
 def project(result: dict, report: dict | None) -> dict:
     """``result`` (a comparison entry: ``visual_tokens``, ``visual_tokens_kept``, ``tokens_per_layer``,
     ``image_tokens_per_layer``, optionally ``vit_tokens_per_layer``) on the report's target model, as plain values:
-    ``available``, ``label``, ``machine``, ``target``, ``vision_ms`` / ``prefill_ms`` / ``ttft_ms`` (from the
+    ``available``, ``label``, ``machine``, ``target`` (its geometry) and ``target_name`` (in words), ``vision_ms`` / ``prefill_ms`` / ``ttft_ms`` (from the
     medians) with ``*_range`` ([from the first quartiles, from the third]), ``kv_cache_bytes``, ``kv_cache_mib``,
     ``speedup_ttft`` / ``speedup_prefill`` (the unpruned schedule's projection over this one's), ``tokens_per_layer``,
     ``visual_tokens_per_layer``, ``visual_tokens_kept``, ``tflops`` and ``notes``. Without what it needs:
@@ -196,7 +196,7 @@ def project(result: dict, report: dict | None) -> dict:
     tf_prefill = (cost.projector_flops(geometry.vision, schedule["kept"])
                   + cost.prefill_flops(geometry.llm, schedule["tokens"])) / 1e12
     return {
-        "available": True, "target": geometry.name, "machine": machine,
+        "available": True, "target": geometry.name, "target_name": name, "machine": machine,
         "label": f"Projected for {name} ({geometry.llm.layers} LLM + {geometry.vision.layers} ViT layers) from "
                  f"`python -m pruning speed`'s per-layer times measured at its real widths on {machine}; not a run "
                  "of that model.",

@@ -39,7 +39,8 @@ from .images import load_image
 from .model import DEFAULT_MODEL_DIR
 from .shapes import world
 from .strategies import get_strategy
-from .strategies.manual import parse_patches
+from .strategies.base import check_params, spec_of
+from .strategies.manual import Manual, parse_patches
 
 EXAMPLES_JSON = DEFAULT_MODEL_DIR.parent / "examples" / "examples.json"
 MAX_FILM_STEPS = 12  # budgets in one budget film, at most
@@ -164,9 +165,9 @@ def lesson_by_id(lesson_id: str) -> dict:
 # ---------------------------------------------------------------- the teacher
 
 def _names(strategies) -> list[str]:
-    if isinstance(strategies, str):
-        strategies = [s.strip() for s in strategies.split(",") if s.strip()]
-    return list(dict.fromkeys(strategies or []))
+    from .compare import check_strategy_names
+
+    return list(dict.fromkeys(check_strategy_names(strategies)))
 
 
 def parse_budgets(budgets, n_patches: int) -> list[int]:
@@ -255,8 +256,7 @@ class Teacher:
 
     # ------------------------------------------------------------ untimed runs
     def _prepare(self, image, question: str):
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question is empty: type a question about the image")
+        self.scope.check_question(question)
         image = load_image(image)
         prepared = self.engine.prepare(image, question)
         digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
@@ -304,6 +304,7 @@ class Teacher:
         layer, [CLS]'s attention over the grid), ``llm_received`` and ``llm_attention`` (per strategy that ran
         with none first: per LLM layer, the answer's attention to this patch / over the grid, None where the patch
         was gone), ``fates`` (per strategy, what it did with the patch), ``answers``, ``truth``."""
+        self.scope.check_question(question)  # before any work and outside the lock (Scope.check_question)
         g = self.engine.geometry
         for name, value, top in (("row", row, g.rows), ("col", col, g.cols)):
             if isinstance(value, float) and value.is_integer():
@@ -350,6 +351,8 @@ class Teacher:
         (the ``manual`` strategy), beside ``none``: ``view``, ``grid``, ``patches`` (sorted, unique), ``results``
         ([none, manual], ``Scope.compare_stream``'s fields: answer, kept, cost, speedup, truth)."""
         n = self.engine.geometry.n_patches
+        self.scope.check_question(question)
+        spec_of(Manual, "patches").check("manual", "patches", patches)  # its length, before parsing it
         chosen = parse_patches(patches)
         if not chosen:
             raise ValueError("patches: none chosen; paint or click at least one patch (or fill from a strategy)")
@@ -367,6 +370,7 @@ class Teacher:
                  max_new_tokens: int = 8) -> dict:
         """The patches ``strategy`` keeps to the LLM's last layer (``kept_final``) on this image and question at this
         budget: what the app's "fill from a strategy" puts in the selection. ``kept`` (entering the LLM) too."""
+        self.scope.check_question(question)
         keep = self._keep(keep)
         (s,) = [x for x in self.scope._strategies([strategy], keep, params) if x.name == strategy]
         with self.scope.lock:
@@ -386,6 +390,7 @@ class Teacher:
         called with (fraction done, words). ``cached``: how many frames came from the cache."""
         from .compare import BUDGET_FREE
 
+        self.scope.check_question(question)
         g = self.engine.geometry
         budget_list = parse_budgets(budgets, g.n_patches)
         names = [s for s in _names(strategies)]
@@ -433,6 +438,7 @@ class Teacher:
         histograms of its kept patches, ``centre`` [row, col] of mass, ``mean_index`` over N - 1: 0.5 is the
         grid's middle, larger is later in the sequence). none, and strategies that keep nothing to the last layer
         (vtw), are left out and named in ``notes``."""
+        self.scope.check_question(question)
         g = self.engine.geometry
         keep = self._keep(keep)
         names = [s for s in _names(strategies) if s != "none"]
@@ -484,6 +490,7 @@ class Teacher:
         """``random`` at budget ``keep`` with ``n`` seeds (0..n-1) on this image: ``answers``, ``kept`` per seed,
         ``same_as_none`` (how many answer as none does), ``correct`` (how many give the scene's answer; None when
         unknown), ``view``, ``truth`` and ``none_answer``."""
+        self.scope.check_question(question)
         if isinstance(n, float) and n.is_integer():
             n = int(n)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEEDS:
@@ -491,7 +498,7 @@ class Teacher:
         keep = self._keep(keep)
         if keep is None:
             raise ValueError("keep: give a budget for random (1..%d)" % self.engine.geometry.n_patches)
-        p = {k: v for k, v in ((params or {}).get("random") or {}).items() if k != "seed"}
+        p = {k: v for k, v in check_params(params).get("random", {}).items() if k != "seed"}
         strategy = get_strategy("random", keep=keep, seed=0, **p)
         with self.scope.lock:
             image_, prepared, digest = self._prepare(image, question)
@@ -503,11 +510,14 @@ class Teacher:
         return {**out, "view": view, "grid": [g.rows, g.cols], "keep": keep, "truth": truth,
                 "none_answer": none["answer"]}
 
-    def random_band(self, strategies, budgets, n: int = 40, seeds: int = 5, progress=None) -> dict:
-        """Accuracy on ``n`` held-out shapes questions (the default set) at each budget: one sweep row per chosen
-        strategy and budget (and none), and ``random`` once per seed 0..seeds-1 on the same questions, so that the
-        spread of random's accuracy over its seeds is a band (``random_runs``: one list of rows per seed; the app
-        draws it with ``app.plots.band_from_seeds``)."""
+    def random_band(self, strategies, budgets, n: int = 40, seeds: int = 5, progress=None, types=None,
+                    seed: int | None = None) -> dict:
+        """Accuracy on ``n`` held-out shapes questions at each budget: one sweep row per chosen strategy and budget
+        (and none), and ``random`` once per seed 0..seeds-1 on the same questions, so that the spread of random's
+        accuracy over its seeds is a band (``random_runs``: one list of rows per seed; the app draws it with
+        ``app.plots.band_from_seeds``). ``types`` and ``seed`` pick the questions as ``Scope.sweep`` does
+        (``seed`` also seeds k-means); random's own seeds stay 0..seeds-1."""
+        seed = bench.check_seed(seed)
         g = self.engine.geometry
         names = [s for s in _names(strategies) if s not in ("none", "random")]
         budget_list = parse_budgets(budgets, g.n_patches)
@@ -523,17 +533,22 @@ class Teacher:
         from .compare import BUDGET_FREE
 
         for name in names:
+            seeded = {"seed": seed} if seed and name in bench.SEEDED else {}
             if name in BUDGET_FREE:
-                configs.append((name, {"name": name}))
+                configs.append((name, {"name": name, **seeded}))
             else:
-                configs += [(name, {"name": name, "keep": b}) for b in budget_list]
+                configs += [(name, {"name": name, "keep": b, **seeded}) for b in budget_list]
         random_cfgs = [(s, {"name": "random", "keep": b, "seed": s}) for s in range(seeds) for b in budget_list]
+        from .compare import check_sweep_size
+
+        # the same ceiling as a sweep's (random's seeds are its configurations too), before any work
+        check_sweep_size(len(names) + 1, len(budget_list), len(configs) + len(random_cfgs), n)
         for _, p in configs + random_cfgs:
             self.engine.check(get_strategy(**p))
         total = len(configs) + len(random_cfgs)
         rows, runs = [], [[] for _ in range(seeds)]
         with self.scope.lock:
-            samples = bench.load_samples("shapes", n)
+            samples = bench.load_samples("shapes", n, types=types, seed=seed)
             for i, (label, p) in enumerate(configs + random_cfgs):
                 if progress is not None:
                     progress((i + 1) / total, f"{label} ({i + 1} of {total})")
@@ -545,7 +560,7 @@ class Teacher:
                     row.update(label=label)
                     rows.append(row)
         bench.add_prefill_speedups(rows)
-        return {"rows": rows, "random_runs": runs, "n": n, "seeds": seeds, "budgets": budget_list}
+        return {"rows": rows, "random_runs": runs, "n": n, "seeds": seeds, "budgets": budget_list, "seed": seed}
 
     # ------------------------------------------------------------ lessons and export
     def lesson(self, lesson_id: str, max_new_tokens: int = 8) -> dict:
@@ -587,6 +602,7 @@ class Teacher:
 
     def view(self, image, question: str = "What is this?") -> dict:
         """The image as the model sees it (``view``, uint8 (H, W, 3)) and the grid: what an export draws on."""
+        self.scope.check_question(question)
         with self.scope.lock:
             _, prepared, _ = self._prepare(image, question)
             view = self.scope.view(prepared)

@@ -80,7 +80,7 @@ CARD_COMPLETE = """(i) => {
   const c = document.querySelector('#ps-card-' + i);
   if (!c || c.offsetParent === null) return false;
   const img = c.querySelector('.ps-overlay img');
-  return /Answer:\s*\S/.test(c.innerText) && /prefill [0-9.]+ ms/.test(c.innerText)
+  return /Answer:\s*\S/.test(c.innerText) && /first token [0-9.]+ ms/.test(c.innerText)
       && /(vs none|the reference)/.test(c.innerText) && img && img.complete && img.naturalWidth > 0;
 }"""
 
@@ -176,12 +176,81 @@ def test_sweep_tab_pareto_front_and_measured_speed(app_server, browser, shots):
     page.wait_for_selector("#ps-plot-sweep-tflops .js-plotly-plot", state="visible")
     legend = legend_names(page, "ps-plot-sweep-tflops")
     assert "Pareto front" in legend and "vtc-cls" in legend
+    assert "seed 0" in page.inner_text("#ps-sweep-status")
+    # another question set, with random's range over its seeds as a band
+    seed = page.locator("#ps-sweep-seed input[type=number]")
+    seed.fill("7")
+    seed.press("Enter")
+    page.check("#ps-sweep-band input[type=checkbox]")
+    page.click("#ps-sweep-run")
+    page.wait_for_function("() => document.querySelector('#ps-sweep-status').innerText.includes('seed 7')",
+                           timeout=TIMEOUT_MS)
+    assert "drawn as a band" in page.inner_text("#ps-sweep-status")
+    page.wait_for_selector("#ps-plot-sweep-budget .js-plotly-plot", state="visible")
+    legend = legend_names(page, "ps-plot-sweep-budget")
+    assert "random: 5 seeds (range)" in legend and "vtc-cls" in legend, legend
+    x_title = page.eval_on_selector("#ps-plot-sweep-budget .xtitle", "e => e.textContent")
+    assert x_title.startswith("visual tokens per LLM layer"), x_title
     page.click("#ps-speed button, #ps-speed .label-wrap")
     for plot in ("ps-plot-speed-prefill", "ps-plot-speed-ttft"):
         page.wait_for_selector(f"#{plot} .js-plotly-plot", state="visible")
     assert "fastv (layer 1): measured" in legend_names(page, "ps-plot-speed-prefill")
     assert "python -m pruning speed" in page.inner_text("#ps-speed")
     page.screenshot(path=str(shots / "4-sweep.png"), full_page=True)
+    page.close()
+
+
+def test_off_world_input_the_view_the_question_forms_and_the_projection(app_server, browser, shots, tmp_path,
+                                                                        one_timed_run):
+    """A question form picked from the list fills the question; a photo-like 4:3 upload is shown as the model sees
+    it (cropped to the centre, said in words) with the reasons it lies outside the toy's world, every card warns,
+    and the table shows the kept sets' projected cost on LLaVA-1.5-7B with the machine it was measured on."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:300, 0:400]
+    photo = np.stack([x * 0.6, y * 0.8, 255 - x * 0.5], -1) + np.random.default_rng(0).normal(0, 20, (300, 400, 3))
+    path = tmp_path / "landscape.png"
+    Image.fromarray(photo.clip(0, 255).astype(np.uint8)).save(path)
+    page = open_page(browser, app_server)
+    page.click("#ps-question-form input")
+    page.get_by_role("option", name="How many objects are there?").first.click()
+    page.wait_for_function("() => document.querySelector('#ps-question textarea').value === "
+                           "'How many objects are there?'")
+    page.click("#ps-run")
+    wait_done(page, 4)
+    assert "no resizing or cropping" in page.inner_text("#ps-view-box")
+    assert "Outside the toy model's world" not in page.inner_text("#ps-results"), "an example is in the toy's world"
+    table = page.inner_text("#ps-table")
+    assert "LLaVA-1.5-7B, projected" in table and "measured here (range)" in table
+    assert "measured at its real widths on" in page.inner_text("#ps-results")
+    # the heatmaps over the image, or as grids alone; one click saves the comparison as one HTML page
+    images = "(id) => (document.querySelector(id + ' .js-plotly-plot').layout.images || []).length"
+    page.wait_for_selector("#ps-plot-llm .js-plotly-plot", state="visible")
+    assert page.evaluate(images, "#ps-plot-llm") == 1 and page.evaluate(images, "#ps-plot-cls") == 1
+    page.uncheck("#ps-heat-over input[type=checkbox]")
+    page.wait_for_function(f"() => ({images})('#ps-plot-llm') === 0 && ({images})('#ps-plot-cls') === 0")
+    assert not page.is_visible("#ps-compare-export-file")
+    page.click("#ps-compare-export")
+    page.wait_for_selector("#ps-compare-export-file a", state="visible")
+    listed = page.inner_text("#ps-compare-export-file")
+    assert "prunescope-comparison-" in listed and ".html" in listed, listed
+
+    page.click("#ps-image button[aria-label='Remove Image']")
+    page.set_input_files("#ps-image input[type=file]", str(path))
+    page.wait_for_function("() => document.querySelector('#ps-status').innerText.startsWith('New image')")
+    page.wait_for_selector("#ps-view-box", state="hidden")
+    page.fill("#ps-question textarea", "What is in the sky?")
+    page.click("#ps-run")
+    wait_done(page, 4)
+    note = page.inner_text("#ps-view-box")
+    assert "Your 400 x 300 image (4:3)" in note and "cut off" in note, note
+    assert "questions of a few exact forms" in note and "grey background" in note, note
+    box = page.locator("#ps-view img").bounding_box()
+    assert box and abs(box["width"] - box["height"]) <= 2, "shown square, as the model sees it"
+    for i in range(4):
+        assert "Outside the toy model's world" in page.inner_text(f"#ps-card-{i}"), i
+    page.screenshot(path=str(shots / "9-off-world.png"), full_page=True)
     page.close()
 
 

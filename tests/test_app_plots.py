@@ -68,6 +68,31 @@ def test_cls_heatmap_starts_at_the_feature_layer():
     assert all(t.type == "heatmap" for t in fig.data)  # nothing pruned in the vision encoder's map
 
 
+def test_heatmaps_drawn_over_the_image_cell_over_patch():
+    """With the view, each heatmap lies over the picture: the image fills the grid's cells exactly (cell (r, c) over
+    patch (r, c)), the heat is partly transparent, and without it nothing changes."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    view = np.zeros((4, 6, 3), np.uint8)
+    view[:2, :3] = (255, 0, 0)  # patch (0, 0) of a 2 x 2 grid is red
+    r = _result("fastv", [4, 2, 2])
+    for fig in (plots.llm_attention_figure(r, view), plots.cls_attention_figure([[0.1] * 4] * 2, [2, 2], 1, view)):
+        (img,) = fig.layout.images
+        assert (img.x, img.y, img.sizex, img.sizey, img.layer) == (-0.5, -0.5, 2, 2, "below")
+        assert (img.xref, img.yref, img.xanchor, img.yanchor) == ("x", "y", "left", "top")
+        decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(img.source.split(",", 1)[1]))))
+        assert decoded.shape == (4, 6, 3) and tuple(decoded[0, 0]) == (255, 0, 0) and tuple(decoded[3, 5]) == (0, 0, 0)
+        assert all(t.opacity == plots.HEAT_OVER_IMAGE < 1 for t in fig.data if t.type == "heatmap")
+        assert list(fig.layout.yaxis.range) == [1.5, -0.5], "row 0 at the top, as in the image"
+    grid_only = plots.llm_attention_figure(r)
+    assert not grid_only.layout.images and grid_only.layout.plot_bgcolor == plots.PRUNED_CELL
+    assert all(t.opacity in (None, 1) for t in grid_only.data if t.type == "heatmap")
+
+
 def _shape_labels(fig):
     return [(s, (s.label.text or "") if s.label else "") for s in fig.layout.shapes]
 

@@ -126,3 +126,39 @@ def test_phone_width(app_server, browser, shots):
     page.wait_for_selector("#ps-lesson-image img", state="visible")
     page.screenshot(path=str(shots / "teach-5-lesson-390.png"), full_page=True)
     page.close()
+
+
+def test_touch_painting_on_a_phone(app_server, browser, shots):
+    """A finger drags along a row of the painter on a touch screen (390x844, touch events through Chromium's
+    DevTools protocol, which it turns into pointer events of type "touch"): the patches under the finger are
+    chosen, the count says so; a second drag that starts on a chosen patch erases."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_server.url)
+    page.wait_for_selector("#ps-run", state="visible")
+    open_tab(page, "Teach")
+    open_accordion(page, "ps-hand-box")
+    page.wait_for_selector("#ps-painter .pp-c[data-i='26']", state="visible")
+    page.locator("#ps-painter .pp-c[data-i='26']").scroll_into_view_if_needed()
+    cdp = context.new_cdp_session(page)
+
+    def drag(first: int, last: int):
+        a = page.locator(f"#ps-painter .pp-c[data-i='{first}']").bounding_box()
+        b = page.locator(f"#ps-painter .pp-c[data-i='{last}']").bounding_box()
+        y = a["y"] + a["height"] / 2
+        xs = [a["x"] + a["width"] / 2 + (b["x"] - a["x"]) * i / 12 for i in range(13)]
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": xs[0], "y": y}]})
+        for x in xs[1:]:
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+    drag(26, 30)  # row 2, columns 2..6
+    page.wait_for_function("() => document.querySelector('#ps-painter .pp-count').innerText.startsWith('5 of 144')")
+    chosen = page.eval_on_selector_all("#ps-painter .pp-c.on", "cs => cs.map(c => Number(c.dataset.i))")
+    assert chosen == [26, 27, 28, 29, 30]
+    page.screenshot(path=str(shots / "teach-4-touch-paint-390.png"))
+    drag(28, 30)  # from a chosen patch: erase
+    page.wait_for_function("() => document.querySelector('#ps-painter .pp-count').innerText.startsWith('2 of 144')")
+    assert page.eval_on_selector_all("#ps-painter .pp-c.on", "cs => cs.map(c => Number(c.dataset.i))") == [26, 27]
+    context.close()

@@ -69,7 +69,7 @@ def test_the_table_has_a_row_per_strategy_and_one_unit_per_column():
     assert all(v.endswith(" MiB") for v in kv) or all(v.endswith(" KiB") for v in kv), kv
     assert [c[heads.index("same as none")] for c in cells][2].endswith(">no</span>")
     assert "0.87x" in rows[2] and "1.30x" in rows[2], "measured and predicted speedups"
-    assert "<small>ms</small>" in table, "units under the headers"
+    assert "<small>ms, here</small>" in table, "units under the headers"
     assert "overflow-x: auto" in ui.CSS and "ps-table-wrap" in table, "a wider table scrolls inside its box"
 
 
@@ -86,6 +86,77 @@ def test_cards_name_the_strategy_first_and_say_the_cost():
     assert "**1.21x** vs none, measured (FLOPs predict 1.81x)" in vtc and "324 MFLOPs prefill" in vtc
 
 
+def spread(lo, median, hi, n=5):
+    return {"min": lo, "q1": (lo + median) / 2, "median": median, "q3": (median + hi) / 2, "max": hi, "n": n}
+
+
+def projected(ttft_ms, kv, speedup):
+    return {"available": True, "target": "llava-1.5-7b", "target_name": "LLaVA-1.5-7B",
+            "machine": "AMD EPYC (2 cores, 2 torch threads), cpu, float32", "ttft_ms": ttft_ms,
+            "ttft_ms_range": [ttft_ms * 0.9, ttft_ms * 1.1], "prefill_ms": ttft_ms * 0.9, "kv_cache_bytes": kv,
+            "speedup_ttft": speedup}
+
+
+def measured(r, speedup_spread, note=None, proj=None, warnings=()):
+    return {**r, "speedup_spread": speedup_spread, "timing_note": note, "projected": proj,
+            "timing_spread": {"ttft_ms": spread(20.1, 27.29, 33.4)}, "offworld_warnings": list(warnings)}
+
+
+SLOWER = "Toy timings are overhead-bound: measured 0.87x (0.70x to 1.05x over 5 pairs; FLOPs predict 1.30x)."
+MEASURED = [measured(RESULTS[0], None, proj=projected(36_270.0, 157_810_688, 1.0)),
+            measured(RESULTS[1], spread(1.05, 1.21, 1.4), proj=projected(20_750.0, 87_000_000, 1.75)),
+            measured(RESULTS[2], spread(0.7, 0.87, 1.05), note=SLOWER, proj=projected(24_100.0, 100_000_000, 1.5))]
+
+
+def test_a_speedup_is_never_a_bare_claim():
+    vtc, fastv = ui.card_details(MEASURED[1]), ui.card_details(MEASURED[2])
+    assert "**1.21x** vs none, measured, 1.05–1.40x over 5 paired runs (FLOPs predict 1.81x)" in vtc
+    assert "first token 27.3 ms (20.1–33.4 ms over 5)" in vtc, "the time with its spread"
+    assert SLOWER in fastv and SLOWER not in vtc, "a speedup below 1 comes with its reason"
+    rows = re.findall(r"<tr>(.*?)</tr>", ui.table_html(MEASURED).split("<tbody>")[1])
+    assert "0.87x <small>(0.70–1.05)</small> †" in rows[2] and "†" not in rows[1]
+
+
+def test_cards_and_table_show_the_projection_to_the_target_model():
+    vtc = ui.card_details(MEASURED[1])
+    assert "**LLaVA-1.5-7B, projected:** first token 20.8 s (18.7 s–22.8 s) · prefill 18.7 s" in vtc
+    assert "KV cache 83.0 MiB · **1.75x**" in vtc
+    none = ui.card_details(MEASURED[0])
+    assert "LLaVA-1.5-7B, projected" in none and "x**" not in none.split("projected")[1], "none has no speedup"
+    table = ui.table_html(MEASURED)
+    assert table.count("<small>LLaVA-1.5-7B, projected</small>") == 3
+    heads = [h for h, _, _, _ in ui.TABLE_COLUMNS]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])]
+    last = len(heads) - 1
+    assert [c[last] for c in cells] == ["reference", "1.75x", "1.50x"]
+    caption = ui.table_caption(MEASURED, {"available": True, "machine": "AMD EPYC (2 cores, 2 torch threads), cpu, "
+                                                                        "float32"}, embedded=True)
+    assert "measured at its real widths on AMD EPYC (2 cores, 2 torch threads), cpu, float32" in caption
+    assert "0.65 GFLOPs in 16.2 ms" in caption, "why the toy's times are overhead-bound, from none's own figures"
+    assert "GFLOPs" not in ui.table_caption(MEASURED, None, embedded=False), "said of the toy only"
+    unavailable = {**MEASURED[1], "projected": {"available": False, "reason": "no speed report"}}
+    assert "projected" not in ui.card_details(unavailable)
+    assert "no speed report" in ui.table_caption([unavailable], {"available": False, "reason": "no speed report"})
+
+
+def test_an_off_world_input_is_flagged_on_every_card_and_explained_under_the_view():
+    warned = measured(RESULTS[1], None, warnings=["Only 40% of the picture is grey background"])
+    assert "Outside the toy model's world" in ui.card_details(warned)
+    assert "Outside the toy model's world" not in ui.card_details(MEASURED[1])
+    words = ui.view_words({"view_note": "Your 400 x 300 image (4:3) was scaled to 128 x 96", "warnings":
+                           ["Only 40% of the picture is grey background <b>"]})
+    assert "(left): Your 400 x 300 image (4:3)" in words and "⚠ Only 40% of the picture" in words
+    assert "&lt;b&gt;" in words, "library text is escaped"
+
+
 def test_a_comparison_runs_none_first_and_each_strategy_once():
     assert ui.run_order(["fastv", "none", "vtc-cls", "fastv"]) == ["none", "fastv", "vtc-cls"]
     assert ui.run_order(None) == ["none"]
+
+
+def test_a_numeric_control_names_its_range_from_the_spec():
+    assert ui.range_words({"kind": "int", "min": 1, "max": 7}) == "1..7"
+    assert ui.range_words({"kind": "int", "min": 0, "max": 4294967295}) == "0..4,294,967,295"
+    assert ui.range_words({"kind": "float", "min": 0, "max": 1, "above": False}) == "0 to 1"
+    assert ui.range_words({"kind": "float", "min": 0, "max": 1, "above": True}) == "above 0, up to 1"
+    assert ui.range_words({"kind": "choice", "min": None, "max": None}) == ""

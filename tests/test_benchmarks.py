@@ -81,3 +81,17 @@ def test_four_bit_refuses_configs_without_none(cache):
 
     with pytest.raises(SystemExit, match="must start with none"):
         four_bit.parse_configs("random:4,none", 2)
+
+
+def test_sweep_ceiling_report(capsys):
+    """The command docs/robustness.md quotes: the request's size against the ceiling, then the sweep's time."""
+    from benchmarks import sweep_ceiling
+    from pruning.compare import SWEEP_CEILING
+
+    assert sweep_ceiling.main(["--strategies", "random,vtw", "--budgets", "36", "--n", "2"]) == 0
+    request, sweep = capsys.readouterr().out.strip().splitlines()
+    assert request == ("request: 2 strategies x 1 budgets x 2 questions = 3 configurations x 2 questions x 4 tokens = "
+                       f"24 (ceiling {SWEEP_CEILING:,})")
+    assert sweep.startswith("sweep: ") and "ms per question run" in sweep
+    with pytest.raises(ValueError, match="more than the 20,000 one request may ask"):
+        sweep_ceiling.main(["--n", "1000"])  # refused before the model loads

@@ -118,7 +118,7 @@ def test_same_answer_flag_compares_with_none():
     ({"keep": 0}, "keep at least 1"),
     ({"keep": 2.5}, "whole number"),
     ({"strategies": ["nope"]}, "unknown strategy 'nope'"),
-    ({"params": {"nope": {}}}, "unknown strategies"),
+    ({"params": {"nope": {}}}, "unknown strategy .nope. in params"),
     ({"params": {"fastv": {"colour": 1}}}, "has no parameter"),
     ({"image": "/does/not/exist.png"}, "does not exist"),
     ({"max_new_tokens": 0}, "max_new_tokens"),

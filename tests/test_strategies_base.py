@@ -37,7 +37,7 @@ def test_invalid_parameters_are_named(bad, match):
 
 
 def test_none_has_no_llm_stage():
-    with pytest.raises(ValueError, match="no stage 'llm'"):
+    with pytest.raises(ValueError, match="none stage='llm': expected a stage this strategy has: 'before'"):
         get_strategy("none", stage="llm")
 
 

@@ -14,13 +14,147 @@ are assigned after pruning ("keep": each token keeps its original position, "rea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import ClassVar
 
 import torch
 
 STAGES = ("before", "llm")
 POSITIONS = ("keep", "rearrange")
+MAX_TOKENS = 100_000  # a count of visual tokens (a budget, VisionZip's C): more than any LLaVA's grid, so a bound
+#                       that never refuses a real request and keeps a request's numbers small
+MAX_LLM_LAYER = 255  # an LLM layer (K): deeper than any LLaVA's LLM; Engine.check bounds it by the model's depth
+MAX_VIT_LAYERS = 255  # ViT layers (VTC-CLS's K): Engine.check bounds it by the model's feature layer
+MAX_SEED = 2**32 - 1  # what every RNG takes
+MAX_PATCHES = 10_000  # indices in manual's patch list (LLaVA-1.5's grid has 576 patches)
+MAX_PATCHES_TEXT = 100_000  # characters of manual's patch list as text (10,000 indices of 5 digits and ", ": 70,000)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one hyper-parameter accepts: the one source of its type and range, read by the validation
+    (``Strategy.__post_init__``, ``check_params``) and by the app's controls (``pruning.compare.strategy_controls``:
+    min, max, choices). ``kind``: "int" (a whole number in ``low``..``high``), "float" (a finite number in
+    [``low``, ``high``], (``low``, ``high``] when ``above``), "bool", "choice" (one of ``choices``; ``choices_from``
+    names a class attribute that holds them instead, as ``stages``), "patches" (text of patch indices, at most
+    ``max_chars`` characters, or a list of at most ``high`` indices). ``what`` names the value in refusals ("a
+    relevance threshold"). ``depth``: the bound a model sets further ("llm": below its LLM depth, "vit": up to its
+    feature layer), checked by ``Engine.check`` and given to the app's controls by ``strategy_controls``. A field
+    whose default is None also takes None (the strategy then derives the value)."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    choices: tuple = ()
+    choices_from: str | None = None
+    what: str | None = None
+    depth: str | None = None
+    max_chars: int | None = None
+
+    def allowed(self, cls=None, optional: bool = False) -> str:
+        """The values accepted, in words (the end of a refusal)."""
+        if self.kind == "int":
+            text = f"{self.what or 'a whole number'} in {self.low}..{self.high}"
+        elif self.kind == "float":
+            text = f"{self.what or 'a number'} in {'(' if self.above else '['}{self.low:g}, {self.high:g}]"
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "choice":
+            values = self.values(cls)
+            text = ("one of " + ", ".join(repr(v) for v in values)) if len(values) > 1 else repr(values[0])
+            text = f"{self.what}: {text}" if self.what else text
+        else:  # patches
+            text = (f"patch indices, as text ('3, 4, 17', at most {self.max_chars:,} characters) or a list of at most "
+                    f"{self.high:,} whole numbers")
+        return text + (" or None (the strategy's own default)" if optional else "")
+
+    def values(self, cls=None) -> tuple:
+        return tuple(getattr(cls, self.choices_from)) if self.choices_from and cls is not None else self.choices
+
+    def check(self, strategy: str, name: str, value, cls=None, optional: bool = False):
+        """``value`` as this parameter holds it (a whole float as an int, an int as a float), or a ``ValueError``
+        that starts with the strategy, the parameter and the value given, and says what is allowed."""
+        if value is None and optional:
+            return None
+
+        def refuse():
+            return ValueError(f"{strategy} {name}={shown(value)}: expected {self.allowed(cls, optional)}")
+
+        if self.kind == "int":
+            if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) \
+                    and math.isfinite(value) and float(value).is_integer():
+                value_ = int(value)
+            elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                value_ = int(value)
+            else:
+                raise refuse()
+            if not self.low <= value_ <= self.high:
+                raise refuse()
+            return value_
+        if self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise refuse()
+            try:
+                value_ = float(value)
+            except OverflowError:  # an integer beyond any float (10**400)
+                raise refuse() from None
+            inside = (self.low < value_ if self.above else self.low <= value_) and value_ <= self.high
+            if not math.isfinite(value_) or not inside:
+                raise refuse()
+            return value_
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise refuse()
+            return value
+        if self.kind == "choice":
+            if not isinstance(value, str) or value not in self.values(cls):
+                raise refuse()
+            return value
+        if isinstance(value, str) and len(value) <= self.max_chars:  # patches; each index checked by the strategy
+            return value
+        if isinstance(value, (list, tuple)) and len(value) <= self.high:
+            return value
+        raise refuse()
+
+
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a refusal quotes what was given, never megabytes of it)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more digits than Python writes out (sys.get_int_max_str_digits)
+        return f"<a whole number of {value.bit_length():,} bits>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def hyper(default, kind: str | None = None, low=None, high=None, **spec):
+    """A strategy's hyper-parameter: a dataclass field whose metadata holds its ``Spec`` (``kind`` defaults to the
+    default value's type). Bounds live here and nowhere else."""
+    if kind is None:
+        kind = {bool: "bool", int: "int", float: "float"}.get(type(default), "choice")
+    return field(default=default, metadata={"spec": Spec(kind, low, high, **spec)})
+
+
+def spec_of(cls, name: str) -> Spec | None:
+    """The ``Spec`` of ``cls``'s parameter ``name``: its own field's, or, where a subclass only changes the default
+    (``layer: int = 2``), the nearest base class's."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and "spec" in f.metadata:
+            return f.metadata["spec"]
+    return None
+
+
+def parameter_specs(cls) -> dict[str, tuple[Spec, object]]:
+    """Every parameter of strategy class ``cls``: name -> (its ``Spec``, its default)."""
+    out = {}
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
+        out[f.name] = (spec_of(cls, f.name), default)
+    return out
 
 
 @dataclass
@@ -142,23 +276,23 @@ class Strategy:
     #                                          the kept rows of it to the LLM: the projector runs once, on all N)
     needs_keys: ClassVar[bool] = False  # stage "llm": wants LLMContext.keys and normed_states
 
-    keep: int | None = None  # visual tokens to keep; None: all (or the strategy's own default)
-    stage: str = "before"  # "before" the LLM or inside it ("llm")
-    layer: int | None = 2  # k for stage "llm": rows dropped before layer k runs
-    positions: str = "keep"  # position ids after pruning: "keep" (original) or "rearrange" (contiguous)
-    seed: int = 0  # for strategies with randomness
+    # visual tokens to keep; None: all (or the strategy's own default)
+    keep: int | None = hyper(None, "int", 0, MAX_TOKENS, what="a whole number of visual tokens")
+    # "before" the LLM or inside it ("llm"): one of the class's ``stages``
+    stage: str = hyper("before", choices_from="stages", what="a stage this strategy has")
+    # k for stage "llm": rows dropped before layer k runs (k >= 1: the scores are layer k-1's)
+    layer: int | None = hyper(2, "int", 1, MAX_LLM_LAYER, what="an LLM layer", depth="llm")
+    # position ids after pruning: "keep" (original) or "rearrange" (contiguous)
+    positions: str = hyper("keep", choices=POSITIONS)
+    seed: int = hyper(0, "int", 0, MAX_SEED)  # for strategies with randomness
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"stage={self.stage!r}: expected one of {STAGES}")
-        if self.stage not in self.stages:
-            raise ValueError(f"strategy {self.name!r} has no stage {self.stage!r}; it supports {self.stages}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions={self.positions!r}: expected one of {POSITIONS}")
-        if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 0):
-            raise ValueError(f"keep={self.keep!r}: expected a non-negative integer")
-        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 1):
-            raise ValueError(f"layer={self.layer!r}: expected an integer >= 1 (stage 'llm' needs layer k-1)")
+        """Every parameter checked against its ``Spec`` (type and range; a whole float becomes an int); a
+        subclass adds only the rules that tie parameters together."""
+        for name, (spec, default) in parameter_specs(type(self)).items():
+            if spec is None:
+                raise TypeError(f"strategy {self.name!r}: parameter {name!r} has no Spec (declare it with hyper())")
+            setattr(self, name, spec.check(self.name, name, getattr(self, name), type(self), default is None))
 
     def params(self) -> dict:
         """Hyper-parameters as plain values (for results and JSON)."""
@@ -228,8 +362,8 @@ def available() -> list[str]:
 
 def get_strategy(name: str, **params) -> Strategy:
     """Instantiate the strategy ``name``; parameters left as None take the strategy's defaults."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown strategy {name!r}; valid strategies: {', '.join(available())}")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown strategy {shown(name)}; valid strategies: {', '.join(available())}")
     cls = _REGISTRY[name]
     valid = {f.name for f in fields(cls)}
     unknown = set(params) - valid
@@ -238,5 +372,39 @@ def get_strategy(name: str, **params) -> Strategy:
     return cls(**{k: v for k, v in params.items() if v is not None})
 
 
+def check_params(params) -> dict[str, dict]:
+    """A request's per-strategy parameters, checked as a whole before any work: a mapping of registered strategy
+    names to mappings of their parameters to values, each value of its parameter's type and in its range
+    (``Spec``), and the strategy buildable with them (the rules that tie parameters together). Returns the
+    values as the strategies hold them; None or {} is no parameters. A ``ValueError`` says which strategy, which
+    parameter, what was given and what is allowed."""
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params={shown(params)}: expected a mapping of strategy names to mappings of their "
+                         'parameters, e.g. {"fastv": {"ratio": 0.75}}')
+    out = {}
+    for name, given in params.items():
+        if not isinstance(name, str) or name not in _REGISTRY:
+            raise ValueError(f"unknown strategy {shown(name)} in params; valid strategies: {', '.join(available())}")
+        cls = _REGISTRY[name]
+        specs = parameter_specs(cls)
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            raise ValueError(f"{name} params={shown(given)}: expected a mapping of {name}'s parameters to values; "
+                             f"its parameters: {', '.join(specs)}")
+        unknown = [k for k in given if not isinstance(k, str) or k not in specs]
+        if unknown:
+            raise ValueError(f"strategy {name!r} has no parameter(s) [{', '.join(shown(k) for k in unknown)}]; valid: "
+                             f"{sorted(specs)}")
+        checked = {k: spec.check(name, k, given[k], cls, default is None)
+                   for k, (spec, default) in specs.items() if k in given and given[k] is not None}
+        get_strategy(name, **checked)  # the rules that tie parameters together (e.g. DART's pivots)
+        out[name] = checked
+    return out
+
+
 __all__ = ["ViTContext", "Strategy", "Selection", "VisionContext", "LLMContext", "QuestionEmbeddings", "register",
-           "get_strategy", "available", "STAGES", "POSITIONS"]
+           "get_strategy", "available", "check_params", "hyper", "parameter_specs", "spec_of", "Spec", "STAGES",
+           "POSITIONS"]

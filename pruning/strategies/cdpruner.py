@@ -47,12 +47,11 @@ Deviations, each with its reason:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .base import Selection, Strategy, VisionContext, register
+from .base import Selection, Strategy, VisionContext, hyper, register
 
 LLAVA_SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # stripped by the authors' loaders
 SPENT = 1e-6  # a remaining gain at most this share of the largest r^2 counts as zero
@@ -109,19 +108,13 @@ def dpp_greedy(kernel: torch.Tensor, k: int) -> torch.Tensor:
 @dataclass
 class CDPruner(Strategy):
     name = "cdpruner"
-    choices: ClassVar[dict] = {"text_encoder": ("auto", "clip", "llm")}  # for the app
     needs_projected = True
 
     positions: str = "rearrange"  # contiguous ids, as the authors' LLaVA code
-    text_encoder: str = "auto"  # "clip" (authors), "llm" (the LLM's input embeddings), "auto": clip when it loads
-    theta: float = 1.0  # 1: the relevance as it is (authors); < 1: exp(theta / (2 (1 - theta)) r)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.text_encoder not in ("auto", "clip", "llm"):
-            raise ValueError(f"text_encoder={self.text_encoder!r}: expected 'auto', 'clip' or 'llm'")
-        if isinstance(self.theta, bool) or not isinstance(self.theta, (int, float)) or not 0 <= self.theta <= 1:
-            raise ValueError(f"theta={self.theta!r}: expected a number in [0, 1] (1: the authors' relevance as is)")
+    # "clip" (authors), "llm" (the LLM's input embeddings), "auto": clip when it loads
+    text_encoder: str = hyper("auto", choices=("auto", "clip", "llm"))
+    # 1: the relevance as it is (authors); < 1: exp(theta / (2 (1 - theta)) r)
+    theta: float = hyper(1.0, low=0, high=1, what="a relevance weighting")
 
     def question_inputs(self) -> tuple[str, ...]:
         return {"auto": ("clip", "llm"), "clip": ("clip",), "llm": ("llm",)}[self.text_encoder]

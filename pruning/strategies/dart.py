@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import LLMContext, Strategy, register
+from .base import LLMContext, Strategy, hyper, register
 
 
 def dart_select(keys: torch.Tensor, states: torch.Tensor, image_rows: torch.Tensor, text_rows: torch.Tensor,
@@ -91,21 +91,15 @@ class DART(Strategy):
 
     stage: str = "llm"
     layer: int = 2  # K: rows are dropped before layer K, the keys are layer K-1's (the scripts' --pruned_layer 2)
-    reduction_ratio: float = 0.778  # share of image tokens dropped when ``keep`` is not given (their default)
-    image_pivots: int = 4  # their pivot_image_token
-    text_pivots: int = 4  # their pivot_text_token
+    # share of image tokens dropped when ``keep`` is not given (their default)
+    reduction_ratio: float = hyper(0.778, low=0, high=1, what="a share")
+    image_pivots: int = hyper(4, low=0, high=64)  # their pivot_image_token (the paper tries up to 16 pivots)
+    text_pivots: int = hyper(4, low=0, high=64)  # their pivot_text_token
 
     def __post_init__(self):
         super().__post_init__()
-        r = self.reduction_ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
-            raise ValueError(f"reduction_ratio={r!r}: expected 0..1")
-        for name in ("image_pivots", "text_pivots"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r}: expected a non-negative integer")
         if self.image_pivots + self.text_pivots == 0:
-            raise ValueError("image_pivots + text_pivots = 0: DART needs at least one pivot")
+            raise ValueError("dart image_pivots=0, text_pivots=0: DART needs at least one pivot")
 
     def select_in_llm(self, ctx: LLMContext) -> torch.Tensor:
         if ctx.keys is None or ctx.normed_states is None:

@@ -17,24 +17,18 @@ highest-scoring inattentive patch (so the kept rows keep a spatial order and one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from .base import Selection, Strategy, VisionContext, register, top_indices
+from .base import Selection, Strategy, VisionContext, hyper, register, top_indices
 
 
 @register
 @dataclass
 class EViT(Strategy):
     name = "evit"
-    choices: ClassVar[dict] = {"fuse": ("raw", "mean")}  # for the app
-    fuse: str = "raw"  # "raw": EViT eq. 2, raw attention weights; "mean": weights renormalised to sum 1
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.fuse not in ("raw", "mean"):
-            raise ValueError(f"fuse={self.fuse!r}: expected 'raw' or 'mean'")
+    # "raw": EViT eq. 2, raw attention weights; "mean": weights renormalised to sum 1
+    fuse: str = hyper("raw", choices=("raw", "mean"))
 
     def select_before_llm(self, ctx: VisionContext) -> Selection:
         n, budget = ctx.n_patches, self.budget(ctx.n_patches)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LLMContext, Strategy, register, top_indices
+from .base import LLMContext, Strategy, hyper, register, top_indices
 
 
 @register
@@ -32,12 +32,7 @@ class FastV(Strategy):
 
     stage: str = "llm"
     layer: int = 2  # K
-    ratio: float = 0.5  # R: share of image tokens dropped when ``keep`` is not given
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0 <= self.ratio <= 1:
-            raise ValueError(f"ratio={self.ratio}: expected 0..1")
+    ratio: float = hyper(0.5, low=0, high=1, what="a share")  # R: share of image tokens dropped (no ``keep`` given)
 
     def select_in_llm(self, ctx: LLMContext) -> torch.Tensor:
         if ctx.attention_row is None:

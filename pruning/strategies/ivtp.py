@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LLMContext, Strategy, ViTContext, register, top_indices
+from .base import MAX_LLM_LAYER, LLMContext, Strategy, ViTContext, hyper, register, top_indices
 
 
 def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
@@ -52,21 +52,13 @@ class IVTP(Strategy):
 
     stage: str = "llm"
     layer: int | None = None  # unused: IVTP prunes at the end of every group
-    tau: float = 0.2  # relevance threshold for the pseudo-[CLS] (eq. 8)
-    group: int = 3  # layers per group
-    llm_fraction: float = 0.375  # share of the LLM's layers that prune (12 of 32)
-    vit: bool = True  # stage 1 on/off (ablation)
-    llm: bool = True  # stage 2 on/off (ablation)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0 <= self.tau <= 1:
-            raise ValueError(f"tau={self.tau!r}: expected a relevance threshold in [0, 1]")
-        if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 1:
-            raise ValueError(f"group={self.group!r}: expected an integer >= 1 (layers per group)")
-        if isinstance(self.llm_fraction, bool) or not isinstance(self.llm_fraction, (int, float)) \
-                or not 0 < self.llm_fraction <= 1:
-            raise ValueError(f"llm_fraction={self.llm_fraction!r}: expected a share in (0, 1]")
+    tau: float = hyper(0.2, low=0, high=1, what="a relevance threshold")  # for the pseudo-[CLS] (eq. 8)
+    # layers per group (a group longer than the model prunes nowhere)
+    group: int = hyper(3, low=1, high=MAX_LLM_LAYER, what="a whole number of layers")
+    # share of the LLM's layers that prune (12 of 32)
+    llm_fraction: float = hyper(0.375, low=0, high=1, above=True, what="a share")
+    vit: bool = hyper(True)  # stage 1 on/off (ablation)
+    llm: bool = hyper(True)  # stage 2 on/off (ablation)
 
     def vit_prune_layers(self, n_vit_layers: int, feature_layer: int) -> list[int]:
         if not self.vit or self.keep is None:

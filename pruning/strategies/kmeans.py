@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Selection, Strategy, VisionContext, register
+from .base import Selection, Strategy, VisionContext, hyper, register
 
 
 def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 20,
@@ -57,7 +57,8 @@ def nearest_distinct(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 @dataclass
 class KMeansMerge(Strategy):
     name = "kmeans"
-    iterations: int = 20
+    # Lloyd steps (0: the k-means++ centres); the cost grows with it, and 20 converge on LLaVA's grids
+    iterations: int = hyper(20, low=0, high=1000)
 
     def select_before_llm(self, ctx: VisionContext) -> Selection:
         n, k = ctx.n_patches, self.budget(ctx.n_patches)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Selection, Strategy, VisionContext, register
+from .base import MAX_PATCHES, MAX_PATCHES_TEXT, Selection, Strategy, VisionContext, hyper, register
 
 
 def parse_patches(patches) -> list[int]:
@@ -55,7 +55,8 @@ class Manual(Strategy):
     name = "manual"
     stages = ("before",)
 
-    patches: str = ""  # the patch indices to keep, row-major, e.g. "3, 4, 17"; empty: the first `keep` patches
+    # the patch indices to keep, row-major, e.g. "3, 4, 17"; empty: the first `keep` patches
+    patches: str = hyper("", "patches", high=MAX_PATCHES, max_chars=MAX_PATCHES_TEXT)
 
     def __post_init__(self):
         super().__post_init__()

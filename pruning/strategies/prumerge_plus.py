@@ -46,12 +46,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .base import Selection, Strategy, VisionContext, register, top_indices
+from .base import MAX_TOKENS, Selection, Strategy, VisionContext, hyper, register, top_indices
 
 
 def iqr_outliers(scores: torch.Tensor) -> torch.Tensor:
@@ -96,20 +95,14 @@ def concat_head_attention(per_head: torch.Tensor, cls_self: torch.Tensor | None 
 @dataclass
 class PruMergePlus(Strategy):
     name = "prumerge+"
-    choices: ClassVar[dict] = {"qk_layer": ("reader", "feature"), "attention": ("concat", "mean")}  # for the app
-    neighbours: int = 32  # k: nearest tokens (by key similarity, among all others) merged into each kept token
-    qk_layer: str = "reader"  # "reader": the layer after the feature layer (authors); "feature": the feature layer
-    attention: str = "concat"  # "concat": one head over the concatenated q/k (authors); "mean": mean over heads
-    extra: bool = True  # append one token summarising the pruned ones (authors); it counts in the budget
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.qk_layer not in ("reader", "feature"):
-            raise ValueError(f"qk_layer={self.qk_layer!r}: expected 'reader' or 'feature'")
-        if self.attention not in ("concat", "mean"):
-            raise ValueError(f"attention={self.attention!r}: expected 'concat' or 'mean'")
-        if not isinstance(self.neighbours, int) or self.neighbours < 0:
-            raise ValueError(f"neighbours={self.neighbours!r}: expected a non-negative integer")
+    # k: nearest tokens (by key similarity, among all others) merged into each kept token; more than the grid's
+    # other tokens takes them all
+    neighbours: int = hyper(32, low=0, high=MAX_TOKENS)
+    # "reader": the layer after the feature layer (authors); "feature": the feature layer
+    qk_layer: str = hyper("reader", choices=("reader", "feature"))
+    # "concat": one head over the concatenated q/k (authors); "mean": mean over heads
+    attention: str = hyper("concat", choices=("concat", "mean"))
+    extra: bool = hyper(True)  # append one token summarising the pruned ones (authors); it counts in the budget
 
     def layer_and_keys(self, ctx: VisionContext) -> tuple[int, torch.Tensor]:
         """The ViT layer whose [CLS] attention scores the patches, and the keys that match them."""

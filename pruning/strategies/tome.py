@@ -34,12 +34,11 @@ surviving token at itself).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .base import Selection, Strategy, VisionContext, register
+from .base import Selection, Strategy, VisionContext, hyper, register
 
 
 def bipartite_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor, index: torch.Tensor, r: int,
@@ -81,16 +80,10 @@ def bipartite_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor, ind
 @dataclass
 class ToMe(Strategy):
     name = "tome"
-    choices: ClassVar[dict] = {"head_keys": ("mean", "concat"), "order": ("tome", "spatial")}  # for the app
-    head_keys: str = "mean"  # "mean": keys averaged over heads (ToMe's code); "concat": all heads concatenated
-    order: str = "tome"  # survivors' order between rounds: "tome" cat([unmerged A, B]); "spatial": row-major
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.head_keys not in ("mean", "concat"):
-            raise ValueError(f"head_keys={self.head_keys!r}: expected 'mean' or 'concat'")
-        if self.order not in ("tome", "spatial"):
-            raise ValueError(f"order={self.order!r}: expected 'tome' or 'spatial'")
+    # "mean": keys averaged over heads (ToMe's code); "concat": all heads concatenated
+    head_keys: str = hyper("mean", choices=("mean", "concat"))
+    # survivors' order between rounds: "tome" cat([unmerged A, B]); "spatial": row-major
+    order: str = hyper("tome", choices=("tome", "spatial"))
 
     def metric(self, ctx: VisionContext) -> torch.Tensor:
         """What tokens are matched on: the feature layer's keys, averaged over heads by default."""

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Selection, Strategy, VisionContext, register
+from .base import MAX_TOKENS, Selection, Strategy, VisionContext, hyper, register
 
 CONTEXTUAL_SHARE = (10, 64)  # the authors' 54 dominant + 10 contextual of 64, kept at every budget
 
@@ -101,13 +101,10 @@ class VisionZip(Strategy):
     name = "visionzip"
 
     positions: str = "rearrange"  # contiguous ids, what the authors' concatenation gives
-    contextual: int | None = None  # C: contextual tokens; None: round(U * 10/64) (authors: 10 of 64)
-    cls_token: bool = True  # the [CLS] state is one of the dominant tokens and enters the LLM (authors)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.contextual is not None and (not isinstance(self.contextual, int) or self.contextual < 0):
-            raise ValueError(f"contextual={self.contextual!r}: expected a non-negative integer or None")
+    # C: contextual tokens (at most the budget); None: round(U * 10/64) (authors: 10 of 64)
+    contextual: int | None = hyper(None, "int", 0, MAX_TOKENS, what="a whole number of tokens")
+    # the [CLS] state is one of the dominant tokens and enters the LLM (authors)
+    cls_token: bool = hyper(True)
 
     def split(self, budget: int) -> tuple[int, int]:
         """(dominant tokens, contextual tokens) for a budget below the grid; dominant counts the [CLS]."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Selection, Strategy, VisionContext, register
+from .base import MAX_TOKENS, Selection, Strategy, VisionContext, hyper, register
 
 
 def remove_duplicates(features: torch.Tensor, order: torch.Tensor, keep: int, per_round: int = 8) -> torch.Tensor:
@@ -74,15 +74,10 @@ class VisPruner(Strategy):
     name = "vispruner"
 
     positions: str = "rearrange"  # contiguous ids, what the authors' mask-select gives
-    important_ratio: float = 0.5  # r: int(U * r) important tokens, the rest diverse (authors' default)
-    per_round: int = 8  # duplicates removed per round at most (the authors' constant 8)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.important_ratio, (int, float)) or not 0 <= self.important_ratio <= 1:
-            raise ValueError(f"important_ratio={self.important_ratio!r}: expected 0..1")
-        if not isinstance(self.per_round, int) or self.per_round < 1:
-            raise ValueError(f"per_round={self.per_round!r}: expected an integer >= 1")
+    # r: int(U * r) important tokens, the rest diverse (authors' default)
+    important_ratio: float = hyper(0.5, low=0, high=1, what="a share")
+    # duplicates removed per round at most (the authors' constant 8; more than the grid is one round)
+    per_round: int = hyper(8, low=1, high=MAX_TOKENS)
 
     def split(self, budget: int) -> tuple[int, int]:
         """(important, diverse) token counts, as the authors' ``int(T * r)`` and ``T - int(T * r)``."""

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LLMContext, Selection, Strategy, VisionContext, register, top_indices
+from .base import (MAX_VIT_LAYERS, POSITIONS, LLMContext, Selection, Strategy, VisionContext, hyper, register,
+                   top_indices)
 
 
 @register
@@ -36,18 +37,17 @@ class VTCCLS(Strategy):
     name = "vtc-cls"
     stages = ("before", "llm")
 
-    positions: str | None = None  # None: "rearrange" before the LLM (authors' code), "keep" in it (FastV)
-    k_layers: int = 3  # K in eq. 9
-    ensemble: str = "avg"  # E in eq. 9: avg, max or min
+    # None: "rearrange" before the LLM (authors' code), "keep" in it (FastV)
+    positions: str | None = hyper(None, "choice", choices=POSITIONS)
+    # K in eq. 9: the [CLS] layers ensembled, ending at the feature layer (Engine.check: at most the feature layer's
+    # number, 1-based)
+    k_layers: int = hyper(3, low=1, high=MAX_VIT_LAYERS, what="a whole number of ViT layers", depth="vit")
+    ensemble: str = hyper("avg", choices=("avg", "max", "min"))  # E in eq. 9
 
     def __post_init__(self):
+        super().__post_init__()  # positions checked (None allowed) before it is derived from the stage
         if self.positions is None:
             self.positions = "keep" if self.stage == "llm" else "rearrange"
-        super().__post_init__()
-        if self.ensemble not in ("avg", "max", "min"):
-            raise ValueError(f"ensemble={self.ensemble!r}: expected 'avg', 'max' or 'min'")
-        if self.k_layers < 1:
-            raise ValueError(f"k_layers={self.k_layers}: expected >= 1")
 
     def select_before_llm(self, ctx: VisionContext) -> Selection:
         scores = ctx.cls_scores(self.k_layers, self.ensemble)  # (N,)
