@@ -72,16 +72,25 @@ def make_demo(model: str | None = None, load_in_4bit: bool = False, device: str 
                      load_in_4bit=load_in_4bit, device=device, threads=threads)
     if warm_up:
         pool.get().warm_up()
+    from app.server import QUEUE_SIZE, guard
+    from pruning.images import check_header
+
     demo = build(pool, load_examples() if pool.get().info()["embedded"] else [], load_speed_report())
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    # api_open=False: every event goes through the queue (Gradio leaves the REST routes open off Spaces, and a
+    # direct POST would skip the queue's concurrency limits)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE, api_open=False)
+    guard(demo, check_header)  # every image input's header checked before anything decodes it (app/server.py)
     return demo
 
 
 def launch(demo, host: str, port: int, **kwargs):
+    """Serve ``demo`` behind ``app.server.Guard`` (body caps, a bound on each visitor's pending jobs, security
+    headers), uploads capped at 10 MiB, only ``assets/examples`` served besides Gradio's own files."""
+    from app.server import launch_kwargs
     from app.ui import CSS
 
     return demo.launch(server_name=host, server_port=port, share=False, css=CSS, show_error=True,
-                       max_file_size="10mb", allowed_paths=[str(EXAMPLES_DIR)], footer_links=["api"], **kwargs)
+                       allowed_paths=[str(EXAMPLES_DIR)], footer_links=["api"], **launch_kwargs(demo), **kwargs)
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,7 @@ import csv
 import html
 import json
 import logging
+import os
 import tempfile
 
 import gradio as gr
@@ -110,19 +111,51 @@ WAITING = "waiting…"
 BAND_SEEDS = 5  # the Sweep's band: random run with seeds 0..4
 
 
+class Upload(os.PathLike):
+    """An uploaded file as the library gets it: its path on the server (``os.fspath``) and, for every message
+    about it, the name the visitor gave it (``str``), never the server's temp path."""
+
+    def __init__(self, path: str, name: str | None):
+        self.path = str(path)
+        self.name = upload_name(name)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Upload({self.name!r})"
+
+
+def upload_name(name: str | None) -> str:
+    """A visitor's file name as messages show it: its last component, printable, at most 80 characters."""
+    name = os.path.basename(str(name or "").replace("\\", "/")) if name else ""
+    name = "".join(ch for ch in name if ch.isprintable())[:80]
+    return name or "the uploaded image"
+
+
+UNDECODED = "_prunescope_undecoded"
+
+
 def undecoded(image: gr.Image) -> gr.Image:
-    """``image`` (type filepath) hands the library the uploaded file's path, undecoded. The library's loader
-    checks it (not an image, empty, truncated, too many pixels to decode) and says what is wrong; Gradio's own
-    preprocessing would open and convert it first, failing in its own words (or clipping a 16-bit image).
+    """``image`` (type filepath) hands the library the uploaded file undecoded, as an ``Upload`` named by the
+    visitor's own file name. The library's loader checks the header (not an image, empty, too many pixels, an
+    extreme aspect ratio) before it decodes anything and says what is wrong; Gradio's own preprocessing would open
+    and convert it first, failing in its own words (or clipping a 16-bit image). An image sent as a ``data:`` URL
+    reaches this as a file too (``app.server.guard_inputs`` writes its bytes to Gradio's cache undecoded, and
+    re-applies this to a session's copy of the component).
     (An instance attribute, not a subclass: Gradio writes a .pyi stub next to the module of every subclass.)"""
     default = image.preprocess
 
     def preprocess(payload):
         if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
             return default(payload)
-        return str(payload.path)
+        return Upload(payload.path, payload.orig_name)
 
     image.preprocess = preprocess
+    setattr(image, UNDECODED, True)
     return image
 
 
@@ -441,8 +474,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                     "See <i>How it works</i>.</span><span class='ps-short'><b>A toy model:</b> it knows only "
                     "coloured shapes on grey (see <i>How it works</i>).</span></div>", padding=False)
         else:
-            gr.Markdown(f"Model: `{info['model']}` on {info['device']}")
-        model_choice = gr.Dropdown([(pool.label(m), m) for m in pool.names], value=pool.default,
+            gr.Markdown(f"Model: `{pool.label(pool.default)}` on {info['device']}")
+        # labels, never the host's paths (the page's config shows every choice); pool.get takes a label
+        model_choice = gr.Dropdown(pool.labels, value=pool.label(pool.default),
                                    label="Model (this host's allow-list)", visible=len(pool.names) > 1,
                                    elem_id="ps-model")
         model_status = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-model-msg")
@@ -593,7 +627,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             with gr.Tab("How it works", id="about"):
                 teach.how_it_works(pool)  # where each method acts, glossary, papers (app/teach.py)
                 gr.Markdown(about.strategies_markdown(names))
-                gr.Markdown(about.model_card_markdown(info, scope.model_card()))
+                gr.Markdown(about.model_card_markdown({**info, "model": pool.label(pool.default)}, scope.model_card()))
 
         # hidden inputs of the JSON API (same library calls, no drawing)
         with gr.Column(visible=False):
@@ -841,7 +875,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         sweep_run.click(run_sweep, [sweep_strategies, sweep_budgets, sweep_n, sweep_types, model_choice, sweep_seed,
                                     sweep_band],
                         [sweep_status, sweep_budget_plot, sweep_tflops_plot, sweep_df, sweep_file], api_name="sweep",
-                        concurrency_id="model")
+                        concurrency_id="sweep")  # its own group: it lets go of the model between questions
     return demo
 
 

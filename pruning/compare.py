@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import statistics
 import threading
 from collections import OrderedDict
@@ -26,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import analysis, bench, cost, offworld, projection
 from .engine import Engine
 from .images import load_image
+from .locks import FairLock
 from .model import DEFAULT_MODEL_DIR, check_question, load_model
 from .shapes import grammar
 from .speed import spread
@@ -330,7 +333,7 @@ class Scope:
             torch.set_num_threads(threads)
         self.engine = Engine(load_model(source, load_in_4bit=load_in_4bit, device=device))
         self.source = source
-        self.lock = threading.Lock()
+        self.lock = FairLock()  # first come, first served: a Sweep lets go between questions (sweep)
         # Identical requests (same image pixels, question, strategy parameters, tokens) reuse their attention
         # trace and analyses, never their timings: when the budget slider moves, none's and vtw's traces
         # (which ignore the budget) and VTW's KL are not recomputed.
@@ -558,10 +561,21 @@ class Scope:
             raise ValueError(f"types={shown(types)}: expected a list of question types")
         rows = bench.configs(",".join(strategies), budgets, position_variants=False, seed=seed)
         check_sweep_size(len({p["name"] for _, p in rows} - {"none"}), len(budgets), len(rows), n)
-        with self.lock:
-            samples = bench.load_samples("shapes", n, types=types, seed=seed)
-            return bench.sweep(self.engine, samples, ",".join(strategies), budgets, progress=progress,
-                               position_variants=False, seed=seed)
+        samples = bench.load_samples("shapes", n, types=types, seed=seed)
+        # bench.sweep's loop, with the model's lock taken per question, not for the whole sweep: a Compare that
+        # arrives meanwhile runs after the current question (FairLock: waiters go first), not after the sweep
+        out = []
+        for label, params_ in tqdm(rows, desc="bench", disable=not progress):
+            strategy = get_strategy(**params_)
+            records = []
+            for sample in samples:
+                with self.lock:
+                    records.append(bench.sample_record(self.engine, sample, strategy))
+            row = bench.summarise(strategy, records)
+            row.update(label=label, seed=seed)
+            out.append(row)
+        bench.add_prefill_speedups(out)
+        return out
 
 
 def check_sweep_size(strategies: int, budgets: int, configurations: int, n: int,
@@ -594,24 +608,52 @@ class ScopePool:
         self.threads = threads
         self._loaded: dict[str, Scope] = {}
         self._lock = threading.Lock()
+        self._labels: dict[str, str] = {}
+        for n in self.names:  # unique labels: a second 'model (local)' becomes 'model (local, 2)'
+            label, k = self.label(n), 2
+            while label in self._labels.values():
+                label, k = f"{self.label(n)[:-1]}, {k})" if self.label(n).endswith(")") else f"{self.label(n)} ({k})", k + 1
+            self._labels[n] = label
+        self._by_label = {label: n for n, label in self._labels.items()}
 
     def label(self, name: str) -> str:
-        """How the app names a model: the embedded one says it is the toy."""
+        """How the app names a model to visitors, never by a path on the host: the embedded one says it is the toy,
+        a local directory is named by its last component (numbered when two share one), a hub id is itself."""
+        if name in self._labels:
+            return self._labels[name]
         if Path(name).resolve() == DEFAULT_MODEL_DIR.resolve():
-            return "embedded toy model (assets/model)"
-        return name
+            return "embedded toy model"
+        local = Path(name).expanduser()
+        return f"{local.name or 'model'} (local)" if local.is_absolute() or local.exists() or name.startswith(".") \
+            else name
+
+    @property
+    def labels(self) -> list[str]:
+        """The models' labels, in the order of ``names`` (the app's model menu)."""
+        return [self._labels[n] for n in self.names]
 
     def get(self, name: str | None = None) -> Scope:
+        """The model called ``name`` (its name on the allow-list, or its label); None: the default. A model that
+        cannot load is refused with its label in the message (the host's log gets the full message)."""
         name = name or self.default
+        name = self._by_label.get(name, name)
         if name not in self.names:
             raise ValueError(f"model {name!r} is not on this host's allow-list (PRUNESCOPE_MODELS): "
-                             f"{', '.join(self.names)}")
+                             f"{', '.join(self.labels)}")
         with self._lock:
             if name not in self._loaded:
                 while len(self._loaded) >= self.max_loaded:
                     self._loaded.pop(next(iter(self._loaded)))
-                self._loaded[name] = Scope(name, load_in_4bit=self.load_in_4bit, device=self.device,
-                                           threads=self.threads)
+                try:
+                    self._loaded[name] = Scope(name, load_in_4bit=self.load_in_4bit, device=self.device,
+                                               threads=self.threads)
+                except ValueError as e:
+                    label = self._labels[name]
+                    logging.getLogger("prunescope").warning("model %s (%s) cannot load: %s", label, name, e)
+                    if label == name:
+                        raise
+                    raise ValueError(f"model {label!r}: " + str(e).replace(str(Path(name).expanduser().resolve()),
+                                                                           label).replace(name, label)) from None
             return self._loaded[name]
 
 

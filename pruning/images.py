@@ -29,9 +29,10 @@ def load_image(source, name: str | None = None, notes: list | None = None):
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise ValueError(f"image {path!r} does not exist")
+            raise ValueError(f"image {label} does not exist")
         if os.path.getsize(path) == 0:
-            raise ValueError(f"image {path!r} is an empty (0-byte) file")
+            raise ValueError(f"image {label} is an empty (0-byte) file")
+        image, failed = None, None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -43,7 +44,19 @@ def load_image(source, name: str | None = None, notes: list | None = None):
         except UnidentifiedImageError as e:
             raise ValueError(f"cannot read image {label}: not an image file (or a format PIL cannot open)") from e
         except (OSError, SyntaxError) as e:
-            raise ValueError(f"cannot read image {label}: {e}") from e
+            failed = f"cannot read image {label}: {e}"
+        except ValueError:  # _check_size's refusal: nothing decoded, the file closed
+            if image is not None:
+                image.close()
+            raise
+        if failed is not None:
+            # Raised here, not inside the except: a decode that failed half way holds its pixels (up to MAX_PIXELS x
+            # 4 bytes) in the frames of its traceback, and a refusal chained to it would keep them for as long as the
+            # refusal lives (the app's error message outlived the request by one request: +190 MiB)
+            if image is not None:
+                image.close()
+            image = None
+            raise ValueError(failed)
     elif isinstance(source, Image.Image):
         image = source
     else:

@@ -92,3 +92,15 @@ def test_header_check_refuses_extreme_aspect_without_decoding(tmp_path):
         images.check_header(str(tmp_path / "thin.png"), "'thin.png'")
     Image.new("RGB", (200, 10)).save(tmp_path / "ok.png")
     assert images.check_header(str(tmp_path / "ok.png")) == (200, 10)
+
+
+def test_a_failed_decode_gives_its_pixels_back_with_the_refusal(tmp_path):
+    """A file whose header passes but whose decoding fails half way: the refusal chains no traceback (whose frames
+    would hold the half-decoded pixels for as long as the message lives; in the app, until the next request)."""
+    noise = np.random.RandomState(0).randint(0, 256, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.png")
+    raw = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "half.png").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="half.png.*truncated") as info:
+        images.load_image(str(tmp_path / "half.png"))
+    assert info.value.__cause__ is None and info.value.__context__ is None

@@ -594,8 +594,9 @@ def test_app_refuses_the_largest_sweep(client):
 
 
 def test_app_refuses_broken_models_the_host_allowed(files):
-    """A host that put broken checkpoints on its allow-list: the visitor is told what is wrong with each (the pickle
-    is never unpickled), and the app still answers with its default model."""
+    """A host that put broken checkpoints on its allow-list: the visitor, who picks each by its label (the menu never
+    shows the host's paths), is told what is wrong with it, by its label (the pickle is never unpickled), and the app
+    still answers with its default model."""
     app_main = load_app_main()
     demo = app_main.make_demo(allowed=[files.not_llava, files.no_safetensors, files.pickle_only],
                               threads=torch.get_num_threads(), warm_up=False)
@@ -603,9 +604,13 @@ def test_app_refuses_broken_models_the_host_allowed(files):
     app_main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        for model, words in ((files.not_llava, ["model_type='bert'", "not a LLaVA"]),
-                             (files.no_safetensors, ["holds no .safetensors weights"]),
-                             (files.pickle_only, ["pytorch_model.bin: pickle checkpoints are never loaded"])):
+        for model, words in (("not-llava (local)", ["model_type='bert'", "not a LLaVA"]),
+                             ("no-safetensors (local)", ["holds no .safetensors weights"]),
+                             ("pickle-only (local)", ["pytorch_model.bin: pickle checkpoints are never loaded"])):
+            with pytest.raises(Exception) as info:
+                _app(client, model=model)
+            _words(str(info.value), [model, *words])
+            assert os.path.dirname(files.not_llava) not in str(info.value), str(info.value)
             _app_refuses(client, [model, *words], model=model)
         assert not os.path.exists(files.marker), "the pickle was unpickled"
     finally:
