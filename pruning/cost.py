@@ -6,6 +6,11 @@ model with MLP width 4h and no grouped-query attention; here every term uses the
 (query heads, key/value heads, head dim, MLP width, gated MLP for Llama). Prefill attention is
 counted over the full square ``s x s`` score matrix (as FlopCounterMode counts SDPA and as eq. 1
 does), not the causal half. Norms, softmax, rotary and activation functions are not counted.
+
+The families beyond LLaVA-1.5 (``pruning.geometries.FAMILY_GEOMETRIES``) add what their towers do differently:
+the ViT once per crop or tile, no [CLS] in SigLIP and Qwen's ViT, Qwen's windowed attention and gated ViT MLP, and
+the family's projector on every row (it runs before any pruning there); see ``vision_flops`` and
+``geometry_projector_flops``.
 """
 
 from __future__ import annotations

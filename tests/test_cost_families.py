@@ -159,3 +159,11 @@ def test_speed_refuses_the_family_geometries_in_words(name):
 
     with pytest.raises(ValueError, match=f"--geometry {name}: speed builds LLaVA-1.5 geometries only"):
         resolve_geometry(name)
+
+
+def test_pooling_on_a_packed_strip_says_it_is_not_a_grid():
+    """The anyres rows are the engine's 1 x N strip: pooling to keep K keeps round(sqrt(K N)) of them, and says so."""
+    n = HAND["llava-next-7b"]["visual"]
+    e = cost.estimate("llava-next-7b", T, strategy=get_strategy("pooling", keep=700))
+    assert e["tokens"]["visual_per_layer"][0] == round((700 * n) ** 0.5)
+    assert any("1 x N strip" in note for note in e["notes"])
