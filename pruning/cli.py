@@ -117,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cst = sub.add_parser("cost", help="FLOPs estimate from a geometry alone (no weights): ViT, projector, LLM per "
                          "layer, total; the papers' conventions")
-    cst.add_argument("--geometry", required=True, help="llava-1.5-7b, llava-1.5-13b or a local model directory "
-                     "(its config.json only)")
+    cst.add_argument("--geometry", required=True, help="llava-1.5-7b, llava-1.5-13b, llava-onevision-7b, "
+                     "llava-next-7b, qwen2.5-vl-7b, internvl3-8b (one square image each, see docs/performance.md) "
+                     "or a local LLaVA directory (its config.json only)")
     cst.add_argument("--visual-tokens", type=int, help="visual tokens entering the LLM unpruned (default: the "
-                     "geometry's patch grid, 576 for LLaVA-1.5)")
+                     "geometry's, 576 for LLaVA-1.5, the packed rows of its image for the later families)")
     cst.add_argument("--text-tokens", type=int, required=True, help="text tokens of the prompt (system, question, "
                      "template)")
     cst.add_argument("--strategy", default="none", help="pruning strategy name (default: none)")
@@ -327,6 +328,8 @@ def _cost(args) -> int:
     print(f"{geometry.name}: {out['visual_tokens']} visual + {out['text_tokens']} text tokens, strategy "
           f"{strategy.name} {_short_params(strategy)}, convention {args.convention}")
     print(f"  ({out['convention']['description']})")
+    if geometry.layout:
+        print(f"  (image: {geometry.layout})")
     print(f"{'LLM layers':>10} {'tokens':>7} {'visual':>7} {'GFLOPs/layer':>13}")
     rows = list(zip(tok["llm_per_layer"], tok["visual_per_layer"], fl["llm_per_layer"]))
     start = 0
@@ -339,12 +342,18 @@ def _cost(args) -> int:
     vit_tokens = tok["vit_per_layer"]
     vit_desc = (f"{vit_tokens[0]} tokens x {len(vit_tokens)} layers" if len(set(vit_tokens)) == 1
                 else "tokens per layer " + " ".join(map(str, vit_tokens)))
+    if tok["vit_crops"] > 1:
+        vit_desc = f"{tok['vit_crops']} crops/tiles x {vit_desc}"
+    if geometry.vision.window:
+        vit_desc += (f", windows of {geometry.vision.window} tokens except layers "
+                     + ", ".join(map(str, geometry.vision.full_attention_layers)))
     vit_desc += {"none": "; not counted in this convention",
                  "feature": f"; counted through the feature layer, {geometry.feature_layer_index + 1} layers"}.get(
         CONVENTIONS[args.convention].vit, "")
     t = out["tflops"]
     print(f"ViT        {t['vit']:>10.4g} TFLOPs  ({vit_desc})")
-    print(f"projector  {t['projector']:>10.4g} TFLOPs  ({tok['projected']} tokens)")
+    print(f"projector  {t['projector']:>10.4g} TFLOPs  ({tok['projector_rows']} tokens"
+          + (", all projected before pruning)" if geometry.projector_dims else ")"))
     print(f"LLM layers {t['layers']:>10.4g} TFLOPs")
     print(f"LM head    {t['lm_head']:>10.4g} TFLOPs")
     print(f"total      {t['total']:>10.4g} TFLOPs  = {out['ratio']:.2%} of unpruned ({out['baseline_tflops']:.4g}); "

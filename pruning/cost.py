@@ -6,6 +6,11 @@ model with MLP width 4h and no grouped-query attention; here every term uses the
 (query heads, key/value heads, head dim, MLP width, gated MLP for Llama). Prefill attention is
 counted over the full square ``s x s`` score matrix (as FlopCounterMode counts SDPA and as eq. 1
 does), not the causal half. Norms, softmax, rotary and activation functions are not counted.
+
+The families beyond LLaVA-1.5 (``pruning.geometries.FAMILY_GEOMETRIES``) add what their towers do differently:
+the ViT once per crop or tile, no [CLS] in SigLIP and Qwen's ViT, Qwen's windowed attention and gated ViT MLP, and
+the family's projector on every row (it runs before any pruning there); see ``vision_flops`` and
+``geometry_projector_flops``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ class VisionShape:
     channels: int
     n_tokens: int  # patches (+1 with [CLS])
     projector_out: int  # LLM width the projector maps to
+    # The families beyond LLaVA-1.5 (issue 27); the defaults are CLIP's, so LLaVA-1.5's counts do not change.
+    cls_token: bool = True  # CLIP and InternViT prepend [CLS]; SigLIP and Qwen's ViT do not
+    gated_mlp: bool = False  # Qwen2.5-VL's ViT MLP is gated (gate, up, down): 3 matrices, not 2
+    window: int = 0  # tokens per attention window (Qwen2.5-VL: 8 x 8 patches); 0: full attention in every layer
+    full_attention_layers: tuple[int, ...] = ()  # 0-based layers with full attention despite ``window``
 
 
 def llm_shape(text_config) -> LLMShape:
@@ -57,7 +67,7 @@ def vision_shape(config) -> VisionShape:
     return VisionShape(
         hidden=vc.hidden_size, intermediate=vc.intermediate_size, layers=vc.num_hidden_layers,
         patch_size=vc.patch_size, channels=getattr(vc, "num_channels", 3), n_tokens=side * side + int(has_cls),
-        projector_out=config.text_config.hidden_size,
+        projector_out=config.text_config.hidden_size, cls_token=has_cls,
     )
 
 
@@ -82,12 +92,20 @@ def decode_token_flops(s: LLMShape, kv_lengths: list[int]) -> int:
 
 def vision_flops(v: VisionShape, tokens_per_layer: list[int] | None = None) -> int:
     """Patch embedding and every ViT layer over its real token count (all tokens unless pruned inside the
-    ViT); the projector is counted in the prefill."""
-    n_patch = v.n_tokens - 1 if v.n_tokens > 1 else v.n_tokens
+    ViT); the projector is counted in the prefill. One image, crop or tile: a geometry with several multiplies
+    (``schedule_flops``). A windowed layer (``v.window``, not in ``v.full_attention_layers``) attends within
+    windows of ``v.window`` tokens, so its score and weighted-sum terms are ``t x window`` rather than ``t x t``
+    (exact when ``t`` is a multiple of the window, as on grids of whole windows; Qwen2.5-VL pads the rest)."""
+    n_patch = v.n_tokens - 1 if (v.cls_token and v.n_tokens > 1) else v.n_tokens
     embed = 2 * n_patch * v.channels * v.patch_size ** 2 * v.hidden
     d = v.hidden
     counts = tokens_per_layer if tokens_per_layer is not None else [v.n_tokens] * v.layers
-    return embed + sum(2 * t * d * d * 4 + 2 * 2 * t * t * d + 2 * 2 * t * d * v.intermediate for t in counts)
+    mlp_matrices = 3 if v.gated_mlp else 2
+    total = embed
+    for i, t in enumerate(counts):
+        keys = t if not v.window or i in v.full_attention_layers else min(v.window, t)
+        total += 2 * t * d * d * 4 + 2 * 2 * t * keys * d + 2 * mlp_matrices * t * d * v.intermediate
+    return total
 
 
 def projector_flops(v: VisionShape, projected_tokens: int) -> int:
@@ -291,10 +309,16 @@ def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> 
     name, notes = strategy.name, []
     vit = [geometry.vision.n_tokens] * geometry.vision.layers
     if n != geometry.n_patches:
+        crops = getattr(geometry, "crops", 1)
         notes.append(f"{n} visual tokens where one image of this geometry gives {geometry.n_patches}: the ViT is "
+                     f"counted over one image ({crops} x {geometry.vision.n_tokens} tokens)" if crops > 1 else
+                     f"{n} visual tokens where one image of this geometry gives {geometry.n_patches}: the ViT is "
                      f"counted once, over one image ({geometry.vision.n_tokens} tokens)")
     visual = [n] * L
     projected = n
+    if name == "ivtp" and getattr(geometry, "family", "llava") != "llava":
+        raise ValueError(f"ivtp prunes inside the ViT by [CLS] attention, layer by layer: only on LLaVA-1.5 "
+                         f"geometries (not {geometry.name}, family {geometry.family})")
     if name == "ivtp":
         vit, projected, visual = _ivtp_schedule(strategy, geometry, n)
     elif name == "none":
@@ -307,7 +331,9 @@ def token_schedule(strategy, geometry, visual_tokens: int, text_tokens: int) -> 
             h, w = pooled_shape(*_grid(geometry, n, "pooling"), strategy.budget(n))
             projected = h * w
             if keep is not None and projected != keep:
-                notes.append(f"pooling: keep={keep} pools the grid to {h} x {w} = {projected} tokens")
+                notes.append(f"pooling: keep={keep} pools the grid to {h} x {w} = {projected} tokens"
+                             + (" (this geometry's rows are the engine's 1 x N strip of packed crops or tiles, "
+                                "not a grid: 1-D pooling keeps about sqrt(keep x N))" if geometry.rows == 1 else ""))
         elif name in EXACT_BUDGET_BEFORE:
             projected = strategy.budget(n)
         elif name in PROJECT_ALL_BEFORE:
@@ -373,19 +399,31 @@ def schedule_flops(geometry, schedule: TokenSchedule, convention: str | Conventi
     ``layers`` (their sum), ``lm_head``, ``llm`` (= layers + lm_head) and ``total``; all integers."""
     conv = CONVENTIONS[convention] if isinstance(convention, str) else convention
     v, s = geometry.vision, geometry.llm
+    crops = getattr(geometry, "crops", 1)  # the ViT runs once per crop or tile, each over ``schedule.vit``
     if conv.vit == "all":
-        vit = vision_flops(v, schedule.vit)
+        vit = crops * vision_flops(v, schedule.vit)
     elif conv.vit == "feature":
-        vit = vision_flops(v, schedule.vit[:geometry.feature_layer_index + 1])
+        vit = crops * vision_flops(v, schedule.vit[:geometry.feature_layer_index + 1])
     else:
         vit = 0
-    projector = projector_flops(v, schedule.projected) if conv.projector else 0
+    projector = geometry_projector_flops(geometry, schedule.projected) if conv.projector else 0
     per_layer = [convention_layer_flops(conv, s, t) for t in schedule.llm]
     rows = {"last": 1, "all": schedule.llm[-1], "none": 0}[conv.logits]
     lm_head = 2 * rows * s.hidden * s.vocab
     layers = sum(per_layer)
     return {"vit": vit, "projector": projector, "llm_per_layer": per_layer, "layers": layers, "lm_head": lm_head,
             "llm": layers + lm_head, "total": vit + projector + layers + lm_head}
+
+
+def geometry_projector_flops(geometry, projected: int) -> int:
+    """The projector of ``geometry``: LLaVA-1.5's MLP on the ``projected`` rows (it runs after pruning), or, for a
+    geometry naming its matrices (``projector_dims``), those matrices on all its ``projector_rows``: the later
+    families project every row inside the stock ``get_image_features`` (Qwen2.5-VL: the PatchMerger inside the
+    tower) before a strategy sees them. Norms and activations are not counted, as elsewhere."""
+    dims = getattr(geometry, "projector_dims", ())
+    if not dims:
+        return projector_flops(geometry.vision, projected)
+    return 2 * geometry.projector_rows * sum(a * b for a, b in dims)
 
 
 def estimate(geometry, text_tokens: int, visual_tokens: int | None = None, strategy=None,
@@ -414,7 +452,10 @@ def estimate(geometry, text_tokens: int, visual_tokens: int | None = None, strat
         "strategy": {"name": strategy.name, "params": strategy.params()},
         "visual_tokens": visual_tokens,
         "text_tokens": text_tokens,
-        "tokens": {"vit_per_layer": schedule.vit, "projected": schedule.projected,
+        "tokens": {"vit_per_layer": schedule.vit, "vit_crops": getattr(geometry, "crops", 1),
+                   "projected": schedule.projected,
+                   "projector_rows": (geometry.projector_rows if getattr(geometry, "projector_dims", ())
+                                      else schedule.projected),
                    "visual_per_layer": schedule.visual, "llm_per_layer": schedule.llm},
         "flops": flops,
         "tflops": tera,

@@ -329,7 +329,9 @@ def test_cost_json_schema(capsys):
     e = json.loads(out)
     assert set(e) == {"geometry", "convention", "strategy", "visual_tokens", "text_tokens", "tokens", "flops",
                       "tflops", "baseline_tflops", "ratio", "speedup", "notes"}
-    assert set(e["tokens"]) == {"vit_per_layer", "projected", "visual_per_layer", "llm_per_layer"}
+    assert set(e["tokens"]) == {"vit_per_layer", "vit_crops", "projected", "projector_rows", "visual_per_layer",
+                                "llm_per_layer"}
+    assert e["tokens"]["vit_crops"] == 1 and e["tokens"]["projector_rows"] == e["tokens"]["projected"] == 576
     assert set(e["flops"]) == {"vit", "projector", "llm_per_layer", "layers", "lm_head", "llm", "total"}
     assert set(e["tflops"]) == {"vit", "projector", "layers", "lm_head", "llm", "total"}
     assert e["geometry"]["name"] == "llava-1.5-7b" and e["geometry"]["llm"]["layers"] == 32

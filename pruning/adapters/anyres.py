@@ -103,7 +103,8 @@ class AnyresAdapter(Adapter):
         has_cls = vc.model_type != "siglip_vision_model"
         return cost.VisionShape(hidden=vc.hidden_size, intermediate=vc.intermediate_size, layers=vc.num_hidden_layers,
                                 patch_size=g.patch_size, channels=getattr(vc, "num_channels", 3),
-                                n_tokens=side * side + int(has_cls), projector_out=self.text_config.hidden_size)
+                                n_tokens=side * side + int(has_cls), projector_out=self.text_config.hidden_size,
+                                cls_token=has_cls)
 
     def image_tokens(self, inputs) -> tuple[int, int, int]:
         n = int((inputs["input_ids"][0] == self.image_token_id).sum())
