@@ -1079,7 +1079,9 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
     agree_btn.click(page_agreement, [image, question, strategies, keep, model],
                     [agree_msg, agree_state, agree_plot, agree_counts, position_plot, position_table], **model_q)
     seeds_btn.click(page_seeds, [image, question, keep, seeds_n, model], [seeds_msg, seeds_out], **model_q)
-    band_btn.click(page_band, [strategies, band_budgets, band_n, seeds_n, model], [band_msg, band_plot], **model_q)
+    # the band is a sweep: in the Sweep's own concurrency group, as it lets go of the model between questions
+    band_btn.click(page_band, [strategies, band_budgets, band_n, seeds_n, model], [band_msg, band_plot],
+                   **{**model_q, "concurrency_id": "sweep"})
     export_inputs = [image, question, strategies, keep, model, results_state, film_state, agree_state]
     export_btn.click(export_into(export_msg, export_file), export_inputs, [export_msg, export_file], **model_q)
     if "export_button" in compare:  # the same export, one click from the Compare tab's results
@@ -1151,7 +1153,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
     ]
     for name, fn, inputs, output in endpoints:
         api_buttons[name].click(api(fn, make_file=output is a_file), inputs, output, api_name=name,
-                                concurrency_id="model")
+                                concurrency_id="sweep" if name == "random_band" else "model")
 
     c.update(teach_tab=teach_tab, probe_img=probe_img, painter=painter, film_strip=film_strip, using=using,
              lesson_text=lesson_text)

@@ -562,20 +562,24 @@ class Scope:
         rows = bench.configs(",".join(strategies), budgets, position_variants=False, seed=seed)
         check_sweep_size(len({p["name"] for _, p in rows} - {"none"}), len(budgets), len(rows), n)
         samples = bench.load_samples("shapes", n, types=types, seed=seed)
-        # bench.sweep's loop, with the model's lock taken per question, not for the whole sweep: a Compare that
-        # arrives meanwhile runs after the current question (FairLock: waiters go first), not after the sweep
         out = []
         for label, params_ in tqdm(rows, desc="bench", disable=not progress):
-            strategy = get_strategy(**params_)
-            records = []
-            for sample in samples:
-                with self.lock:
-                    records.append(bench.sample_record(self.engine, sample, strategy))
-            row = bench.summarise(strategy, records)
+            row = self.evaluate(params_, samples)
             row.update(label=label, seed=seed)
             out.append(row)
         bench.add_prefill_speedups(out)
         return out
+
+    def evaluate(self, params: dict, samples: list) -> dict:
+        """``bench.evaluate`` (one configuration's summary over ``samples``) with the model's lock taken per
+        question, not for the whole run: a Compare that arrives meanwhile runs after the current question
+        (FairLock: waiters go first), not after a whole Sweep or band."""
+        strategy = get_strategy(**params)
+        records = []
+        for sample in samples:
+            with self.lock:
+                records.append(bench.sample_record(self.engine, sample, strategy))
+        return bench.summarise(strategy, records)
 
 
 def check_sweep_size(strategies: int, budgets: int, configurations: int, n: int,

@@ -547,18 +547,17 @@ class Teacher:
             self.engine.check(get_strategy(**p))
         total = len(configs) + len(random_cfgs)
         rows, runs = [], [[] for _ in range(seeds)]
-        with self.scope.lock:
-            samples = bench.load_samples("shapes", n, types=types, seed=seed)
-            for i, (label, p) in enumerate(configs + random_cfgs):
-                if progress is not None:
-                    progress((i + 1) / total, f"{label} ({i + 1} of {total})")
-                row = bench.evaluate(self.engine, samples, dict(p))
-                if isinstance(label, int):
-                    row.update(label="random", seed=label)
-                    runs[label].append(row)
-                else:
-                    row.update(label=label)
-                    rows.append(row)
+        samples = bench.load_samples("shapes", n, types=types, seed=seed)
+        for i, (label, p) in enumerate(configs + random_cfgs):
+            if progress is not None:
+                progress((i + 1) / total, f"{label} ({i + 1} of {total})")
+            row = self.scope.evaluate(dict(p), samples)  # the model's lock per question, as a Sweep's
+            if isinstance(label, int):
+                row.update(label="random", seed=label)
+                runs[label].append(row)
+            else:
+                row.update(label=label)
+                rows.append(row)
         bench.add_prefill_speedups(rows)
         return {"rows": rows, "random_runs": runs, "n": n, "seeds": seeds, "budgets": budget_list, "seed": seed}
 

@@ -154,10 +154,13 @@ def test_a_sweep_that_lets_go_between_questions_gives_bench_sweeps_rows():
     assert not scope.lock.locked()
 
 
-def test_a_compare_is_answered_while_a_long_sweep_runs(app_server, other):
+@pytest.mark.parametrize("band", [False, True], ids=["sweep", "sweep-with-random-band"])
+def test_a_compare_is_answered_while_a_long_sweep_runs(app_server, other, band):
+    """Also with random's band over 5 seeds (Teacher.random_band: it lets go of the model between questions too)."""
+    n = 40 if band else 150
     sweeper = Client(app_server.url, verbose=False)
-    sweep = sweeper.submit(["vtc-cls", "fastv"], "48,24", 150, ["colour", "shape", "exist", "count", "position"],
-                           api_name="/sweep")
+    sweep = sweeper.submit(["vtc-cls", "fastv"], "48,24", n, ["colour", "shape", "exist", "count", "position"],
+                           None, 0, band, api_name="/sweep")
     deadline = time.monotonic() + 120
     while sweep.status().code not in (Status.PROCESSING, Status.PROGRESS):  # running (PROGRESS: its tqdm bar)
         assert time.monotonic() < deadline, f"the sweep did not start: {sweep.status()}"
@@ -169,7 +172,7 @@ def test_a_compare_is_answered_while_a_long_sweep_runs(app_server, other):
     assert not sweep.done(), "the Compare waited for the whole Sweep"
     assert latency < FAIR_BOUND_S
     status, *_ = sweep.result(timeout=600)
-    assert "150 questions" in status, status
+    assert f"{n} questions" in status and ("drawn as a band" in status) == band, status
     answered(other)
 
 
