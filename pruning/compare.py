@@ -556,9 +556,9 @@ class Scope:
     def _check_family(self, prepared, digest: str, chosen: list[Strategy]) -> None:
         """Refuse, before anything runs, a strategy this model's family cannot run (docs/strategies.md, the strategy
         x family table: topk-sim and visionzip need a [CLS] feature or per-patch keys, IVTP prunes inside the ViT by
-        [CLS] attention and queries the LLM with the [CLS] feature): each strategy's own selection is tried on this image's vision pass (the cached one the
-        analyses reuse), and the library's message is given with the family's name. LLaVA-1.5 runs every strategy,
-        so nothing is tried there."""
+        [CLS] attention and queries the LLM with the [CLS] feature): each strategy's own selection is tried on this
+        image's vision pass (the cached one the analyses reuse), and the library's message is given with the
+        family's name. LLaVA-1.5 runs every strategy, so nothing is tried there."""
         if self.family == "llava":
             return
         engine = self.engine
