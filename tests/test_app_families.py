@@ -11,6 +11,7 @@ from PIL import Image
 
 from app import ui
 from benchmarks.serving import free_port, load_app_main
+from pruning.model import DEFAULT_MODEL_DIR
 from pruning.toy_families import build_family
 
 
@@ -81,6 +82,13 @@ def test_switching_the_model_menu_sets_the_slider_from_info(served, qwen_dir):
     from pruning.compare import ScopePool
 
     demo, _ = served
+    switch = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "switch_model")
+    slider, state, words = switch(qwen_dir, 72)  # the page's own callback, from the embedded model's 72 of 144
+    assert (slider["minimum"], slider["maximum"], slider["value"]) == (1, 100, 50) and "%" in slider["label"]
+    assert state == [None, None] and "Qwen2.5-VL" in words and "The Sweep tab" in words
+    slider, state, words = switch(str(DEFAULT_MODEL_DIR), 72)  # back to the embedded model: a count again
+    assert (slider["maximum"], slider["value"]) == (144, 72) and state == [144, [12, 12]]
+    assert words.startswith("Loaded") and "12x12 patches" in words
     pool = ScopePool(None, [qwen_dir])
     info = pool.get(qwen_dir).info()
     settings = ui.slider_settings(info["budget"])
