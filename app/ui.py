@@ -729,7 +729,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                table_note: table_caption(results, picked["projection"], picked["embedded"]),
                                results_state: list(results)}
                     elif event["kind"] == "inspect":
-                        inside = {"view": view, "cls_attention": event["cls_attention"], "grid": first_event["grid"]}
+                        # no view where the overlay is not drawn: the heatmaps are then drawn as the strip alone
+                        inside = {"view": view if drawn else None, "cls_attention": event["cls_attention"],
+                                  "grid": first_event["grid"]}
                         values_ = _inspect_updates(event, results, picked, tokens_plot, shares_plot, llm_heat,
                                                    cls_heat, consistency_plot, kl_plot, relevance, relevance_note,
                                                    heat_choice, view if over and drawn else None)
