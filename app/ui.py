@@ -401,8 +401,13 @@ def refusal_status(message: str, had_results: bool) -> str:
     return f"**Not run:** {message}.{kept}".replace("..", ".")
 
 
-def budget_words(keep: int | float | None, n_patches: int, grid: list[int]) -> str:
+def budget_words(keep: int | float | None, n_patches: int | None, grid: list[int] | None) -> str:
+    """The slider's value in words: a count of the fixed grid, or (``n_patches`` None: a model whose token count
+    depends on the image, ``Scope.info()["budget"]`` unit "ratio") a percentage of each image's own tokens."""
     keep = int(keep or 0)
+    if n_patches is None:
+        return (f"**{keep}%** of each image's visual tokens (this model's token count depends on the image; each card "
+                "says how many it had; vtw withdraws all at its layer K; none keeps all)")
     return (f"**{keep}** of {n_patches} visual tokens = **{keep / n_patches:.0%}** of the {grid[0]}x{grid[1]} grid "
             "(vtw withdraws all at its layer K; none keeps all)")
 
@@ -436,6 +441,44 @@ def sweep_table(rows: list[dict]) -> list[list]:
 
 # ------------------------------------------------------------------ the Blocks
 
+def slider_settings(budget: dict) -> dict:
+    """The budget slider from ``Scope.info()["budget"]``: a count (1..the grid's tokens) as it is; a ratio of each
+    image's tokens as a whole percentage (1..100), which ``library_budget`` turns back into ``keep_ratio``."""
+    if budget["unit"] == "ratio":
+        return {"minimum": max(1, round(budget["min"] * 100)), "maximum": round(budget["max"] * 100),
+                "value": round(budget["default"] * 100), "step": 1,
+                "label": "Budget: % of the image's visual tokens kept (release to re-run)"}
+    return {"minimum": budget["min"], "maximum": budget["max"], "value": budget["default"], "step": budget["step"],
+            "label": "Budget: visual tokens kept (release to re-run)"}
+
+
+def library_budget(value, budget: dict) -> dict:
+    """The slider's value as the library's budget argument: ``keep`` (a count) or ``keep_ratio`` (the percentage a
+    ratio slider shows, / 100); None: no budget."""
+    if value is None:
+        return {"keep": None}
+    if budget["unit"] == "ratio":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"keep={value!r}: expected a percentage of the image's visual tokens (1..100)")
+        return {"keep_ratio": value / 100}
+    return {"keep": int(value) if isinstance(value, float) and value.is_integer() else value}
+
+
+def model_words(name: str, picked: dict) -> str:
+    """The line under the Model menu once a model is loaded: its grid, or why there is none, and what the page does
+    not show for it (the overlay, the sweep) with the library's reasons."""
+    if picked["grid"] is not None:
+        said = (f"Loaded `{name}`: {picked['grid'][0]}x{picked['grid'][1]} patches, {picked['llm_layers']} LLM "
+                "layers.")
+    else:
+        said = (f"Loaded `{name}` ({picked['family_name']}, {picked['llm_layers']} LLM layers): the budget is "
+                f"{picked['budget']['sentence']}.")
+    notes = [picked["overlay"]["note"]] if not picked["overlay"]["drawn"] else []
+    if not picked["sweep"]["available"]:
+        notes.append(f"The Sweep tab: {picked['sweep']['reason']}.")
+    return " ".join([said, *notes])
+
+
 def speed_caption(report: dict) -> str:
     """What the measured-speed figure shows, from the report itself: the command, the model, the machine."""
     m, mach = report.get("model", {}), report.get("machine", {})
@@ -455,7 +498,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
     n_patches, grid = info["n_patches"], info["grid"]
     names = info["strategies"]
     controls = info["controls"]
-    default_keep = n_patches // 2
+    slider = slider_settings(info["budget"])
+    default_keep = slider["value"]
     first = examples[0] if examples else {"image": None, "question": ""}
 
     with gr.Blocks(title="PruneScope: visual-token pruning, side by side", analytics_enabled=False) as demo:
@@ -507,8 +551,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         strategies = gr.Dropdown(names, value=info["default_strategies"], multiselect=True,
                                                  label="Strategies (none always runs first, as the reference)",
                                                  elem_id="ps-strategies")
-                        keep = gr.Slider(1, n_patches, value=default_keep, step=1, elem_id="ps-keep",
-                                         label="Budget: visual tokens kept (release to re-run)")
+                        keep = gr.Slider(elem_id="ps-keep", **slider)
                         keep_words = gr.Markdown(budget_words(default_keep, n_patches, grid))
                         max_new = gr.Slider(1, 64, value=8, step=1, label="Max new tokens", elem_id="ps-max-new")
                         with gr.Accordion("Strategy parameters (the papers' defaults)", open=False, elem_id="ps-params"):
@@ -584,7 +627,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                     sweep_strategies = gr.Dropdown([s for s in names if s != "none"],
                                                    value=[s for s in info["default_strategies"] if s != "none"],
                                                    multiselect=True, label="Strategies (none runs as the reference)")
-                    sweep_budgets = gr.Textbox(value=",".join(str(round(n_patches * f)) for f in (0.333, 0.222, 0.111)),
+                    sweep_budgets = gr.Textbox(value=",".join(str(round(n_patches * f)) for f in (0.333, 0.222, 0.111))
+                                               if n_patches else "",
                                                label="Budgets (visual tokens, comma-separated)", elem_id="ps-sweep-budgets")
                     sweep_n = gr.Slider(5, 400, value=40, step=5, label="Questions", elem_id="ps-sweep-n")
                     sweep_types = gr.CheckboxGroup(["colour", "shape", "exist", "count", "position"],
@@ -684,19 +728,22 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             order = run_order(chosen)
             total = len(order)
             try:
+                picked = pool.get(model_name).info()
                 stream = pool.get(model_name).compare_stream(
-                    image_path, question_text, chosen or [], whole(keep_value), collect_params(values),
-                    max_new_tokens=whole(max_new_tokens), eta=0.003 if eta_value is None else float(eta_value))
+                    image_path, question_text, chosen or [], params=collect_params(values),
+                    max_new_tokens=whole(max_new_tokens), eta=0.003 if eta_value is None else float(eta_value),
+                    **library_budget(whole(keep_value), picked["budget"]))
                 first_event = next(stream)  # the library checks the whole request before its first event
             except ValueError as e:
                 yield refuse(e)
                 return
             view = first_event["view"]
-            picked = pool.get(model_name).info()
+            drawn = first_event.get("overlay_drawn", True)  # False: the library says the kept patches can't be drawn
+            seen_words = view_words(first_event) + (f"  \n{first_event['overlay_note']}" if not drawn else "")
             # every slot of this run laid out at once, waiting; the others empty (hidden by CSS)
             names_ = order + [None] * (len(cards) - total)
             yield {status: f"Running none, the unpruned reference (1 of {total})... The cards fill in below.",
-                   placeholder: "", view_image: overlays.as_seen(view), view_note: view_words(first_event),
+                   placeholder: "", view_image: overlays.as_seen(view), view_note: seen_words,
                    table: table_html([]), **{m: "" for m in messages.values()},
                    **{x: v for (title, picture, details), name in zip(cards, names_)
                       for x, v in ((title, card_waiting(name) if name else ""), (picture, None), (details, ""))}}
@@ -711,21 +758,27 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         nxt = (f"{done} of {total} done; running {order[done]}... The cards fill in below."
                                if done < total else
                                f"All strategies done ({total} of {total}); drawing the look-inside plots...")
-                        yield {status: nxt, title: card_title(r), picture: overlays.overlay(view, r),
+                        yield {status: nxt, title: card_title(r), picture: overlays.overlay(view, r) if drawn else None,
                                details: card_details(r), table: table_html(results),
                                table_note: table_caption(results, picked["projection"], picked["embedded"]),
                                results_state: list(results)}
                     elif event["kind"] == "inspect":
-                        inside = {"view": view, "cls_attention": event["cls_attention"], "grid": first_event["grid"]}
-                        values_ = _inspect_updates(event, results, info, tokens_plot, shares_plot, llm_heat,
+                        # no view where the overlay is not drawn: the heatmaps are then drawn as the strip alone
+                        inside = {"view": view if drawn else None, "cls_attention": event["cls_attention"],
+                                  "grid": first_event["grid"]}
+                        values_ = _inspect_updates(event, results, picked, tokens_plot, shares_plot, llm_heat,
                                                    cls_heat, consistency_plot, kl_plot, relevance, relevance_note,
-                                                   heat_choice, view if over else None)
+                                                   heat_choice, view if over and drawn else None)
                         values_[inside_state] = inside
+                        g = first_event["grid"]
+                        where = (f"on a {g[0]}x{g[1]} grid, budget {whole(keep_value)} of {g[0] * g[1]} visual tokens"
+                                 if picked["grid"] is not None else
+                                 f"on this image's {first_event['visual_tokens']} visual tokens, budget "
+                                 f"{whole(keep_value)}% of them")
+                        said = f" {event['inspect_note']}." if event.get("inspect_note") else ""
                         # the table again: a program calling /compare_stream gets the last message's values
-                        yield {status: f"Done: {len(results)} strategies on a {grid[0]}x{grid[1]} grid, budget "
-                                       f"{whole(keep_value)} of {n_patches} visual tokens: cards, table and "
-                                       "plots below.", table: table_html(results),
-                               **values_}
+                        yield {status: f"Done: {len(results)} strategies {where}: cards, table and plots below.{said}",
+                               table: table_html(results), **values_}
             except ValueError as e:  # refused after it started (the library checks first, so rarely)
                 if not in_page:
                     raise gr.Error(str(e), print_exception=False) from e
@@ -796,8 +849,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             try:
                 if isinstance(params, str):
                     params = json.loads(params or "{}")
-                return pool.get(model).compare(image, question, strategies, None if keep is None else keep, params,
-                                               max_new_tokens=int(max_new_tokens))
+                scope = pool.get(model)
+                return scope.compare(image, question, strategies, params=params, max_new_tokens=int(max_new_tokens),
+                                     **library_budget(keep, scope.info()["budget"]))
             except json.JSONDecodeError as e:
                 raise gr.Error(f"params is not valid JSON ({e.msg} at character {e.pos}): expected a mapping of "
                                'strategy names to mappings of their parameters, e.g. {"fastv": {"ratio": 0.75}}',
@@ -808,6 +862,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         def run_sweep(chosen, budgets_text, n, types, model_name, seed=0, band=False,
                       progress=gr.Progress(track_tqdm=True)):
             try:
+                sweep = pool.get(model_name).info()["sweep"]
+                if not sweep["available"]:
+                    raise ValueError(sweep["reason"])
                 budgets = []
                 for part in (budgets_text or "").split(","):
                     if part.strip():
@@ -839,10 +896,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 picked = pool.get(model_name).info()
             except ValueError as e:
                 return gr.skip(), gr.skip(), f"⚠ {e}"
-            n = picked["n_patches"]
-            return (gr.update(maximum=n, value=min(int(keep_value), n)), [n, picked["grid"]],
-                    f"Loaded `{model_name}`: {picked['grid'][0]}x{picked['grid'][1]} patches, "
-                    f"{picked['llm_layers']} LLM layers.")
+            settings = slider_settings(picked["budget"])
+            if picked["budget"]["unit"] == "count":  # a count carries over to the new grid, clamped to it
+                settings["value"] = min(int(keep_value), settings["maximum"])
+            return (gr.update(**settings), [picked["n_patches"], picked["grid"]], model_words(model_name, picked))
 
         model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status], api_visibility="private",
                             concurrency_id="model")

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import analysis, bench, cost, offworld, projection
+from . import analysis, bench, cost, offworld, projection, text_inputs
 from .engine import Engine
+from .budgets import keep_tokens
 from .images import load_image
 from .locks import FairLock
 from .model import DEFAULT_MODEL_DIR, check_question, load_model
@@ -83,6 +84,9 @@ SWEEP_NEW_TOKENS = 4  # tokens each question of a sweep decodes (``bench.evaluat
 # benchmarks.sweep_ceiling``, docs/robustness.md). The queue runs one request at a time, so this bounds how long one
 # visitor's sweep keeps the others waiting.
 SWEEP_CEILING = 20_000
+# The families ``pruning.adapters`` drives, by ``config.model_type``, as the app names them.
+FAMILY_NAMES = {"llava": "LLaVA-1.5", "qwen2_5_vl": "Qwen2.5-VL", "llava_onevision": "LLaVA-OneVision",
+                "llava_next": "LLaVA-NeXT", "internvl": "InternVL"}
 
 
 def strategy_controls(geometry=None) -> dict[str, list[dict]]:
@@ -295,20 +299,35 @@ class _LRU(OrderedDict):
         return value, False
 
 
-def _check_budget(keep, n_patches: int, notes: list | None = None) -> int | None:
-    """``keep`` as a whole number in 1..n_patches; above the grid it is clamped, and ``notes`` says so."""
+def _check_budget(keep, n_patches: int | None, notes: list | None = None) -> int | None:
+    """``keep`` as a whole number in 1..n_patches; above the grid it is clamped, and ``notes`` says so.
+    ``n_patches`` None: the count depends on the image (a dynamic grid), so only ``keep >= 1`` is checked here and
+    ``Scope.compare_stream`` clamps it to the image's own tokens once it is prepared."""
     if keep is None:
         return None
+    top = "1..N, N the image's own tokens" if n_patches is None else f"1..{n_patches}"
     if isinstance(keep, float) and keep.is_integer():
         keep = int(keep)
     if isinstance(keep, bool) or not isinstance(keep, int):
-        raise ValueError(f"keep={shown(keep)}: expected a whole number of visual tokens (1..{n_patches})")
+        raise ValueError(f"keep={shown(keep)}: expected a whole number of visual tokens ({top})")
     if keep < 1:
-        raise ValueError(f"keep={shown(keep)}: keep at least 1 of the {n_patches} visual tokens")
+        of = "this image's" if n_patches is None else f"the {n_patches}"
+        raise ValueError(f"keep={shown(keep)}: keep at least 1 of {of} visual tokens")
+    if n_patches is None:
+        return keep
     if keep > n_patches and notes is not None:
         notes.append(f"keep={shown(keep)} is more than the {n_patches} visual tokens of the grid: clamped to "
                      f"{n_patches}")
     return min(keep, n_patches)
+
+
+def _check_ratio(keep_ratio) -> float | None:
+    """``keep_ratio``: a share of the image's own visual tokens, in (0, 1]."""
+    if keep_ratio is None:
+        return None
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
+        raise ValueError(f"keep_ratio={shown(keep_ratio)}: expected a share of the image's visual tokens in (0, 1]")
+    return float(keep_ratio)
 
 
 class Scope:
@@ -333,6 +352,12 @@ class Scope:
             torch.set_num_threads(threads)
         self.engine = Engine(load_model(source, load_in_4bit=load_in_4bit, device=device))
         self.source = source
+        # The family (``config.model_type``) and whether its token grid is per image: Qwen2.5-VL's grid follows the
+        # image's size, the anyres families' and InternVL's rows follow its crops or tiles (``geometry.n_patches``
+        # is 0 there), so budgets, the view and the overlay cannot assume one grid.
+        self.family = self.engine.lm.model.config.model_type
+        self.family_name = FAMILY_NAMES.get(self.family, self.family)
+        self.dynamic = self.engine.geometry.n_patches == 0
         self.lock = FairLock()  # first come, first served: a Sweep lets go between questions (sweep)
         # Identical requests (same image pixels, question, strategy parameters, tokens) reuse their attention
         # trace and analyses, never their timings: when the budget slider moves, none's and vtw's traces
@@ -355,15 +380,61 @@ class Scope:
 
     # ------------------------------------------------------------ what the UI needs to build itself
     def info(self) -> dict:
+        """What the page is built from. On a family whose grid is per image (``dynamic``), ``grid`` and
+        ``n_patches`` are None (there is no one grid to name) and ``budget`` is a ratio of each image's own tokens;
+        ``overlay`` says whether the kept patches can be drawn over the image and, if not, why; ``sweep`` whether
+        the shapes sweep runs on this model."""
         g = self.engine.geometry
         return {"model": self.source, "embedded": self.is_embedded, "load_in_4bit": self.engine.lm.load_in_4bit,
-                "device": str(self.engine.device), "grid": [g.rows, g.cols], "n_patches": g.n_patches,
-                "image_size": g.image_size, "llm_layers": g.llm_layers, "vision_layers": g.vision_layers,
+                "device": str(self.engine.device), "family": self.family, "family_name": self.family_name,
+                "dynamic": self.dynamic, "grid": None if self.dynamic else [g.rows, g.cols],
+                "n_patches": None if self.dynamic else g.n_patches, "image_size": g.image_size or None,
+                "llm_layers": g.llm_layers, "vision_layers": g.vision_layers,
                 "feature_layer": g.feature_layer_index, "strategies": available(),
                 "default_strategies": [s for s in COMPARE_DEFAULT if s in available()],
-                "controls": strategy_controls(g), "repeats": REPEATS,
+                "controls": strategy_controls(g), "repeats": REPEATS, "budget": self.budget_info(),
+                "overlay": self.overlay_info(), "sweep": self.sweep_info(),
                 "question_forms": grammar.question_forms() if self.is_embedded else [],
                 "projection": self.projection_info()}
+
+    def budget_info(self) -> dict:
+        """How the page asks for a budget. A fixed grid: ``unit`` "count", 1..n_patches visual tokens. A dynamic grid:
+        ``unit`` "ratio", a share of each image's own tokens in (0, 1] (``compare_stream``'s ``keep_ratio``), because
+        a count has no maximum that holds for every image; ``keep`` as a count is still taken there, clamped to the
+        image's tokens. ``sentence`` says which, in words."""
+        g = self.engine.geometry
+        if not self.dynamic:
+            return {"unit": "count", "min": 1, "max": g.n_patches, "step": 1, "default": max(1, g.n_patches // 2),
+                    "sentence": f"a count of the {g.n_patches} visual tokens of the {g.rows}x{g.cols} grid"}
+        return {"unit": "ratio", "min": 0.01, "max": 1.0, "step": 0.01, "default": 0.5,
+                "sentence": f"a share of this image's own visual tokens: {self.family_name}'s token count depends on "
+                            "the image (" + ("its size" if self.family == "qwen2_5_vl" else "its crops or tiles") +
+                            "), so no count fits every image; each result says how many tokens its image had"}
+
+    def overlay_info(self) -> dict:
+        """Whether the kept patches can be drawn over the view: ``drawn``, and ``note`` (why not) when they are not.
+        LLaVA-1.5 and Qwen2.5-VL prune one row-major grid of the picture as the model sees it; the anyres families'
+        and InternVL's rows are several grids (crops or tiles) packed into one 1 x N strip, and the view is one of
+        those images, so a drawing of kept rows over it would be a partial or wrong picture."""
+        if self.family in ("llava", "qwen2_5_vl"):
+            return {"drawn": True, "note": None}
+        packed = ("the base image's tokens, then the crops' joint grid with a newline token closing each of its rows"
+                  if self.family != "internvl" else "each tile's pixel-shuffled tokens, tile after tile, the thumbnail "
+                  "last")
+        return {"drawn": False,
+                "note": f"The kept patches are not drawn for {self.family_name}: its image rows are {packed}, pruned "
+                        "as one 1 x N strip; the picture is only one of the images the model sees, so marks on it "
+                        "would misplace the rest. The cards give the counts."}
+
+    def sweep_info(self) -> dict:
+        """Whether ``sweep`` runs here: its budgets are counts of one fixed grid (the shapes questions' sweep), which a
+        dynamic grid does not have."""
+        if not self.dynamic:
+            return {"available": True, "reason": None}
+        return {"available": False,
+                "reason": f"the sweep is not run on {self.family_name}: its budgets are counts of one fixed grid, and "
+                          f"{self.family_name}'s token count changes from image to image (use the Compare tab's "
+                          "share of each image's tokens, or lmms-eval with the prunescope plugin)"}
 
     def projection_info(self) -> dict:
         """Whether results carry a projection to LLaVA-1.5-7B: ``available``, ``label`` (what it is projected from,
@@ -398,7 +469,7 @@ class Scope:
 
     def compare_stream(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
                        params: dict | None = None, max_new_tokens: int = 8, repeats: int = REPEATS, warmup: int = 1,
-                       eta: float = ETA, inspect: bool = True):
+                       eta: float = ETA, inspect: bool = True, keep_ratio: float | None = None):
         """Run every strategy (``none`` first) on one image and question; yield plain events as they finish.
         Every request is checked before anything runs; what was changed in it (the image's animation or
         rotation, control characters removed from the question, a budget above the grid clamped) is said in
@@ -406,7 +477,12 @@ class Scope:
 
         Timing: ``none`` runs ``warmup`` + ``repeats`` times; every other strategy ``warmup`` + ``repeats`` times,
         each repeat paired with a timed vision pass + prefill of ``none`` right before or after it (``timed_pairs``),
-        so its speedup is a ratio of runs made moments apart, with the per-repeat spread (``timing_fields``)."""
+        so its speedup is a ratio of runs made moments apart, with the per-repeat spread (``timing_fields``).
+
+        The budget: ``keep`` (a count) or ``keep_ratio`` (a share of the image's own tokens, in (0, 1]), not both.
+        On a dynamic grid (``info()["dynamic"]``) both are turned into a count once the image is prepared (a count is
+        clamped to the image's tokens; the notes say so). On a family that refuses a strategy (docs/strategies.md,
+        the strategy x family table) the refusal comes before the first event, so nothing runs."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
             raise ValueError(f"max_new_tokens={shown(max_new_tokens)}: expected 1..512")
         for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
@@ -415,21 +491,40 @@ class Scope:
         self.check_question(question)
         eta = bench.check_eta(eta)
         budget_notes: list[str] = []
-        keep = _check_budget(keep, self.engine.geometry.n_patches, budget_notes)
-        chosen = self._strategies(strategies, keep, params)
+        ratio = _check_ratio(keep_ratio)
+        if ratio is not None and keep is not None:
+            raise ValueError(f"keep={shown(keep)} and keep_ratio={shown(keep_ratio)}: give one budget, a count or a "
+                             "share of the image's tokens")
+        n_grid = None if self.dynamic else self.engine.geometry.n_patches
+        keep = _check_budget(keep, n_grid, budget_notes)
+        if ratio is not None and not self.dynamic:
+            keep = keep_tokens(ratio, n_grid)
+        # on a dynamic grid the strategies are checked with a stand-in count now and built with the image's own later
+        chosen = self._strategies(strategies, 1 if ratio is not None and keep is None else keep, params)
         for strategy in chosen:
             self.engine.check(strategy, max_new_tokens)  # layers beyond the model's depth, before running
         image_notes: list[str] = []
         image = load_image(image, notes=image_notes)  # the first step that reads more than the request itself
         with self.lock:
             prepared = self.engine.prepare(image, question)
+            if self.dynamic and (keep is not None or ratio is not None):
+                keep = self._image_budget(keep, ratio, prepared.n_image, budget_notes)
+                chosen = self._strategies(strategies, keep, params)
             digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
+            self._check_family(prepared, digest, chosen)
             view = self.view(prepared)
-            world = offworld.check(view, image.size, prepared.question, self.engine.lm.processor.image_processor,
-                                   self.is_embedded)
-            yield {"kind": "view", "view": view, "grid": [self.engine.geometry.rows, self.engine.geometry.cols],
+            if self.family == "llava":
+                world = offworld.check(view, image.size, prepared.question, self.engine.lm.processor.image_processor,
+                                       self.is_embedded)
+            else:  # the LLaVA processor's resize rule does not apply: say what this family's processor made
+                world = {"resize": self.family_resize(image.size, view, prepared), "warnings": [],
+                         "image_stats": None}
+            overlay = self.overlay_info()
+            yield {"kind": "view", "view": view,
+                   "grid": [prepared.rows or self.engine.geometry.rows, prepared.cols or self.engine.geometry.cols],
                    "view_note": world["resize"]["sentence"], "resize": world["resize"], "warnings": world["warnings"],
-                   "image_stats": world["image_stats"]}
+                   "image_stats": world["image_stats"], "overlay_drawn": overlay["drawn"],
+                   "overlay_note": overlay["note"], "visual_tokens": prepared.n_image}
             request_notes = image_notes + list(prepared.notes or [])
             reference = None
             for strategy in chosen:
@@ -448,6 +543,66 @@ class Scope:
                 yield {"kind": "result", "result": fields_}
             if inspect:
                 yield {"kind": "inspect", **self._inspect(image, digest, prepared, chosen, keep, eta)}
+
+    @staticmethod
+    def _image_budget(keep: int | None, ratio: float | None, n_image: int, notes: list) -> int:
+        """A dynamic grid's budget for one prepared image of ``n_image`` tokens: a count clamped to them, or a share
+        of them (``budgets.keep_tokens``); ``notes`` says what it became."""
+        if ratio is not None:
+            count = keep_tokens(ratio, n_image)
+            notes.append(f"keep_ratio={ratio:g}: {count} of this image's {n_image} visual tokens")
+            return count
+        if keep > n_image:
+            notes.append(f"keep={keep} is more than this image's {n_image} visual tokens: clamped to {n_image}")
+        return min(keep, n_image)
+
+    def _check_family(self, prepared, digest: str, chosen: list[Strategy]) -> None:
+        """Refuse, before anything runs, a strategy this model's family cannot run (docs/strategies.md, the strategy
+        x family table: topk-sim and visionzip need a [CLS] feature or per-patch keys, IVTP prunes inside the ViT by
+        [CLS] attention and queries the LLM with the [CLS] feature): each strategy's own selection is tried on this
+        image's vision pass (the cached one the analyses reuse), and the library's message is given with the
+        family's name. LLaVA-1.5 runs every strategy, so nothing is tried there."""
+        if self.family == "llava":
+            return
+        engine = self.engine
+        vision, _ = self._vision.get_or(digest, lambda: engine.vision_pass(prepared))
+        for strategy in chosen:
+            try:
+                if strategy.vit_prune_layers(engine.geometry.vision_layers, engine.geometry.feature_layer_index):
+                    engine.vision_pass(prepared, seed=strategy.seed, strategy=strategy)
+                elif strategy.stage == "before":
+                    ctx = vision
+                    if strategy.needs_projected or strategy.question_inputs():
+                        ctx = engine._strategy_inputs(prepared, vision, strategy)
+                    strategy.select_before_llm(ctx)
+                if strategy.needs_group_attention and strategy.llm_drop_layers(len(engine.layers)):
+                    text_inputs.pseudo_setup(engine, prepared, vision, strategy)  # IVTP's [CLS] fallback query
+            except ValueError as e:
+                raise ValueError(f"strategy {strategy.name} does not run on {self.family_name}: {e} (docs/strategies.md"
+                                 ", the strategy x family table)") from None
+
+    def family_resize(self, original: tuple[int, int], view: np.ndarray, prepared) -> dict:
+        """``resize`` for a family other than LLaVA-1.5 (``original`` [w, h], ``resized``, ``input`` [w, h] of the
+        picture shown, ``cut`` None, ``sentence``): what its processor made of the upload, from its own output."""
+        h, w = view.shape[:2]
+        ow, oh = original
+        out = {"original": [ow, oh], "resized": [w, h], "input": [w, h], "cut": None}
+        if self.family == "qwen2_5_vl":
+            out["sentence"] = (f"Your {ow} x {oh} image was resized to {w} x {h} px (Qwen2.5-VL's smart_resize: sides "
+                               f"rounded to whole merged tokens, nothing cut off): {prepared.rows} x {prepared.cols} = "
+                               f"{prepared.n_image} visual tokens, one per {h // prepared.rows} x {w // prepared.cols} "
+                               "px square.")
+        elif self.family == "internvl":
+            tiles = prepared.pixel_values.shape[0]
+            shown_ = "the thumbnail of the whole picture" if tiles > 1 else "the only tile"
+            out["sentence"] = (f"Your {ow} x {oh} image became {tiles} tile(s) of {w} x {h} px; shown: {shown_}. The "
+                               f"model sees {prepared.n_image} visual tokens over all tiles.")
+        else:
+            crops = prepared.pixel_values.reshape(-1, *prepared.pixel_values.shape[-3:]).shape[0]
+            out["sentence"] = (f"Your {ow} x {oh} image became a base image of {w} x {h} px (shown) and "
+                               f"{crops - 1} crop(s) of it at that size; the model sees {prepared.n_image} visual "
+                               "tokens over all of them (newline tokens included).")
+        return out
 
     def check_question(self, question) -> None:
         """The question's own checks, before any work and outside the lock: text, not empty, at most
@@ -481,24 +636,39 @@ class Scope:
     def warm_up(self) -> None:
         """One untimed comparison on a blank image, so the first visitor does not pay for cold kernels
         (its cache entries never match a real request's image)."""
-        blank = np.full((self.engine.geometry.image_size,) * 2 + (3,), 127, np.uint8)
-        for _ in self.compare_stream(blank, "How many objects are there?", COMPARE_DEFAULT,
-                                     keep=max(1, self.engine.geometry.n_patches // 2), repeats=1):
+        blank = np.full((self.engine.geometry.image_size or 224,) * 2 + (3,), 127, np.uint8)
+        budget = ({"keep_ratio": 0.5} if self.dynamic else {"keep": max(1, self.engine.geometry.n_patches // 2)})
+        for _ in self.compare_stream(blank, "How many objects are there?", COMPARE_DEFAULT, repeats=1, **budget):
             pass
 
     def compare(self, image, question: str, strategies=COMPARE_DEFAULT, keep: int | None = None,
                 params: dict | None = None, max_new_tokens: int = 8, repeats: int = REPEATS,
-                warmup: int = 1) -> list[dict]:
+                warmup: int = 1, keep_ratio: float | None = None) -> list[dict]:
         """The JSON API: one dict per strategy (``none`` first)."""
         return [e["result"] for e in self.compare_stream(image, question, strategies, keep, params, max_new_tokens,
-                                                          repeats, warmup, inspect=False) if e["kind"] == "result"]
+                                                          repeats, warmup, inspect=False, keep_ratio=keep_ratio)
+                if e["kind"] == "result"]
 
     def view(self, prepared) -> np.ndarray:
-        """(H, W, 3) uint8: the image as the model sees it (resized, cropped), from the processor's output."""
+        """(H, W, 3) uint8: the image as the model sees it (resized, cropped), from the processor's output.
+        Qwen2.5-VL: its flattened patches put back in place (the inverse of the processor's patch layout), so the
+        merged-token grid lies over it row-major. LLaVA-OneVision / NeXT: the base image (the first of the crops);
+        InternVL: the thumbnail (the last tile) or the only tile."""
         proc = self.engine.lm.processor.image_processor
         mean = torch.tensor(proc.image_mean).view(3, 1, 1)
         std = torch.tensor(proc.image_std).view(3, 1, 1)
-        pixels = prepared.pixel_values[0].float().cpu() * std + mean  # (3, H, W) in 0..1
+        pv = prepared.pixel_values.float().cpu()
+        if self.family == "qwen2_5_vl":
+            _, gh, gw = (int(x) for x in prepared.vision_inputs["image_grid_thw"][0])
+            m, ps, tp = proc.merge_size, proc.patch_size, proc.temporal_patch_size
+            # processor: (t, T, C, gh/m, m, ps, gw/m, m, ps) -> (t, gh/m, gw/m, m, m, C, T, ps, ps), flattened
+            x = pv[: gh * gw].reshape(gh // m, gw // m, m, m, 3, tp, ps, ps)[:, :, :, :, :, 0]
+            image = x.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, gh * ps, gw * ps)
+        elif self.family == "internvl":
+            image = pv[-1]
+        else:
+            image = pv.reshape(-1, *pv.shape[-3:])[0]
+        pixels = image * std + mean  # (3, H, W) in 0..1
         return (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
     def _inspect(self, image, digest: str, prepared, chosen: list[Strategy], keep: int | None, eta: float) -> dict:
@@ -509,8 +679,13 @@ class Scope:
         question = prepared.question
         sample = [bench.Sample(image, question, "")]
         vision, _ = self._vision.get_or(digest, lambda: engine.vision_pass(prepared))
-        out: dict = {"cls_attention": None, "consistency": None, "vtw_kl": None, "ivtp_relevance": None}
-        if vision.cls_attention is not None:
+        out: dict = {"cls_attention": None, "consistency": None, "vtw_kl": None, "ivtp_relevance": None,
+                     "inspect_note": None}
+        if self.family != "llava":
+            out["inspect_note"] = (f"The [CLS]-attention heatmap and VTC-CLS Fig. 2 are not drawn for "
+                                   f"{self.family_name}: its vision tower gives no [CLS] attention over these rows "
+                                   "(the strategies read a named substitute, mean attention received)")
+        elif vision.cls_attention is not None:
             out["cls_attention"] = vision.cls_attention.float().mean(1).tolist()  # (L_v, N)
             budget = keep if keep is not None else max(1, g.n_patches // 4)
             out["consistency"], _ = self._analyses.get_or(
@@ -545,6 +720,8 @@ class Scope:
         method's budget is comparable), ``prefill_gflops``, ``accuracy_ci`` (Wilson 95%) and ``budget_label``.
         ``seed`` (0..999; None or 0: the default set) draws another held-out question set and seeds random and
         kmeans."""
+        if self.dynamic:
+            raise ValueError(self.sweep_info()["reason"])
         seed = bench.check_seed(seed)
         strategies = check_strategy_names(strategies)
         if not strategies:

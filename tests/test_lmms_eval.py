@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -390,3 +391,63 @@ def test_one_image_per_document():
         _one_image(["clip.mp4"], "d")
     with pytest.raises(ValueError, match="gives 0 visual"):
         _one_image([], "d")
+
+
+# ------------------------------------------------------------------ the families beyond LLaVA-1.5 (issue 27)
+@pytest.fixture(scope="module")
+def family_checkpoints(tmp_path_factory):
+    from pruning.toy_families import build_family
+
+    root = tmp_path_factory.mktemp("lmms-families")
+    return {name: str(build_family(root / name, name, seed=1)) for name in ("qwen2.5-vl", "llava-next")}
+
+
+def _hub_cache(tmp_path, checkpoint: str, repo: str) -> Path:
+    """An offline hub cache holding ``checkpoint`` as ``repo`` (the layout huggingface_hub reads: refs/main names a
+    snapshot), so loading by hub id is tested without a network."""
+    import shutil
+
+    folder = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(checkpoint, folder / "snapshots" / ("0" * 40))
+    return tmp_path / "hub"
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "llava-next"])
+def test_generate_on_a_family_checkpoint_equals_the_engine(family, family_checkpoints, tmp_path, monkeypatch):
+    """The plugin's generate_until on a tiny Qwen2.5-VL (a dynamic grid) and LLaVA-NeXT (anyres): loaded by path, and
+    by hub id from an offline hub cache, through the same load_model; a count budget larger than some images'
+    tokens is accepted (it keeps them all there) and the answers and kept counts are the engine's own."""
+    from PIL import Image
+
+    from pruning.engine import Engine
+    from pruning.model import load_model
+
+    images = [Image.fromarray(np.random.RandomState(i).randint(0, 255, (h, w, 3), dtype=np.uint8))
+              for i, (h, w) in enumerate(((64, 80), (48, 48), (30, 100)))]
+    question = "What colour is the biggest shape?"
+    path = family_checkpoints[family]
+    repo = f"prunescope-test/tiny-{family}"
+    cache = _hub_cache(tmp_path, path, repo)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    engine = Engine(load_model(path, device="cpu"))
+    strategy = get_strategy("random", keep=60)
+    for source in (path, repo):
+        lm = _plugin(pretrained=source, strategy="random", keep=60, device="cpu")
+        assert type(lm.engine.model).__name__ == type(engine.model).__name__
+        lm.task_dict = {"t": {"test": [{"image": im} for im in images]}}
+        reqs = [_instance("generate_until", (question, {"max_new_tokens": 3, "until": []}, lambda d: [d["image"]],
+                                             i, "t", "test"), i) for i in range(len(images))]
+        out = lm.generate_until(reqs)
+        for i, (o, im) in enumerate(zip(out, images)):
+            answer, state = engine.generate(im, question, strategy, max_new_tokens=3)
+            n = engine.prepare(im, question).n_image
+            assert o.text == answer.strip(), (source, i)
+            counts = o.token_counts.to_dict()
+            assert counts["visual_tokens"] == n
+            assert counts["visual_tokens_kept"] == min(60, n) == len(state.kept_before)
+        assert len({o.token_counts.to_dict()["visual_tokens"] for o in out}) > 1  # the count follows the image

@@ -6,11 +6,13 @@ once the project is installed::
     python -m lmms_eval --model prunescope \\
         --model_args pretrained=llava-hf/llava-1.5-7b-hf,strategy=vtc-cls,keep=64,load_in_4bit=True --tasks gqa
 
-``model_args``: ``pretrained`` (a local LLaVA directory or hub id; default: the embedded model), ``strategy``
-(default ``none``), ``load_in_4bit``, ``device``, ``threads`` (CPU threads per process), ``attn_implementation``,
-and every parameter of the strategy (``keep``, ``layer``, ``stage``, ``positions``, ``seed``, ``k_layers``, ``tau``,
-...: the fields of its dataclass). Everything is checked when the model is built, before any request runs: an
-unknown strategy or parameter, a budget outside 1..the model's visual tokens, a layer beyond its depth.
+``model_args``: ``pretrained`` (a local directory or hub id of LLaVA-1.5, Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT
+or InternVL, loaded by the same ``load_model``; default: the embedded model), ``strategy`` (default ``none``),
+``load_in_4bit``, ``device``, ``threads`` (CPU threads per process), ``attn_implementation``, and every parameter
+of the strategy (``keep``, ``layer``, ``stage``, ``positions``, ``seed``, ``k_layers``, ``tau``, ...: the fields of
+its dataclass). Everything is checked when the model is built, before any request runs: an unknown strategy or
+parameter, a budget outside 1..the model's visual tokens (on a family whose token count is per image, only >= 1: a
+count above an image's tokens keeps them all), a layer beyond its depth.
 
 - ``generate_until``: the engine's prefill (pruned) and decode, greedy unless the task samples (temperature /
   top-p, seeded per document), ``max_new_tokens`` from the task's ``gen_kwargs`` (capped to what the context holds,
@@ -91,7 +93,10 @@ def _whole(value, name: str, where: str = "prunescope model_args"):
 
 
 def check_keep(keep, n_patches: int | None = None):
-    """``keep`` as a whole number of visual tokens, 1..n_patches (unknown before the model loads: >= 1 then)."""
+    """``keep`` as a whole number of visual tokens, 1..n_patches (unknown before the model loads: >= 1 then).
+    ``n_patches`` None also on a family whose token count is per image (Qwen2.5-VL, LLaVA-OneVision / NeXT,
+    InternVL: ``geometry.n_patches`` is 0): no bound holds for every image, and a count above an image's tokens
+    keeps them all (``Strategy.budget``), as ``python -m pruning ask`` clamps it."""
     if keep is None:
         return None
     keep = _whole(keep, "keep")
@@ -242,7 +247,7 @@ class PruneScopeLMM(lmms):
                                         attn_implementation=attn_implementation))
         self.pretrained = source
         # then the budget and the layers against the loaded model
-        check_keep(self.strategy.keep, self.engine.geometry.n_patches)
+        check_keep(self.strategy.keep, self.engine.geometry.n_patches or None)
         try:
             self.engine.check(self.strategy)
         except ValueError as e:
