@@ -42,7 +42,15 @@ def picture(tmp_path_factory):
     return str(path)
 
 
+def menu(model_dir: str) -> str:
+    """The Model menu's value for an allow-listed directory: its label, never the host's path."""
+    from pruning.compare import ScopePool
+
+    return ScopePool(None, [model_dir]).label(model_dir)
+
+
 def compare(client, image, strategies, keep, model, **extra):
+    model = menu(model)
     return client.predict(image=handle_file(image), question="What is in the picture?", strategies=strategies,
                           keep=keep, max_new_tokens=2, params={}, model=model, api_name="/compare", **extra)
 
@@ -72,7 +80,7 @@ def test_a_strategy_the_family_refuses_is_refused_in_words(served, qwen_dir, pic
 def test_the_sweep_is_refused_for_the_qwen_model(served, qwen_dir):
     _, client = served
     with pytest.raises(Exception, match="the sweep is not run on Qwen2.5-VL"):
-        client.predict(chosen=["random"], budgets_text="4", n=5, types=["count"], model_name=qwen_dir,
+        client.predict(chosen=["random"], budgets_text="4", n=5, types=["count"], model_name=menu(qwen_dir),
                        api_name="/sweep")
 
 
@@ -105,6 +113,7 @@ def test_switching_the_model_menu_sets_the_slider_from_info(served, qwen_dir):
 def stream(client, image, strategies, keep, model) -> list:
     """Every message ``/compare_stream`` sent (each a full tuple of the page's outputs; an output a message left as it
     was is an update dict)."""
+    model = menu(model)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/compare_stream"]
     unset = {p["parameter_name"]: None for p in api["parameters"] if not p["parameter_has_default"]}
     job = client.submit(image_path=handle_file(image), question_text="What is in the picture?", chosen=strategies,
