@@ -240,6 +240,9 @@ def test_off_world_input_the_view_the_question_forms_and_the_projection(app_serv
     page.set_input_files("#ps-image input[type=file]", str(path))
     page.wait_for_function("() => document.querySelector('#ps-status').innerText.startsWith('New image')")
     page.wait_for_selector("#ps-view-box", state="hidden")
+    # the removal alone says "New image" too: wait until the upload is the image shown (else Compare may run on none)
+    page.wait_for_function("() => { const i = document.querySelector('#ps-image img');"
+                           " return i && i.src.includes('landscape'); }")
     page.fill("#ps-question textarea", "What is in the sky?")
     page.click("#ps-run")
     wait_done(page, 4)

@@ -22,6 +22,17 @@ def open_accordion(page, elem_id: str):
     page.click(f"#{elem_id} .label-wrap")
 
 
+def fill_text(page, selector: str, text: str):
+    """Type ``text`` into a text box of an accordion just opened and make sure it stays: the box's own initial value
+    can arrive after the typing and replace it."""
+    for _ in range(10):
+        page.fill(selector, text)
+        page.wait_for_timeout(300)
+        if page.input_value(selector) == text:
+            return
+    raise AssertionError(f"{selector} does not keep {text!r}: {page.input_value(selector)!r}")
+
+
 def click_cell(page, selector: str, row: int, col: int, grid=(12, 12)):
     """Click the centre of patch (row, col) of an image drawn with object-fit: contain (letterboxed in its box)."""
     page.locator(selector).scroll_into_view_if_needed()
@@ -80,7 +91,7 @@ def test_probe_paint_film_and_lesson(app_server, browser, shots):
 
     # play a budget film (the Compare tab's strategies: vtc-cls, fastv, vtw; vtw has no budget)
     open_accordion(page, "ps-film-box")
-    page.fill("#ps-film-budgets textarea", "144, 36, 9")
+    fill_text(page, "#ps-film-budgets textarea", "144, 36, 9")
     page.click("#ps-film-run")
     page.wait_for_function("() => document.querySelectorAll('#ps-film-strip img').length === 6")
     strip = page.inner_text("#ps-film-strip")
