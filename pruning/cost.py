@@ -47,6 +47,32 @@ class VisionShape:
     gated_mlp: bool = False  # Qwen2.5-VL's ViT MLP is gated (gate, up, down): 3 matrices, not 2
     window: int = 0  # tokens per attention window (Qwen2.5-VL: 8 x 8 patches); 0: full attention in every layer
     full_attention_layers: tuple[int, ...] = ()  # 0-based layers with full attention despite ``window``
+    windows: tuple[int, ...] = ()  # one image's real window sizes in tokens (Qwen: smaller at the grid's edges);
+    #                                 () : every window counted as ``min(window, tokens)``
+
+
+@dataclass(frozen=True)
+class ImageCost:
+    """What one image costs on the vision side, as its family runs it (``Adapter.image_cost``): the tower's
+    shape for one pass, how many passes (crops, tiles), and the projector. ``projector_dims`` () means LLaVA-1.5's
+    MLP on the rows that enter the LLM (it runs after pruning); otherwise those matrices on all
+    ``projector_rows`` (the later families project every row before a strategy sees them)."""
+
+    vision: VisionShape
+    crops: int = 1
+    projector_dims: tuple[tuple[int, int], ...] = ()
+    projector_rows: int | None = None
+
+    def vision_flops(self, tokens_per_layer: list[int] | None = None) -> int:
+        """The tower over every crop or tile, plus the projector where the family runs it inside the vision pass
+        (``projector_dims`` given): ``Result.tflops["vision"]``."""
+        tower = self.crops * vision_flops(self.vision, tokens_per_layer)
+        return tower + (matrices_flops(self.projector_dims, self.projector_rows) if self.projector_dims else 0)
+
+    def prefill_projector_flops(self, projected: int) -> int:
+        """LLaVA-1.5's projector on the ``projected`` rows (it runs in the prefill, after pruning); 0 where the
+        family projected every row in the vision pass."""
+        return 0 if self.projector_dims else projector_flops(self.vision, projected)
 
 
 def llm_shape(text_config) -> LLMShape:
@@ -95,7 +121,8 @@ def vision_flops(v: VisionShape, tokens_per_layer: list[int] | None = None) -> i
     ViT); the projector is counted in the prefill. One image, crop or tile: a geometry with several multiplies
     (``schedule_flops``). A windowed layer (``v.window``, not in ``v.full_attention_layers``) attends within
     windows of ``v.window`` tokens, so its score and weighted-sum terms are ``t x window`` rather than ``t x t``
-    (exact when ``t`` is a multiple of the window, as on grids of whole windows; Qwen2.5-VL pads the rest)."""
+    (exact when ``t`` is a multiple of the window, as on grids of whole windows; Qwen2.5-VL's edge windows are
+    smaller: given ``v.windows``, the real sizes, the term is their sum of squares)."""
     n_patch = v.n_tokens - 1 if (v.cls_token and v.n_tokens > 1) else v.n_tokens
     embed = 2 * n_patch * v.channels * v.patch_size ** 2 * v.hidden
     d = v.hidden
@@ -103,14 +130,24 @@ def vision_flops(v: VisionShape, tokens_per_layer: list[int] | None = None) -> i
     mlp_matrices = 3 if v.gated_mlp else 2
     total = embed
     for i, t in enumerate(counts):
-        keys = t if not v.window or i in v.full_attention_layers else min(v.window, t)
-        total += 2 * t * d * d * 4 + 2 * 2 * t * keys * d + 2 * mlp_matrices * t * d * v.intermediate
+        if not v.window or i in v.full_attention_layers:
+            scores = t * t
+        elif v.windows and sum(v.windows) == t:  # the image's real windows
+            scores = sum(w * w for w in v.windows)
+        else:
+            scores = t * min(v.window, t)
+        total += 2 * t * d * d * 4 + 2 * 2 * scores * d + 2 * mlp_matrices * t * d * v.intermediate
     return total
 
 
 def projector_flops(v: VisionShape, projected_tokens: int) -> int:
     """LLaVA's 2-layer MLP projector on the tokens that enter the LLM."""
     return 2 * projected_tokens * (v.hidden * v.projector_out + v.projector_out * v.projector_out)
+
+
+def matrices_flops(dims, rows: int) -> int:
+    """Matrices (in, out) applied one after another to ``rows`` rows."""
+    return 2 * rows * sum(a * b for a, b in dims)
 
 
 def kv_cache_bytes(cache) -> list[int]:
@@ -170,10 +207,25 @@ def repeat_timed(fn: Callable[[], dict], repeats: int, warmup: int = 1) -> tuple
     return median_of(runs), value
 
 
+def vision_forward_flops(engine, image, question: str) -> tuple[int, int]:
+    """(estimated, FlopCounterMode) FLOPs of the family's stock vision forward alone (tower over every crop or
+    tile, and the projector where the family runs it there), without the engine's score hooks."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    prepared = engine.prepare(image, question)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        engine.adapter.stock_vision_forward(prepared)
+    return engine.adapter.image_cost(prepared).vision_flops(), counter.get_total_flops()
+
+
 def flop_check(engine, image, question: str, strategy) -> list[tuple[str, int, int]]:
     """(stage, estimated FLOPs, FlopCounterMode FLOPs) for vision, prefill and one decode step.
 
-    Run it on a model loaded with eager attention: FlopCounterMode does not count CPU SDPA kernels.
+    Run it on a model loaded with eager attention: FlopCounterMode does not count CPU SDPA kernels. On the families
+    whose scores are a substitute for [CLS] attention (Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT, InternVL), the
+    counted vision pass also holds the hooks that recompute each ViT block's attention for that score: the estimate
+    is the model's own forward (``vision_forward_flops`` counts that alone).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -189,9 +241,8 @@ def flop_check(engine, image, question: str, strategy) -> list[tuple[str, int, i
     if len(tokens) != 2:  # EOS first: no decode forward pass happened
         decode_counted = None
     rows = [
-        ("vision", vision_flops(engine.vision_shape, vision.vit_tokens), vision_counted),
-        ("prefill", projector_flops(engine.vision_shape, len(state.kept_before))
-         + prefill_flops(engine.llm_shape, state.tokens_per_layer), prefill_counted),
+        ("vision", engine.vision_flops(state), vision_counted),
+        ("prefill", round(engine.prefill_tflops(state) * 1e12), prefill_counted),
     ]
     if decode_counted is not None:
         rows.append(("decode", decode_token_flops(engine.llm_shape, [n + 1 for n in state.tokens_per_layer]),
@@ -423,7 +474,7 @@ def geometry_projector_flops(geometry, projected: int) -> int:
     dims = getattr(geometry, "projector_dims", ())
     if not dims:
         return projector_flops(geometry.vision, projected)
-    return 2 * geometry.projector_rows * sum(a * b for a, b in dims)
+    return matrices_flops(dims, geometry.projector_rows)
 
 
 def estimate(geometry, text_tokens: int, visual_tokens: int | None = None, strategy=None,

@@ -65,6 +65,7 @@ class PrefillState:
     kept_vit: list | None = None  # patches that left the ViT (None: all, no pruning inside the ViT)
     merge_groups: list | None = None  # per patch: the index into kept_before of the token it merged into, or -1
     projected_rows: int | None = None  # rows the projector ran on, when not the kept ones (needs_projected: all N)
+    image_cost: cost.ImageCost | None = None  # the image's vision-side shapes for FLOPs (``Adapter.image_cost``)
 
 
 @dataclass
@@ -84,14 +85,16 @@ class Result:
     generated_tokens: list[int]
     timings: dict  # vision_ms (ViT + [CLS] rows), prefill_ms (selection, projector, LLM), decode_ms_per_token,
     #                total_ms: medians of untraced repeats
-    tflops: dict  # vision (ViT), prefill (projector + LLM + LM head), decode_per_token, total (estimates)
+    tflops: dict  # vision (ViT over every crop or tile; the later families' projector, which runs there), prefill
+    #               (LLaVA-1.5's projector + LLM + LM head), decode_per_token, total (estimates)
     kv_cache_bytes: int  # after prefill + decode, from the cache's tensors
     kv_cache_bytes_per_layer: list[int]
     peak_memory_bytes: int | None  # CUDA: max allocated; CPU: None (not measured per run)
     device: str
     trace: dict | None = None
     notes: list | None = None  # fallbacks a strategy took, in words
-    vit_tokens_per_layer: list | None = None  # tokens in each ViT layer (all N+1 unless pruned inside the ViT)
+    vit_tokens_per_layer: list | None = None  # tokens in each ViT layer, per crop or tile (all N+1 unless pruned
+    #                                             inside the ViT)
     kept_vit: list | None = None  # patches that left the ViT; None: all (only IVTP prunes inside the ViT)
     merge_groups: list | None = None  # merging strategies: per patch of the grid, the position in ``kept`` of
     #                                   the token whose feature absorbed it, -1 where none did; None: no merging
@@ -327,6 +330,7 @@ class Engine:
             kept_vit=vision.patch_ids.tolist() if vision.patch_ids is not None else None,
             merge_groups=selection.groups.tolist() if selection.groups is not None else None,
             projected_rows=vision.projected.shape[0] if vision.projected is not None else None,
+            image_cost=self.adapter.image_cost(prepared),
         )
 
     def _strategy_inputs(self, prepared: Prepared, vision: VisionContext, strategy: Strategy) -> VisionContext:
@@ -473,10 +477,16 @@ class Engine:
         return summarize_trace(store, state.layer_tokens, prepared, prepared.n_image, len(tokens))
 
     def prefill_tflops(self, state: PrefillState) -> float:
-        """The prefill's TFLOPs estimate from the token counts it ran: projector on the kept rows, every LLM layer,
-        the LM head on the last position (``Result.tflops["prefill"]``)."""
-        return (cost.projector_flops(self.vision_shape, state.projected_rows or len(state.kept_before))
-                + cost.prefill_flops(self.llm_shape, state.tokens_per_layer)) / 1e12
+        """The prefill's TFLOPs estimate from the token counts it ran: LLaVA-1.5's projector on the kept rows (the
+        later families project in the vision pass, counted there), every LLM layer, the LM head on the last
+        position (``Result.tflops["prefill"]``)."""
+        projector = state.image_cost.prefill_projector_flops(state.projected_rows or len(state.kept_before))
+        return (projector + cost.prefill_flops(self.llm_shape, state.tokens_per_layer)) / 1e12
+
+    def vision_flops(self, state: PrefillState) -> int:
+        """The vision pass's FLOPs estimate: the tower over every crop or tile of this image (over the token counts
+        it ran), plus the projector where the family runs it there (``Result.tflops["vision"]`` x 1e12)."""
+        return state.image_cost.vision_flops(state.vit_tokens)
 
     def make_result(self, prepared, strategy, state: PrefillState, tokens, timings, peak, trace_dict) -> Result:
         """The ``Result`` of a run: the answer, token counts, ``timings`` as given, TFLOPs from the token counts the
@@ -486,7 +496,7 @@ class Engine:
         kv_layers = cost.kv_cache_bytes(state.cache)
         # decode FLOPs are reported for the first decoded token (cache = prompt + 1 per layer)
         kv_lengths = [n + 1 for n in state.tokens_per_layer]
-        tf_vision = cost.vision_flops(self.vision_shape, state.vit_tokens) / 1e12
+        tf_vision = self.vision_flops(state) / 1e12
         tf_prefill = self.prefill_tflops(state)
         tf_decode = cost.decode_token_flops(self.llm_shape, kv_lengths) / 1e12
         steps = max(len(tokens) - 1, 0)
@@ -500,7 +510,7 @@ class Engine:
                     "total": tf_vision + tf_prefill + steps * tf_decode},
             kv_cache_bytes=sum(kv_layers), kv_cache_bytes_per_layer=kv_layers, peak_memory_bytes=peak,
             device=str(self.device), trace=trace_dict, notes=(prepared.notes or []) + (state.notes or []),
-            vit_tokens_per_layer=state.vit_tokens or [self.vision_shape.n_tokens] * self.vision_shape.layers,
+            vit_tokens_per_layer=state.vit_tokens or [state.image_cost.vision.n_tokens] * state.image_cost.vision.layers,
             kept_vit=state.kept_vit, merge_groups=state.merge_groups,
         )
 

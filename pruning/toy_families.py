@@ -91,7 +91,8 @@ def _onevision(tok):
                                                       image_grid_pinpoints=ONEVISION_PINPOINTS)
     config = LlavaOnevisionConfig(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=4, num_attention_heads=4, image_size=size, patch_size=patch),
+                           num_hidden_layers=4, num_attention_heads=4, image_size=size, patch_size=patch,
+                           vision_use_head=False),  # as the real checkpoints (and the stock config's default)
         text_config=dict(model_type="qwen2", **TEXT, **_text_ids(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=ONEVISION_PINPOINTS,

@@ -106,6 +106,27 @@ class AnyresAdapter(Adapter):
                                 n_tokens=side * side + int(has_cls), projector_out=self.text_config.hidden_size,
                                 cls_token=has_cls)
 
+    def image_cost(self, prepared: Prepared):
+        """The tower once per crop (anyres: the base image and its crops) or tile (InternVL: the tiles and the
+        thumbnail), as many as the processor made for this image, and the projector, which the stock
+        ``get_image_features`` runs on every row of every crop before a strategy sees them."""
+        from .. import cost
+
+        config = self.model.config
+        shape = self.vision_shape()
+        side = self.geometry.image_size // self.geometry.patch_size
+        if self.family == "internvl":  # pixel_values (tiles, C, H, W); pixel shuffle: side^2 patches -> fewer rows
+            crops = int(prepared.pixel_values.shape[0])
+            per_crop = round(side * config.downsample_ratio) ** 2
+        else:  # pixel_values (1 image, crops, C, H, W); the [CLS] column is dropped before the projector
+            crops = int(prepared.pixel_values.shape[1])
+            per_crop = side * side + (1 if config.vision_feature_select_strategy == "full" and shape.cls_token else 0)
+        return cost.ImageCost(shape, crops=crops, projector_dims=self.projector_dims(self.projector),
+                              projector_rows=crops * per_crop)
+
+    def stock_vision_forward(self, prepared: Prepared):
+        return self.model.model.get_image_features(pixel_values=prepared.pixel_values, **prepared.vision_inputs)
+
     def image_tokens(self, inputs) -> tuple[int, int, int]:
         n = int((inputs["input_ids"][0] == self.image_token_id).sum())
         return n, 1, n

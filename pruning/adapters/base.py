@@ -168,6 +168,21 @@ class Adapter:
 
         return cost.vision_shape(self.model.config)
 
+    def image_cost(self, prepared: Prepared):
+        """This image's vision-side shapes for FLOPs (``pruning.cost.ImageCost``); LLaVA-1.5: one pass of the
+        tower, its MLP projector on the rows that enter the LLM."""
+        from .. import cost
+
+        return cost.ImageCost(self.vision_shape())
+
+    def stock_vision_forward(self, prepared: Prepared):
+        """The family's own vision forward on ``prepared`` (no hooks): what ``image_cost`` estimates."""
+        raise NotImplementedError
+
+    def projector_dims(self, module) -> tuple[tuple[int, int], ...]:
+        """(in, out) of ``module``'s linear layers in the order they run (read from the loaded modules)."""
+        return tuple((m.in_features, m.out_features) for m in module.modules() if isinstance(m, torch.nn.Linear))
+
     def vision_pass(self, prepared: Prepared, seed: int = 0, strategy=None):
         raise NotImplementedError
 

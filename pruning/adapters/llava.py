@@ -73,6 +73,9 @@ class LlavaAdapter(Adapter):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.projector(features.to(self.device))
 
+    def stock_vision_forward(self, prepared: Prepared):
+        return self.vision_tower(prepared.pixel_values, output_hidden_states=True, return_dict=True)
+
     @torch.no_grad()
     def vision_pass(self, prepared: Prepared, seed: int = 0, strategy=None) -> VisionContext:
         """Patch features at vision_feature_layer and the [CLS] attention row at every ViT layer; a

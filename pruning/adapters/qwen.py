@@ -94,6 +94,32 @@ class Qwen25VLAdapter(Adapter):
                                 patch_size=vc.patch_size, channels=vc.in_channels * vc.temporal_patch_size,
                                 n_tokens=1, projector_out=vc.out_hidden_size)
 
+    def image_cost(self, prepared: Prepared):
+        """This image's ViT: its T x H x W patches (the temporal patch folds the two frames into the channels), its
+        real attention windows (``get_vision_window_index``, the stock tower's own; smaller at the grid's edges)
+        in every block but ``fullatt_block_indexes``, the gated MLP, and the PatchMerger (Qwen's projector, inside
+        the tower) on every merged token."""
+        import dataclasses
+
+        from transformers.vision_utils import get_vision_window_index
+
+        from .. import cost
+
+        vc = self.model.config.vision_config
+        grid = prepared.vision_inputs["image_grid_thw"]
+        n = int(grid[0].prod())
+        _, bounds = get_vision_window_index(grid.cpu(), spatial_merge_size=self.merge, window_size=vc.window_size,
+                                            patch_size=vc.patch_size)
+        windows = tuple(int(b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)  # patches per window
+        shape = dataclasses.replace(
+            self.vision_shape(), n_tokens=n, cls_token=False, gated_mlp=True, windows=windows,
+            window=(vc.window_size // vc.patch_size) ** 2, full_attention_layers=tuple(vc.fullatt_block_indexes))
+        return cost.ImageCost(shape, projector_dims=self.projector_dims(self.visual.merger),
+                              projector_rows=n // self.merge ** 2)
+
+    def stock_vision_forward(self, prepared: Prepared):
+        return self.visual(prepared.pixel_values, grid_thw=prepared.vision_inputs["image_grid_thw"])
+
     # ---------------------------------------------------------------- inputs
     def image_tokens(self, inputs) -> tuple[int, int, int]:
         t, h, w = (int(x) for x in inputs["image_grid_thw"][0])
