@@ -223,9 +223,10 @@ def flop_check(engine, image, question: str, strategy) -> list[tuple[str, int, i
     """(stage, estimated FLOPs, FlopCounterMode FLOPs) for vision, prefill and one decode step.
 
     Run it on a model loaded with eager attention: FlopCounterMode does not count CPU SDPA kernels. On the families
-    whose scores are a substitute for [CLS] attention (Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT, InternVL), the
-    counted vision pass also holds the hooks that recompute each ViT block's attention for that score: the estimate
-    is the model's own forward (``vision_forward_flops`` counts that alone).
+    whose scores are a substitute for [CLS] attention (Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT, InternVL), a strategy
+    that reads the score makes the engine recompute each ViT block's attention when it first reads it, in the
+    prefill's selection: counted there, not in the estimate, which is the model's own forward
+    (``vision_forward_flops`` counts the vision forward alone).
     """
     from torch.utils.flop_counter import FlopCounterMode
 

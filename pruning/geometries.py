@@ -73,6 +73,7 @@ class ModelGeometry:
     projector_dims: tuple[tuple[int, int], ...] = ()  # the projector's matrices (in, out); () = LLaVA's MLP
     projector_rows: int | None = None  # rows the projector runs on before any pruning (None: only the kept ones)
     layout: str = ""  # how an image becomes the visual tokens, in words
+    image_px: int = 336  # the side of the square image the geometry's token counts are for
 
     @property
     def n_patches(self) -> int:
@@ -90,7 +91,7 @@ class ModelGeometry:
                 "feature_layer_index": self.feature_layer_index, "family": self.family, "crops": self.crops,
                 "vit_tokens_per_crop": self.vision.n_tokens, "visual_tokens": self.n_patches,
                 "projector_rows": self.projector_rows, "projector_dims": [list(d) for d in self.projector_dims],
-                "layout": self.layout}
+                "layout": self.layout, "image_px": self.image_px}
 
 
 _CLIP_L_336 = dict(hidden=1024, intermediate=4096, layers=24, patch_size=14, channels=3, n_tokens=24 * 24 + 1)
@@ -127,7 +128,7 @@ def _family_geometries() -> dict[str, ModelGeometry]:
         llm=LLMShape(vocab=152128, **_QWEN_7B),
         vision=VisionShape(hidden=1152, intermediate=4304, layers=26, patch_size=14, channels=3, n_tokens=ov_side ** 2,
                            projector_out=3584, cls_token=False),
-        rows=1, cols=ov_rows, vision_feature_layer=-1, crops=1 + ov_crops ** 2,
+        rows=1, cols=ov_rows, vision_feature_layer=-1, crops=1 + ov_crops ** 2, image_px=768,
         projector_dims=((1152, 3584), (3584, 3584)), projector_rows=(1 + ov_crops ** 2) * ov_side ** 2,
         layout=f"768 x 768 px: base + 2 x 2 crops of {ov_side} x {ov_side} SigLIP patches (no [CLS]); LLM rows = "
                f"base {ov_side ** 2} + crops {2 * ov_side} x {2 * ov_side} + {2 * ov_side} newlines = {ov_rows}",
@@ -139,7 +140,7 @@ def _family_geometries() -> dict[str, ModelGeometry]:
         name="llava-next-7b", family="llava_next",
         llm=LLMShape(hidden=4096, heads=32, kv_heads=32, head_dim=128, intermediate=11008, vocab=32064, layers=32),
         vision=VisionShape(projector_out=4096, **_CLIP_L_336),
-        rows=1, cols=nx_rows, vision_feature_layer=-2, crops=1 + nx_crops ** 2,
+        rows=1, cols=nx_rows, vision_feature_layer=-2, crops=1 + nx_crops ** 2, image_px=672,
         projector_dims=((1024, 4096), (4096, 4096)), projector_rows=(1 + nx_crops ** 2) * nx_side ** 2,
         layout=f"672 x 672 px: base + 2 x 2 crops of {nx_side} x {nx_side} CLIP patches (+ [CLS], dropped); LLM rows = "
                f"base {nx_side ** 2} + crops {2 * nx_side} x {2 * nx_side} + {2 * nx_side} newlines = {nx_rows}",
@@ -152,7 +153,7 @@ def _family_geometries() -> dict[str, ModelGeometry]:
         vision=VisionShape(hidden=1280, intermediate=3420, layers=32, patch_size=14, channels=3 * 2,
                            n_tokens=q_side ** 2, projector_out=3584, cls_token=False, gated_mlp=True,
                            window=window ** 2, full_attention_layers=(7, 15, 23, 31)),
-        rows=q_side // merge, cols=q_side // merge, vision_feature_layer=-1,
+        rows=q_side // merge, cols=q_side // merge, vision_feature_layer=-1, image_px=672,
         projector_dims=((1280 * merge ** 2, 1280 * merge ** 2), (1280 * merge ** 2, 3584)),
         projector_rows=(q_side // merge) ** 2,
         layout=f"672 x 672 px (dynamic resolution; this size fixed): {q_side} x {q_side} patches of 14 px (2 frames), "
@@ -167,7 +168,7 @@ def _family_geometries() -> dict[str, ModelGeometry]:
         llm=LLMShape(vocab=151674, **_QWEN_7B),
         vision=VisionShape(hidden=1024, intermediate=4096, layers=24, patch_size=14, channels=3,
                            n_tokens=iv_side ** 2 + 1, projector_out=3584),
-        rows=1, cols=iv_tiles * iv_per_tile, vision_feature_layer=-1, crops=iv_tiles,
+        rows=1, cols=iv_tiles * iv_per_tile, vision_feature_layer=-1, crops=iv_tiles, image_px=896,
         projector_dims=((1024 * 4, 3584), (3584, 3584)), projector_rows=iv_tiles * iv_per_tile,
         layout=f"896 x 896 px: 2 x 2 tiles of 448 px + the thumbnail = {iv_tiles} tiles of {iv_side} x {iv_side} "
                f"patches (+ [CLS], dropped); pixel shuffle 0.5 -> {iv_per_tile} rows per tile, "

@@ -39,7 +39,7 @@ def test_vision_estimate_equals_the_stock_forward(eager_engines, family, shape):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_prefill_and_decode_estimates_equal_the_counts(eager_engines, family):
+def test_estimates_equal_the_counts_and_the_score_is_paid_only_when_read(eager_engines, family):
     engine = eager_engines[family]
     for strategy in (get_strategy("none"), get_strategy("random", keep=5)):
         rows = dict((stage, (est, counted)) for stage, est, counted in
@@ -47,8 +47,13 @@ def test_prefill_and_decode_estimates_equal_the_counts(eager_engines, family):
         for stage in ("prefill", "decode"):
             est, counted = rows[stage]
             assert est == counted, (family, strategy.name, stage)
-        est, counted = rows["vision"]  # the engine's pass also recomputes attention for the substitute score
-        assert counted > est
+        est, counted = rows["vision"]  # neither reads the substitute score: it is never computed
+        assert est == counted, (family, strategy.name)
+    # vtc-cls reads it: the ViT layers' attention is recomputed then, in the prefill's selection (not model FLOPs)
+    rows = {stage: (e, c) for stage, e, c in cost.flop_check(engine, image(48, 80), QUESTION,
+                                                            get_strategy("vtc-cls", keep=5))}
+    assert rows["vision"][0] == rows["vision"][1]
+    assert rows["prefill"][1] > rows["prefill"][0]
 
 
 def test_image_cost_follows_the_image(eager_engines):

@@ -47,8 +47,9 @@ SCORE_NOTE = ("scores are the mean attention each row's patches receive in the V
 @contextlib.contextmanager
 def record_attention_received(attentions, store: list):
     """Forward hooks on each ViT attention module's query / key projections (InternVL: its q_norm / k_norm, after
-    the optional norm): per layer, (B, H, T) attention each token receives, summed over the B crops' own queries and
-    divided by T (each crop's scores of a head sum to 1); removed on exit."""
+    the optional norm): per layer, a callable appended to ``store`` that gives (B, H, T), the attention each token
+    receives, summed over the B crops' own queries and divided by T (each crop's scores of a head sum to 1). The
+    hooks keep the queries and keys only; the scores are computed when called. Removed on exit."""
     handles, queries = [], {}
 
     def names(attn):
@@ -61,13 +62,16 @@ def record_attention_received(attentions, store: list):
 
     def k_hook(i, attn):
         def hook(module, args, output):
-            q = queries.pop(i)
-            b, t, _ = output.shape
-            heads = attn.num_heads
-            q = q.view(b, t, heads, -1).transpose(1, 2).float()  # (B, H, T, hd)
-            k = output.view(b, t, heads, -1).transpose(1, 2).float()
-            probs = ((q @ k.transpose(2, 3)) * attn.scale).softmax(-1)  # (B, H, T, T)
-            store.append((probs.sum(2) / t).detach())  # (B, H, T)
+            q, k = queries.pop(i).detach(), output.detach()
+
+            def received():
+                b, t, _ = k.shape
+                heads = attn.num_heads
+                qh = q.view(b, t, heads, -1).transpose(1, 2).float()  # (B, H, T, hd)
+                kh = k.view(b, t, heads, -1).transpose(1, 2).float()
+                probs = ((qh @ kh.transpose(2, 3)) * attn.scale).softmax(-1)  # (B, H, T, T)
+                return probs.sum(2) / t  # (B, H, T)
+            store.append(received)
         return hook
 
     try:
@@ -150,17 +154,21 @@ class AnyresAdapter(Adapter):
         if strategy is not None and strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index):
             raise ValueError(f"strategy {strategy.name!r} prunes inside the ViT by [CLS] attention: no [CLS] rows "
                              f"are carried to the packed rows of {self.family} (see pruning/adapters/anyres.py)")
-        received: list[torch.Tensor] = []
+        received: list = []
         with record_attention_received(self.attentions(), received):
             out = self.model.model.get_image_features(pixel_values=prepared.pixel_values, **prepared.vision_inputs)
         rows = torch.cat([r.reshape(-1, r.shape[-1]) for r in out.pooler_output])  # (N, D); InternVL: tile by tile
-        scores = torch.stack([self.pack_scores(r, prepared) for r in received])  # (L_v, H, N)
-        if scores.shape[-1] != rows.shape[0]:
-            raise ValueError(f"{self.family}: {scores.shape[-1]} packed scores for {rows.shape[0]} rows")
+
+        def scores():  # on first read of cls_attention
+            packed = torch.stack([self.pack_scores(layer(), prepared) for layer in received])  # (L_v, H, N)
+            if packed.shape[-1] != rows.shape[0]:
+                raise ValueError(f"{self.family}: {packed.shape[-1]} packed scores for {rows.shape[0]} rows")
+            return packed
+
         return SubstituteScores(
-            patch_features=rows, cls_attention=scores, cls_feature=None, feature_layer=g.feature_layer_index,
+            patch_features=rows, cls_attention=None, cls_feature=None, feature_layer=g.feature_layer_index,
             rows=prepared.rows, cols=prepared.cols, generator=torch.Generator().manual_seed(seed),
-            score_note=SCORE_NOTE.format(family=self.family),
+            score_note=SCORE_NOTE.format(family=self.family), score_fn=scores,
         )
 
     def attentions(self) -> list:

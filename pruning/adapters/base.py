@@ -49,13 +49,22 @@ class SubstituteScores(VisionContext):
     """A ``VisionContext`` whose ``cls_attention`` holds a substitute score, named in ``score_note``, for a vision
     tower without [CLS] (Qwen2.5-VL). It records whether a strategy read ``cls_attention`` (directly or through
     ``cls_scores``), so that the engine names the substitute in the result's notes exactly when a strategy used it,
-    and never otherwise. ``dataclasses.replace`` (the engine's ``_strategy_inputs``) keeps the class and the note."""
+    and never otherwise. ``dataclasses.replace`` (the engine's ``_strategy_inputs``) keeps the class and the note.
+
+    The score is computed on first read: the vision pass's hooks keep only what it needs (``score_fn`` computes it
+    from them), so a strategy that never reads it (none, random, pooling ...) does not pay for it in time."""
 
     score_note: str = ""
+    score_fn: object = None  # () -> (L_v, H, N) ``cls_attention``, called on its first read (then dropped)
 
     def __getattribute__(self, name):
         if name == "cls_attention":
-            object.__setattr__(self, "_read_cls_attention", True)
+            state = object.__getattribute__(self, "__dict__")
+            state["_read_cls_attention"] = True
+            if state.get("cls_attention") is None and state.get("score_fn") is not None:
+                with torch.no_grad():
+                    state["cls_attention"] = state["score_fn"]()
+                state["score_fn"] = None
         return super().__getattribute__(name)
 
     def substitute_used(self) -> bool:

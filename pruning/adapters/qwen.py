@@ -41,24 +41,28 @@ SCORE_NOTE = ("scores are the mean attention each merged token's patches receive
 
 @contextlib.contextmanager
 def record_attention_received(blocks, store: list):
-    """Forward hooks on each ViT block's attention: (H, T) attention received per patch (window order), appended to
-    ``store`` per block; removed on exit. Recomputes q and k from the block's ``qkv`` and its rotary embedding
-    (the stock ``apply_rotary_pos_emb_vision``), over each window of ``cu_seqlens``."""
+    """Forward hooks on each ViT block's attention: per block, a callable appended to ``store`` that gives (H, T),
+    the attention received per patch (window order), recomputing q and k from the block's ``qkv`` and its rotary
+    embedding (the stock ``apply_rotary_pos_emb_vision``) over each window of ``cu_seqlens``. The hooks keep the
+    block's input only; the scores are computed when called. Removed on exit."""
     handles = []
 
     def hook(module, args, kwargs, output):
-        x = args[0] if args else kwargs["hidden_states"]  # (T, D), window order
-        t = x.shape[0]
-        q, k, _ = module.qkv(x).reshape(t, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        x = (args[0] if args else kwargs["hidden_states"]).detach()  # (T, D), window order
         cos, sin = kwargs["position_embeddings"]
-        q, k = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(q, k, cos, sin)
         bounds = kwargs["cu_seqlens"].tolist()
-        received = torch.zeros(module.num_heads, t, device=x.device)
-        for s0, s1 in zip(bounds[:-1], bounds[1:]):
-            qs, ks = q[s0:s1].transpose(0, 1).float(), k[s0:s1].transpose(0, 1).float()  # (H, w, hd)
-            probs = ((qs @ ks.transpose(1, 2)) * module.scaling).softmax(-1)  # (H, w, w)
-            received[:, s0:s1] = probs.sum(1) / t
-        store.append(received.detach())
+
+        def received():
+            t = x.shape[0]
+            q, k, _ = module.qkv(x).reshape(t, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            q, k = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision(q, k, cos, sin)
+            out = torch.zeros(module.num_heads, t, device=x.device)
+            for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                qs, ks = q[s0:s1].transpose(0, 1).float(), k[s0:s1].transpose(0, 1).float()  # (H, w, hd)
+                probs = ((qs @ ks.transpose(1, 2)) * module.scaling).softmax(-1)  # (H, w, w)
+                out[:, s0:s1] = probs.sum(1) / t
+            return out
+        store.append(received)
 
     try:
         for block in blocks:
@@ -150,7 +154,7 @@ class Qwen25VLAdapter(Adapter):
         from transformers.vision_utils import get_vision_window_index
 
         grid = prepared.vision_inputs["image_grid_thw"]
-        received: list[torch.Tensor] = []
+        received: list = []
         with record_attention_received(self.visual.blocks, received):
             out = self.visual(prepared.pixel_values, grid_thw=grid)
         merged = out.pooler_output  # (N, D) after the PatchMerger, row-major
@@ -158,10 +162,14 @@ class Qwen25VLAdapter(Adapter):
         window_index, _ = get_vision_window_index(grid, spatial_merge_size=self.merge, window_size=vc.window_size,
                                                   patch_size=vc.patch_size)  # the order the blocks saw
         unit = self.merge ** 2  # patches per merged token, consecutive in window order
-        scores = torch.stack([r.view(r.shape[0], -1, unit).sum(-1) for r in received])  # (L_v, H, N) window order
-        scores = scores[:, :, torch.argsort(window_index.to(scores.device))]  # row-major, as ``merged``
+
+        def scores():  # on first read of cls_attention
+            per_block = [block() for block in received]
+            s = torch.stack([r.view(r.shape[0], -1, unit).sum(-1) for r in per_block])  # (L_v, H, N) window order
+            return s[:, :, torch.argsort(window_index.to(s.device))]  # row-major, as ``merged``
+
         return SubstituteScores(
-            patch_features=merged, cls_attention=scores, cls_feature=None, feature_layer=g.feature_layer_index,
+            patch_features=merged, cls_attention=None, cls_feature=None, feature_layer=g.feature_layer_index,
             rows=prepared.rows, cols=prepared.cols, generator=torch.Generator().manual_seed(seed),
-            score_note=SCORE_NOTE,
+            score_note=SCORE_NOTE, score_fn=scores,
         )
