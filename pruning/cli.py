@@ -140,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "the TFLOPs-predicted speedup (efficiency)")
     src = spd.add_mutually_exclusive_group()
     src.add_argument("--model", help="local LLaVA directory or hub id (default: the embedded model)")
-    src.add_argument("--geometry", help="build (once, cached) a random-init LLaVA: llava-1.5-7b or llava-1.5-13b "
-                     "(real widths, 2 LLM and 4 ViT layers unless told), or a toy geometry (tiny, llava15, deep)")
+    src.add_argument("--geometry", help="build (once, cached) a random-init model at real widths: llava-1.5-7b, "
+                     "llava-1.5-13b, llava-next-7b, llava-onevision-7b, qwen2.5-vl-7b or internvl3-8b (2 LLM and 4 "
+                     "ViT layers unless told; the later families timed on their geometry's square image), or a toy "
+                     "geometry (tiny, llava15, deep)")
     spd.add_argument("--llm-layers", type=int, help="--geometry: decoder layers (default 2 for the real widths)")
     spd.add_argument("--vit-layers", type=int, help="--geometry: ViT layers (default 4 for the real widths)")
-    spd.add_argument("--vocab", type=int, help="--geometry: LM head rows (default: the real 32064)")
-    spd.add_argument("--keep", default="192,128,64", help="budgets: visual-token counts or fractions of the grid")
+    spd.add_argument("--vocab", type=int, help="--geometry: LM head rows (default 32064, LLaVA-1.5's real one)")
+    spd.add_argument("--keep", default="192,128,64", help="budgets: visual-token counts or fractions of this image's tokens (0.25,0.11)")
     spd.add_argument("--strategies", default="none,vtc-cls,random,pooling,topk-sim,fastv,vtw",
                      help="comma-separated strategy names (none is always measured: it is the reference)")
     spd.add_argument("--repeats", type=_positive_int, default=5, help="timed runs of every configuration")

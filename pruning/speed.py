@@ -58,16 +58,21 @@ def geometry_choices() -> list[str]:
 
 def resolve_geometry(name: str, llm_layers: int | None = None, vit_layers: int | None = None,
                      vocab: int | None = None):
-    """The ``ToyGeometry`` to build: a real-width LLaVA-1.5 (``llava-1.5-7b``, ``llava-1.5-13b``; default
-    2 LLM and 4 ViT layers, vocabulary 32064) or one of ``pruning.toy``'s small geometries, with the depths
-    given."""
+    """What to build for ``name``: a real-width LLaVA-1.5 ``ToyGeometry`` (``llava-1.5-7b``, ``llava-1.5-13b``;
+    default 2 LLM and 4 ViT layers, vocabulary 32064), one of ``pruning.toy``'s small geometries, or, for a later
+    family (``llava-next-7b``, ``llava-onevision-7b``, ``qwen2.5-vl-7b``, ``internvl3-8b``), the dict
+    ``pruning.toy_families.build_real_width`` takes (same default depths and vocabulary), with the depths given."""
     from .geometries import BUILT_IN, FAMILY_GEOMETRIES
     from .toy import GEOMETRIES, real_width_geometry
 
-    if name in FAMILY_GEOMETRIES:  # cost knows them; a real-width random build of these families is not written yet
-        raise ValueError(f"--geometry {name}: speed builds LLaVA-1.5 geometries only ({', '.join(BUILT_IN)}); "
-                         f"{name}'s FLOPs are in `python -m pruning cost --geometry {name}`, and a checkpoint of "
-                         "the family can be timed with --model DIR")
+    if name in FAMILY_GEOMETRIES:
+        spec = {"geometry": name, "llm_layers": llm_layers or REAL_WIDTH_DEFAULTS["llm_layers"],
+                "vit_layers": vit_layers or REAL_WIDTH_DEFAULTS["vit_layers"], "vocab": vocab or 32064}
+        for what, key, low in (("--llm-layers", "llm_layers", 1), ("--vit-layers", "vit_layers", 2),
+                               ("--vocab", "vocab", 320)):
+            if spec[key] < low:
+                raise ValueError(f"{what} {spec[key]}: expected at least {low}")
+        return spec
     if name in BUILT_IN:
         return real_width_geometry(name, llm_layers or REAL_WIDTH_DEFAULTS["llm_layers"],
                                    vit_layers or REAL_WIDTH_DEFAULTS["vit_layers"], vocab)
@@ -83,26 +88,47 @@ def resolve_geometry(name: str, llm_layers: int | None = None, vit_layers: int |
     return dataclasses.replace(GEOMETRIES[name], **changes)
 
 
+def geometry_layers(geometry) -> tuple[int, int]:
+    """(LLM layers, ViT layers) of what ``resolve_geometry`` returned."""
+    if isinstance(geometry, dict):
+        return geometry["llm_layers"], geometry["vit_layers"]
+    return geometry.text_layers, geometry.vision_layers
+
+
+def geometry_image_size(name: str, geometry) -> int:
+    """The side of the square random image a geometry is timed on: the later families' geometry fixes one (its crops
+    or tiles, ``pruning.geometries``), LLaVA's is its input size."""
+    from .geometries import FAMILY_GEOMETRIES
+
+    return FAMILY_GEOMETRIES[name].image_px if isinstance(geometry, dict) else geometry.image_size
+
+
 def geometry_model(name: str, llm_layers: int | None = None, vit_layers: int | None = None,
                    vocab: int | None = None, cache_dir: str | Path | None = None, seed: int = 0,
                    progress: bool = True) -> Path:
-    """A random-init LLaVA directory for ``name`` at the depths given, built once and cached under
-    ``cache_dir`` (default ``cache_root()/models``); greedy decoding on it never meets EOS."""
+    """A random-init directory for ``name`` at the depths given, built once and cached under ``cache_dir`` (default
+    ``cache_root()/models``); greedy decoding on it never meets EOS."""
     from .toy import build_random_llava
+    from .toy_families import build_real_width
 
     geometry = resolve_geometry(name, llm_layers, vit_layers, vocab)
-    spec = json.dumps({"name": name, "geometry": dataclasses.asdict(geometry), "seed": seed, "eos": False},
-                      sort_keys=True)
+    family = isinstance(geometry, dict)
+    spec = json.dumps({"name": name, "geometry": geometry if family else dataclasses.asdict(geometry), "seed": seed,
+                       "eos": False}, sort_keys=True)
     digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "models"
-    out = root / f"{name}-llm{geometry.text_layers}-vit{geometry.vision_layers}-{digest}"
+    n_llm, n_vit = geometry_layers(geometry)
+    out = root / f"{name}-llm{n_llm}-vit{n_vit}-{digest}"
     if (out / "speed_geometry.json").is_file():
         return out
     tmp = root / f".{out.name}.tmp{os.getpid()}"
     if progress:
-        print(f"building {name} ({geometry.text_layers} LLM layers, {geometry.vision_layers} ViT layers) "
-              f"in {out} (once)", flush=True, file=__import__("sys").stderr)
-    build_random_llava(tmp, geometry, seed=seed, allow_eos=False)
+        print(f"building {name} ({n_llm} LLM layers, {n_vit} ViT layers) in {out} (once)", flush=True,
+              file=__import__("sys").stderr)
+    if family:
+        build_real_width(tmp, name, llm_layers=n_llm, vit_layers=n_vit, vocab=geometry["vocab"], seed=seed)
+    else:
+        build_random_llava(tmp, geometry, seed=seed, allow_eos=False)
     (tmp / "speed_geometry.json").write_text(spec)
     if out.exists():  # another process built it meanwhile
         import shutil
@@ -125,7 +151,7 @@ def speed_configs(strategies, budgets: list[int], n_llm_layers: int, n_patches: 
         raise ValueError("--keep: give at least one budget")
     for b in budgets:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= n_patches:
-            raise ValueError(f"--keep {b}: expected a visual-token count in 1..{n_patches} (the model's patch grid)")
+            raise ValueError(f"--keep {b}: expected a visual-token count in 1..{n_patches} (this image's visual tokens)")
     notes = []
     if "none" not in names:
         notes.append("none added: it is the reference of every speedup")
@@ -401,11 +427,24 @@ def model_info(engine, source: str, geometry: str | None, built) -> dict:
 
 
 def depth_notes(model: dict, geometry: str | None) -> list[str]:
-    from .geometries import BUILT_IN
+    from .geometries import ALL_GEOMETRIES, BUILT_IN, FAMILY_GEOMETRIES
 
     notes = []
+    if geometry in FAMILY_GEOMETRIES:
+        real = FAMILY_GEOMETRIES[geometry]
+        notes.append(
+            f"{geometry}'s real widths (LLM {model['hidden']} / MLP {model['intermediate']} / {model['heads']} query "
+            f"and {model['kv_heads']} key-value heads, ViT {model['vision_hidden']} / MLP "
+            f"{model['vision_intermediate']}) and image processing ({real.layout}), random weights, "
+            f"{model['llm_layers']} of {real.llm.layers} LLM layers and {model['vit_layers']} of {real.vision.layers} "
+            "ViT layers: per-layer figures transfer to the full model; totals, the vision / prefill split and "
+            "the TTFT speedups scale with depth")
+        if real.family == "qwen2_5_vl":
+            notes.append("Qwen2.5-VL's ViT attends in windows except every eighth block (7, 15, 23, 31 in the real "
+                         "32); a shallower tower here has full attention in its last block only")
+    if geometry in ALL_GEOMETRIES:
+        real = ALL_GEOMETRIES[geometry]
     if geometry in BUILT_IN:
-        real = BUILT_IN[geometry]
         notes.append(
             f"{geometry}'s real widths (LLM {model['hidden']} / MLP {model['intermediate']} / {model['heads']} heads, "
             f"ViT {model['vision_hidden']} / MLP {model['vision_intermediate']}) and token geometry "
@@ -414,6 +453,7 @@ def depth_notes(model: dict, geometry: str | None) -> list[str]:
             f"{model['llm_layers']} of {real.llm.layers} LLM layers and {model['vit_layers']} of {real.vision.layers} "
             "ViT layers: per-layer figures transfer to the full model; totals, the vision / prefill split and "
             "the TTFT speedups scale with depth")
+    if geometry in ALL_GEOMETRIES:
         notes.append(
             f"vocabulary {model['vocab']}" + (" (the real one)" if model["vocab"] == real.llm.vocab else
                                                f" (the real model's is {real.llm.vocab})")
@@ -548,17 +588,28 @@ def run_cli(args, model: str | None = None) -> str:
             raise ValueError(f"--keep {args.keep}: {e}") from None
     image = load_image(args.image) if args.image else None
     if args.geometry is not None:
+        from .geometries import FAMILY_GEOMETRIES
+
         g = resolve_geometry(args.geometry, args.llm_layers, args.vit_layers, args.vocab)
-        n_patches = (g.image_size // g.patch_size) ** 2
-        speed_configs(names, budgets(n_patches), g.text_layers, n_patches)  # fail before building
+        n_llm, _ = geometry_layers(g)
+        if isinstance(g, dict):  # the packed rows (or merged tokens) of the geometry's own image
+            n_patches = FAMILY_GEOMETRIES[args.geometry].n_patches if image is None else None
+        else:
+            n_patches = (g.image_size // g.patch_size) ** 2
+        if n_patches is not None:
+            speed_configs(names, budgets(n_patches), n_llm, n_patches)  # fail before building
         source = str(geometry_model(args.geometry, args.llm_layers, args.vit_layers, args.vocab, args.cache_dir,
                                     progress=not args.quiet))
+        if image is None:
+            image = random_image(geometry_image_size(args.geometry, g))
     else:
         source = model
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     engine = Engine(load_model(source, load_in_4bit=args.load_in_4bit, device=args.device))
-    n_patches = engine.geometry.n_patches
+    if image is None:
+        image = random_image(engine.geometry.image_size)
+    n_patches = engine.prepare(image, args.question).n_image  # this image's visual tokens (dynamic families)
     configs, notes = speed_configs(names, budgets(n_patches), engine.geometry.llm_layers, n_patches)
     report = run_speed(engine, configs, notes, image=image, question=args.question, repeats=args.repeats,
                        new_tokens=args.new_tokens, warmup=args.warmup, memory=args.memory, progress=not args.quiet,

@@ -154,11 +154,10 @@ def test_cli_prints_each_geometry(capsys, name):
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
-def test_speed_refuses_the_family_geometries_in_words(name):
+def test_speed_builds_the_family_geometries_at_their_real_widths(name):
     from pruning.speed import resolve_geometry
 
-    with pytest.raises(ValueError, match=f"--geometry {name}: speed builds LLaVA-1.5 geometries only"):
-        resolve_geometry(name)
+    assert resolve_geometry(name) == {"geometry": name, "llm_layers": 2, "vit_layers": 4, "vocab": 32064}
 
 
 def test_pooling_on_a_packed_strip_says_it_is_not_a_grid():
