@@ -38,7 +38,7 @@ import contextlib
 
 import torch
 
-from .base import Adapter, Prepared, SubstituteScores
+from .base import Adapter, Prepared, SubstituteScores, forward_hooks
 
 SCORE_NOTE = ("scores are the mean attention each row's patches receive in the ViT, per crop or tile (a substitute: "
               "no [CLS] attention row covers the packed rows of {family})")
@@ -50,7 +50,7 @@ def record_attention_received(attentions, store: list):
     the optional norm): per layer, a callable appended to ``store`` that gives (B, H, T), the attention each token
     receives, summed over the B crops' own queries and divided by T (each crop's scores of a head sum to 1). The
     hooks keep the queries and keys only; the scores are computed when called. Removed on exit."""
-    handles, queries = [], {}
+    queries = {}
 
     def names(attn):
         return ("q_norm", "k_norm") if hasattr(attn, "q_norm") else ("q_proj", "k_proj")
@@ -74,15 +74,12 @@ def record_attention_received(attentions, store: list):
             store.append(received)
         return hook
 
-    try:
-        for i, attn in enumerate(attentions):
-            q_name, k_name = names(attn)
-            handles.append(getattr(attn, q_name).register_forward_hook(q_hook(i)))
-            handles.append(getattr(attn, k_name).register_forward_hook(k_hook(i, attn)))
+    hooks = []
+    for i, attn in enumerate(attentions):
+        q_name, k_name = names(attn)
+        hooks += [(getattr(attn, q_name), q_hook(i)), (getattr(attn, k_name), k_hook(i, attn))]
+    with forward_hooks(hooks):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class AnyresAdapter(Adapter):
@@ -142,10 +139,6 @@ class AnyresAdapter(Adapter):
             prepared.vision_inputs["image_sizes"] = inputs["image_sizes"].to(self.device)
         if "batch_num_images" in inputs:  # OneVision: one image, so the crops are used (NeXT always uses them)
             prepared.vision_inputs["batch_num_images"] = inputs["batch_num_images"]
-
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """The identity: the stock ``get_image_features`` already projected (and packed) the rows."""
-        return features.to(self.device)
 
     @torch.no_grad()
     def vision_pass(self, prepared: Prepared, seed: int = 0, strategy=None) -> VisionContext:

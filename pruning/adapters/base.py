@@ -19,6 +19,7 @@ read from inside a module).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,20 @@ class SubstituteScores(VisionContext):
 
     def substitute_used(self) -> bool:
         return self.__dict__.get("_read_cls_attention", False)
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks):
+    """Register forward hooks, given as (module, hook) or (module, hook, with_kwargs); remove every one on exit, also
+    when the body raises (no module keeps a hook past the call that needed it)."""
+    handles = []
+    try:
+        for module, hook, *kw in hooks:
+            handles.append(module.register_forward_hook(hook, with_kwargs=bool(kw and kw[0])))
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def check_indices(idx: torch.Tensor, n: int, name: str) -> None:
@@ -196,8 +211,10 @@ class Adapter:
         raise NotImplementedError
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Vision features (U, Dv) -> the LLM's image rows (U, D)."""
-        raise NotImplementedError
+        """Vision features (U, Dv) -> the LLM's image rows (U, D). Default: the identity, for the families whose
+        stock vision pass already projected the rows (Qwen's PatchMerger inside the tower, the anyres families' and
+        InternVL's ``get_image_features``); LLaVA-1.5 projects after pruning."""
+        return features.to(self.device)
 
     def token_attention(self, prepared: Prepared, token: int) -> torch.Tensor:
         raise ValueError(f"{self.family}: a ViT token's attention row is not available for this family")

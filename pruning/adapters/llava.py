@@ -13,7 +13,7 @@ import contextlib
 import torch
 
 from ..strategies import VisionContext, ViTContext
-from .base import Adapter, Prepared, check_indices
+from .base import Adapter, Prepared, check_indices, forward_hooks
 
 
 @contextlib.contextmanager
@@ -22,7 +22,6 @@ def record_cls_attention(vision_layers, store: list, keys_store: dict | None = N
     (H, T) from the projections the layer computes anyway; removed on exit. ``keys_store[i]`` receives
     layer i's keys (T, D) for the layers it lists. ``query``: the token whose row is computed (0: [CLS]; any other
     token's row the same way, e.g. a patch the app probes)."""
-    handles = []
     qs: dict[int, torch.Tensor] = {}
 
     def q_hook(i):
@@ -42,15 +41,11 @@ def record_cls_attention(vision_layers, store: list, keys_store: dict | None = N
             store.append(scores.softmax(-1).detach())  # (H, T)
         return hook
 
-    try:
-        for i, layer in enumerate(vision_layers):
-            attn = layer.self_attn
-            handles.append(attn.q_proj.register_forward_hook(q_hook(i)))
-            handles.append(attn.k_proj.register_forward_hook(k_hook(i, attn)))
+    hooks = []
+    for i, layer in enumerate(vision_layers):
+        hooks += [(layer.self_attn.q_proj, q_hook(i)), (layer.self_attn.k_proj, k_hook(i, layer.self_attn))]
+    with forward_hooks(hooks):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class LlavaAdapter(Adapter):
@@ -129,12 +124,9 @@ class LlavaAdapter(Adapter):
         tower = self.tower
         prune_at = strategy.vit_prune_layers(g.vision_layers, g.feature_layer_index)
         captured: dict[str, torch.Tensor] = {}
-        handles = []
-        for layer in self.vision_layers:
-            for name in ("q_proj", "k_proj", "v_proj"):
-                handles.append(getattr(layer.self_attn, name).register_forward_hook(
-                    lambda m, a, o, name=name: captured.__setitem__(name, o[0])))
-        try:
+        hooks = [(getattr(layer.self_attn, name), lambda m, a, o, name=name: captured.__setitem__(name, o[0]))
+                 for layer in self.vision_layers for name in ("q_proj", "k_proj", "v_proj")]
+        with forward_hooks(hooks):
             h = tower.pre_layrnorm(tower.embeddings(prepared.pixel_values))  # (1, T, D)
             token = torch.arange(h.shape[1], device=h.device)  # 0 = [CLS], p + 1 = patch p
             group, tokens_per_layer, feats = [], [], None
@@ -157,9 +149,6 @@ class LlavaAdapter(Adapter):
                     sel = torch.cat([torch.zeros(1, dtype=torch.long), 1 + keep.cpu()]).to(h.device)
                     h, token, group = h[:, sel], token[sel], []
             cls_final = tower.post_layernorm(h[:, 0])[0]
-        finally:
-            for handle in handles:
-                handle.remove()
         return VisionContext(
             patch_features=feats[1:], cls_attention=None, cls_feature=feats[0], feature_layer=g.feature_layer_index,
             rows=g.rows, cols=g.cols, generator=torch.Generator().manual_seed(seed), cls_final=cls_final,

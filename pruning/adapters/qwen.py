@@ -33,7 +33,7 @@ import torch
 import contextlib
 import sys
 
-from .base import Adapter, Prepared, SubstituteScores
+from .base import Adapter, Prepared, SubstituteScores, forward_hooks
 
 SCORE_NOTE = ("scores are the mean attention each merged token's patches receive in the ViT (a substitute: "
               "Qwen2.5-VL's vision tower has no [CLS])")
@@ -45,7 +45,6 @@ def record_attention_received(blocks, store: list):
     the attention received per patch (window order), recomputing q and k from the block's ``qkv`` and its rotary
     embedding (the stock ``apply_rotary_pos_emb_vision``) over each window of ``cu_seqlens``. The hooks keep the
     block's input only; the scores are computed when called. Removed on exit."""
-    handles = []
 
     def hook(module, args, kwargs, output):
         x = (args[0] if args else kwargs["hidden_states"]).detach()  # (T, D), window order
@@ -64,13 +63,8 @@ def record_attention_received(blocks, store: list):
             return out
         store.append(received)
 
-    try:
-        for block in blocks:
-            handles.append(block.attn.register_forward_hook(hook, with_kwargs=True))
+    with forward_hooks([(block.attn, hook, True) for block in blocks]):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class Qwen25VLAdapter(Adapter):
@@ -139,11 +133,8 @@ class Qwen25VLAdapter(Adapter):
         prepared.position_ids = position_ids[:, 0]  # (3, S)
         prepared.vision_inputs = {"image_grid_thw": grid}
 
-    # ---------------------------------------------------------------- vision
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """The identity: the PatchMerger (Qwen's projector) already ran inside the vision tower."""
-        return features.to(self.device)
-
+    # ---------------------------------------------------------------- vision (project: the identity, the
+    # PatchMerger, Qwen's projector, already ran inside the tower)
     @torch.no_grad()
     def vision_pass(self, prepared: Prepared, seed: int = 0, strategy=None) -> VisionContext:
         """The stock vision tower once: the merged tokens (N, D) in row-major order of the (rows x cols) grid."""
