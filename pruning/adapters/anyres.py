@@ -118,6 +118,19 @@ class AnyresAdapter(Adapter):
         if "batch_num_images" in inputs:  # OneVision: one image, so the crops are used (NeXT always uses them)
             prepared.vision_inputs["batch_num_images"] = inputs["batch_num_images"]
 
+    def token_layout(self, prepared: Prepared) -> dict:
+        """Where each packed row lies (``pruning.layout``): the base image's grid, then the crops' joint grid with
+        its newline tokens (anyres), or the tiles' grids then the thumbnail's (InternVL); checked against N."""
+        from ..layout import anyres_layout, check_layout, internvl_layout
+
+        config = self.model.config
+        if self.family == "internvl":
+            layout = internvl_layout(config, self.lm.processor.image_processor, prepared.image_hw,
+                                     prepared.pixel_values.shape[0])
+        else:
+            layout = anyres_layout(config, prepared.vision_inputs["image_sizes"][0].tolist(), self.family)
+        return check_layout(layout, prepared.n_image, self.family)
+
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """The identity: the stock ``get_image_features`` already projected (and packed) the rows."""
         return features.to(self.device)
