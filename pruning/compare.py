@@ -382,8 +382,8 @@ class Scope:
     def info(self) -> dict:
         """What the page is built from. On a family whose grid is per image (``dynamic``), ``grid`` and
         ``n_patches`` are None (there is no one grid to name) and ``budget`` is a ratio of each image's own tokens;
-        ``overlay`` says whether the kept patches can be drawn over the image and, if not, why; ``sweep`` whether
-        the shapes sweep runs on this model."""
+        ``overlay`` says how the kept patches are drawn (``overlay_info``); ``sweep`` whether the shapes sweep runs on
+        this model."""
         g = self.engine.geometry
         return {"model": self.source, "embedded": self.is_embedded, "load_in_4bit": self.engine.lm.load_in_4bit,
                 "device": str(self.engine.device), "family": self.family, "family_name": self.family_name,

@@ -8,8 +8,8 @@ feed them with image-newline tokens; both use 1-D RoPE.
   unpadded (OneVision: bilinearly shrunk past ``anyres_max_9``) with one image-newline token closing each of its
   rows. Those N rows, in that order, are the "patches" the strategies see: one LLM row each, newline tokens
   included (a strategy may drop one). ``Prepared.rows`` x ``cols`` is 1 x N: the rows are two grids and a newline
-  column, not one grid, so grid-based rules (pooling, the app's overlay) see a strip. Budgets are global over the
-  N rows, not per crop.
+  column, not one grid, so grid-based rules (pooling) see a strip; ``token_layout`` (``pruning.layout``) says where
+  each row lies, for the app's overlay. Budgets are global over the N rows, not per crop.
 - Pruning happens after the projector (the stock call projects every crop), so ``project`` is the identity and
   feature-merging strategies average LLM-space rows (on LLaVA-1.5 they average vision features before the MLP).
 - Positions: 0..S-1, one row, as LLaVA-1.5.
