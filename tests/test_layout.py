@@ -213,3 +213,70 @@ def test_the_views_pictures_are_the_image_the_model_saw(engines, family, tmp_pat
     inside = stitched[y0:y1, x0:x1].astype(int)
     expected = np.asarray(image.resize((x1 - x0, y1 - y0), Image.BICUBIC)).astype(int)
     assert np.abs(inside - expected).mean() < 12, np.abs(inside - expected).mean()
+
+
+def _pack_marked(model_cls, config, image_hw, family):
+    """The stock ``pack_image_features`` of ``model_cls`` (called with only the config it reads, no weights) on
+    marked features of one image at the config's real widths: per crop token (1, crop, joint row, joint column)."""
+    from types import SimpleNamespace
+
+    vc = config.vision_config
+    side = vc.image_size // vc.patch_size
+    layout = anyres_layout(config, image_hw, family)
+    crop_rows, crop_cols = layout["views"][1]["tiles"]
+    crops = 1 + crop_rows * crop_cols
+    t = torch.arange(side * side)
+    marks = torch.zeros(crops, side * side, 4, dtype=torch.float64)
+    marks[..., 0] = 1
+    marks[..., 1] = torch.arange(crops, dtype=torch.float64)[:, None]
+    b = torch.arange(crops) - 1
+    marks[..., 2] = ((b // crop_cols)[:, None] * side + t[None] // side).double()
+    marks[..., 3] = ((b % crop_cols)[:, None] * side + t[None] % side).double()
+    marks[0, :, 2], marks[0, :, 3] = (t // side).double(), (t % side).double()  # the base image: its own cells
+    newline = torch.full((4,), -5.0, dtype=torch.float64)
+    sizes = torch.tensor([list(image_hw)])
+    fake = SimpleNamespace(config=config)
+    if family == "llava_onevision":
+        packed, _ = model_cls.pack_image_features(fake, [marks], sizes, image_newline=newline,
+                                                  vision_aspect_ratio=config.vision_aspect_ratio)
+    else:
+        packed, _ = model_cls.pack_image_features(fake, [marks], sizes, config.vision_feature_select_strategy,
+                                                  image_newline=newline)
+    return layout, packed[0], newline, vc.patch_size
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "llava_next"])
+@pytest.mark.parametrize("shape", [(480, 640), (1000, 1500), (2000, 300), (336, 336), (3000, 4000), (700, 2100)])
+def test_anyres_layout_at_real_widths(family, shape):
+    """The layout of the real configs' geometry (OneVision: SigLIP 384/14, 36 pinpoints up to 2304, anyres_max_9, so
+    large images are shrunk; NeXT: CLIP 336/14, its 5 pinpoints) against the stock ``pack_image_features`` on marked
+    features: each row's view, newline, joint-grid cell (or, shrunk, the interpolated position inside its cell)."""
+    from transformers import LlavaNextConfig, LlavaOnevisionConfig
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextModel
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    config = LlavaOnevisionConfig() if family == "llava_onevision" else LlavaNextConfig()
+    model_cls = LlavaOnevisionModel if family == "llava_onevision" else LlavaNextModel
+    layout, rows, newline, patch = _pack_marked(model_cls, config, shape, family)
+    assert layout["n"] == rows.shape[0]
+    crops = layout["views"][1]
+    shrunk = "shrunk" in crops["label"]
+    left, top = crops["box"][0] // patch, crops["box"][1] // patch
+    h, w = (crops["box"][3] - crops["box"][1]) // patch, (crops["box"][2] - crops["box"][0]) // patch
+    for i in range(layout["n"]):
+        if layout["col"][i] < 0:
+            assert torch.equal(rows[i], newline), i
+            continue
+        assert rows[i][0] == 1, i
+        if layout["view"][i] == 0:
+            assert rows[i][1:].tolist() == [0, layout["row"][i], layout["col"][i]], i
+        elif not shrunk:
+            assert rows[i][1] == layout["source"][i], i
+            assert rows[i][2:].tolist() == [top + layout["row"][i], left + layout["col"][i]], i
+        else:
+            r0, r1 = layout["row"][i] * h / crops["rows"], (layout["row"][i] + 1) * h / crops["rows"]
+            c0, c1 = layout["col"][i] * w / crops["cols"], (layout["col"][i] + 1) * w / crops["cols"]
+            gr, gc = rows[i][2].item() - top, rows[i][3].item() - left
+            assert r0 - 0.5 - 1e-9 <= gr <= r1 - 0.5 + 1e-9 and c0 - 0.5 - 1e-9 <= gc <= c1 - 0.5 + 1e-9, (i, gr, gc)
+    if family == "llava_onevision" and shape == (3000, 4000):
+        assert shrunk  # 6 x 6 crops' worth of tokens, more than anyres_max_9 allows
