@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from pruning.engine import Engine
-from pruning.layout import anyres_layout
+from pruning.layout import anyres_layout, internvl_layout
 from pruning.model import load_model
 from pruning.toy_families import build_family
 
@@ -280,3 +280,26 @@ def test_anyres_layout_at_real_widths(family, shape):
             assert r0 - 0.5 - 1e-9 <= gr <= r1 - 0.5 + 1e-9 and c0 - 0.5 - 1e-9 <= gc <= c1 - 0.5 + 1e-9, (i, gr, gc)
     if family == "llava_onevision" and shape == (3000, 4000):
         assert shrunk  # 6 x 6 crops' worth of tokens, more than anyres_max_9 allows
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (1000, 1500), (2000, 300), (448, 448), (3000, 4000)])
+def test_internvl_layout_at_real_widths(shape):
+    """InternVL's real geometry (448 px tiles, patch 14, pixel shuffle 0.5: 16 x 16 tokens a tile, up to 12 tiles): the
+    stock GotOcr2 processor's tiles for the image, and the layout's canvas, count and thumbnail agree."""
+    from transformers import InternVLConfig
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    config = InternVLConfig()
+    processor = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1,
+                                         max_patches=12)
+    tiles = processor(images=_image(*shape), return_tensors="pt")["pixel_values"].shape[0]
+    layout = internvl_layout(config, processor, shape, tiles)
+    assert layout["n"] == tiles * 256
+    first = layout["views"][0]
+    assert first["rows"] * first["cols"] == 256 * (tiles - 1 if tiles > 1 else 1)
+    assert first["size"] == [first["tiles"][0] * 448, first["tiles"][1] * 448]
+    if tiles > 1:
+        assert layout["views"][1]["name"] == "thumbnail" and layout["source"][-1] == tiles - 1
+        # the canvas keeps the picture's orientation: wider than tall stays so
+        h, w = shape
+        assert (first["tiles"][1] >= first["tiles"][0]) == (w >= h)
