@@ -327,9 +327,10 @@ def panel_boxes(pictures: list[np.ndarray], display: int = DISPLAY) -> list[tupl
 
 
 def _height(pictures: list[np.ndarray], display: int) -> int:
-    """The panels' common height: the tallest picture scaled by the integer factor that fits ``display``."""
-    tallest = max(pictures, key=lambda p: p.shape[0])
-    return tallest.shape[0] * scale_for(tallest, display)
+    """The panels' common height: the tallest picture scaled by the integer factor that fits ``display``, or
+    ``display`` itself when the tallest picture is taller (a real anyres image's stitched crops: up to 2304 px)."""
+    tallest = max(p.shape[0] for p in pictures)
+    return display if tallest > display else tallest * max(1, display // tallest)
 
 
 def overlay_views(pictures: list[np.ndarray], layout: dict, result: dict | None, display: int = DISPLAY) -> Image.Image:
