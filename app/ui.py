@@ -742,9 +742,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             seen_words = view_words(first_event) + (f"  \n{first_event['overlay_note']}" if not drawn else "")
             # the result's grid lies over ``view`` (LLaVA-1.5, Qwen2.5-VL), or its rows are several grids (the anyres
             # crops, InternVL's tiles): then each view of the library's layout gets its own panel
-            on_view = first_event.get("grid_on_view", True)
-            layout, pictures = first_event.get("layout"), first_event.get("views")
-            panels = not on_view and layout is not None
+            on_view = first_event["grid_on_view"]
+            layout, pictures = first_event["layout"], first_event["views"]
+            panels = not on_view
 
             def card_picture(r):
                 if not drawn:
