@@ -185,8 +185,9 @@ def panel_runs(tmp_path_factory, picture):
     runs = {}
     for family in ("llava-onevision", "internvl"):
         scope = Scope(str(build_family(root / family, family, seed=1)), speed_report=None)
-        runs[family] = list(scope.compare_stream(picture, "What is in the picture?", ["random"], keep_ratio=0.5,
-                                                 repeats=1, warmup=0, max_new_tokens=1, inspect=False))
+        runs[family] = (scope, list(scope.compare_stream(picture, "What is in the picture?", ["random"],
+                                                         keep_ratio=0.5, repeats=1, warmup=0, max_new_tokens=1,
+                                                         inspect=False)))
     return runs
 
 
@@ -194,7 +195,8 @@ def panel_runs(tmp_path_factory, picture):
 def test_the_card_overlay_draws_each_view_in_its_panel(panel_runs, family):
     """``overlays.overlay_views`` on the library's plain results: two panels (base | crops, tiles | thumbnail), kept
     cells unmasked and dropped cells masked in each; newline tokens counted in words (OneVision), none on InternVL."""
-    view, none, random = panel_runs[family][0], panel_runs[family][1]["result"], panel_runs[family][2]["result"]
+    events = panel_runs[family][1]
+    view, none, random = events[0], events[1]["result"], events[2]["result"]
     layout, pictures = view["layout"], view["views"]
     image = overlays.overlay_views(pictures, layout, random)
     check_panels(image, layout, pictures, random)
@@ -256,3 +258,26 @@ def test_the_cls_heatmap_uses_the_comparisons_grid():
     values = ui._inspect_updates(inspect, results, info, *outputs, grid=view["grid"])
     heat = json.loads(values["output 3"].plot)["data"][0]["z"]
     assert (len(heat), len(heat[0])) == (12, 12)
+
+
+def test_the_export_draws_the_families_cards_in_panels(panel_runs, picture):
+    """The comparison's HTML export (the Compare tab's save button): on LLaVA-OneVision its cards are the panels the
+    Compare cards show (``Teacher.view`` gives the layout and pictures), with the newline words."""
+    import base64
+    import io
+    import re
+
+    from app import teach
+
+    scope, events = panel_runs["llava-onevision"]
+    seen = scope.teach.view(picture)
+    assert seen["grid_on_view"] is False and seen["layout"] == events[0]["layout"]
+    results = [e["result"] for e in events[1:]]
+    text = teach.export_html({"question": "What is in the picture?", "keep": 50, "model": "toy"}, seen["view"], results,
+                             panels=(seen["layout"], seen["views"]))
+    cards = re.findall(r"<img src='data:image/png;base64,([^']+)' alt='(\w+) overlay'", text)
+    assert [name for _, name in cards] == ["none", "random"]
+    drawn = Image.open(io.BytesIO(base64.b64decode(cards[1][0])))
+    expected = overlays.overlay_views(seen["views"], seen["layout"], results[1], 192)
+    assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(expected.convert("RGB")))
+    assert "newline tokens kept" in text
