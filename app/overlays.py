@@ -14,6 +14,12 @@ Every patch of the grid is in one state (``patch_states``):
   patches are tinted lightly (neighbouring groups in different tints), and the token each group became is marked
   with a ring (its pixels show through the ring).
 
+Families whose visual tokens are several grids packed into one 1 x N strip (LLaVA-OneVision, LLaVA-NeXT: the base
+image, then the crops' joint grid with a newline token closing each row; InternVL: the tiles, then the thumbnail) are
+drawn by ``overlay_views``: one panel per view of the library's token layout (``Adapter.token_layout``, in the ``view``
+event), side by side in one picture, each view's kept cells drawn on its own picture in the styles above. Newline
+tokens have no pixels: ``newline_words`` says how many were kept.
+
 No torch here: numpy and Pillow only.
 """
 
@@ -241,5 +247,120 @@ def legend_html() -> str:
     return "<div class='ps-legend'>" + "".join(items) + "</div>"
 
 
-__all__ = ["overlay", "as_seen", "patch_states", "legend_html", "group_colour", "group_tints", "boundary_edges", "LEGEND",
+# ------------------------------------------------------------------ several views (anyres crops, InternVL tiles)
+
+PANEL_GAP = 8  # pixels of white between two panels
+CAPTION = 14  # pixels of the caption strip above each panel
+BACKGROUND = (255, 255, 255)
+
+
+def view_result(layout: dict, result: dict, view: int) -> dict:
+    """The fields ``overlay`` draws from, for one view of ``layout``: its grid, and the result's kept sets and merge
+    groups with each packed index turned into that view's row-major cell (indices of other views dropped;
+    ``kept`` keeps its length, other views' entries -1, because merge groups name their token by its place in it)."""
+    cols = layout["views"][view]["cols"]
+    rows = layout["views"][view]["rows"]
+    local = {i: layout["row"][i] * cols + layout["col"][i] for i in range(layout["n"])
+             if layout["view"][i] == view and layout["col"][i] >= 0}
+    if sorted(local.values()) != list(range(rows * cols)):
+        raise ValueError(f"view {layout['views'][view]['name']}: the layout does not give each of its {rows} x {cols} "
+                         "cells exactly one token")
+    out = {"grid": [rows, cols], "kept": [local.get(p, -1) for p in result["kept"]],
+           "kept_final": [local[p] for p in result["kept_final"] if p in local]}
+    if result.get("kept_vit") is not None:
+        out["kept_vit"] = [local[p] for p in result["kept_vit"] if p in local]
+    groups = result.get("merge_groups")
+    if groups is not None:
+        cell_groups = [-1] * (rows * cols)
+        for p, cell in local.items():
+            cell_groups[cell] = groups[p]
+        out["merge_groups"] = cell_groups
+    return out
+
+
+def _panel(picture: np.ndarray, view: dict, height: int, sub: dict | None) -> np.ndarray:
+    """One view's picture scaled (nearest neighbour) to ``height`` px, with its token grid's cells drawn in their
+    states (``sub``: ``view_result``; None: the picture alone)."""
+    h, w = picture.shape[:2]
+    width = max(1, round(w * height / h))
+    img = np.asarray(Image.fromarray(np.asarray(picture, np.uint8)).resize((width, height), Image.NEAREST))
+    if sub is None:
+        return img
+    x0, y0, x1, y1 = view["box"]
+    fx, fy = width / w, height / h
+    bx0, by0, bx1, by1 = round(x0 * fx), round(y0 * fy), round(x1 * fx), round(y1 * fy)
+    rows, cols = sub["grid"]
+    region = img[by0:by1, bx0:bx1]
+    ch, cw = -(-region.shape[0] // rows), -(-region.shape[1] // cols)  # whole pixels per cell, rounded up
+    exact = Image.fromarray(region).resize((cols * cw, rows * ch), Image.NEAREST)
+    drawn = overlay(np.asarray(exact), sub, display=max(rows * ch, cols * cw))
+    img = img.copy()
+    img[by0:by1, bx0:bx1] = np.asarray(drawn.resize((region.shape[1], region.shape[0]), Image.NEAREST))
+    return img
+
+
+def _compose(panels: list[np.ndarray], captions: list[str]) -> Image.Image:
+    """Panels side by side, ``PANEL_GAP`` px apart on white, each under a one-line caption."""
+    from PIL import ImageDraw
+
+    height = max(p.shape[0] for p in panels)
+    width = sum(p.shape[1] for p in panels) + PANEL_GAP * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, height + CAPTION), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for panel, caption in zip(panels, captions):
+        canvas.paste(Image.fromarray(panel), (x, CAPTION))
+        draw.text((x + 2, 1), caption, fill=(40, 40, 40))
+        x += panel.shape[1] + PANEL_GAP
+    return canvas
+
+
+def panel_boxes(pictures: list[np.ndarray], display: int = DISPLAY) -> list[tuple[int, int, int, int]]:
+    """Where each view's picture lies in ``overlay_views``' output: (x0, y0, x1, y1) px, in the order of the views."""
+    height = _height(pictures, display)
+    boxes, x = [], 0
+    for p in pictures:
+        width = max(1, round(p.shape[1] * height / p.shape[0]))
+        boxes.append((x, CAPTION, x + width, CAPTION + height))
+        x += width + PANEL_GAP
+    return boxes
+
+
+def _height(pictures: list[np.ndarray], display: int) -> int:
+    """The panels' common height: the tallest picture scaled by the integer factor that fits ``display``, or
+    ``display`` itself when the tallest picture is taller (a real anyres image's stitched crops: up to 2304 px)."""
+    tallest = max(p.shape[0] for p in pictures)
+    return display if tallest > display else tallest * max(1, display // tallest)
+
+
+def overlay_views(pictures: list[np.ndarray], layout: dict, result: dict | None, display: int = DISPLAY) -> Image.Image:
+    """One panel per view of ``layout`` (the library's token layout), side by side: each view's picture (``pictures``,
+    in the layout's order) scaled to a common height, its token grid's cells drawn in their states as ``overlay``
+    draws them (``result``: a compare result whose kept sets index the packed N rows; None: the pictures alone, as
+    the model sees them). Pixels outside a view's ``box`` (the crops' padding) have no token and are left as they
+    are; newline tokens are not drawn (``newline_words``)."""
+    if len(pictures) != len(layout["views"]):
+        raise ValueError(f"{len(pictures)} pictures for {len(layout['views'])} views")
+    height = _height(pictures, display)
+    panels = [_panel(p, v, height, None if result is None else view_result(layout, result, i))
+              for i, (p, v) in enumerate(zip(pictures, layout["views"]))]
+    return _compose(panels, [v["label"] for v in layout["views"]])
+
+
+def newline_words(layout: dict, result: dict) -> str | None:
+    """"k of n newline tokens kept" (in the LLM's last layer; and entering it, when that differs), or None for a
+    layout without newline tokens."""
+    newline = layout.get("newline") or []
+    if not newline:
+        return None
+    entered = len(set(newline) & set(result["kept"]))
+    final = len(set(newline) & set(result["kept_final"]))
+    words = f"{final} of {len(newline)} newline tokens kept (image-newline rows closing the crops' rows; not drawn)"
+    if entered != final:
+        words = (f"{entered} of {len(newline)} newline tokens entered the LLM, {final} reached its last layer "
+                 "(image-newline rows closing the crops' rows; not drawn)")
+    return words
+
+
+__all__ = ["overlay", "overlay_views", "view_result", "newline_words", "panel_boxes", "as_seen", "patch_states", "legend_html", "group_colour", "group_tints", "boundary_edges", "LEGEND",
            "STATES"]

@@ -407,12 +407,17 @@ def seeds_html(seeds: dict) -> str:
             f"collapse'><tr>{''.join(cells)}</tr></table></div>")
 
 
-def cards_html(view: np.ndarray, results: list[dict], size: int = 192) -> str:
+def cards_html(view: np.ndarray, results: list[dict], size: int = 192, panels: tuple | None = None) -> str:
     """Compact cards, one per result: its overlay, answer (✓ / ✗ against the scene when known, else ≠ none),
-    tokens into the LLM and prefill compute. Used by handpick, lessons and the export."""
+    tokens into the LLM and prefill compute. Used by handpick, lessons and the export. ``panels``: (layout, pictures)
+    where the rows are several grids (the anyres crops, InternVL's tiles): each card then draws one panel per view
+    (``overlays.overlay_views``) and counts its newline tokens in words."""
     cards = []
     for r in results:
-        pic = data_uri(overlays.overlay(view, r, size))
+        if panels is None:
+            pic = data_uri(overlays.overlay(view, r, size))
+        else:
+            pic = data_uri(overlays.overlay_views(panels[1], panels[0], r, size))
         right = r.get("correct")
         if right is None and r["strategy"] != "none":
             right = bool(r.get("same_as_none", True))
@@ -424,10 +429,14 @@ def cards_html(view: np.ndarray, results: list[dict], size: int = 192) -> str:
         if objs and r["strategy"] != "none":
             details += (f"; {objs['with_kept_patch']} of {objs['objects']} objects keep a patch, "
                         f"{objs['kept_on_objects']} of {objs['kept']} kept patches on an object")
-        cards.append(f"<div style='border:1px solid #ccc;border-radius:8px;padding:6px;width:{size + 12}px;"
+        newline = overlays.newline_words(panels[0], r) if panels is not None else None
+        if newline:
+            details += f"; {newline}"
+        width, height = (size, f"{size}px") if panels is None else (2 * size, "auto")  # panels: side by side
+        cards.append(f"<div style='border:1px solid #ccc;border-radius:8px;padding:6px;width:{width + 12}px;"
                      f"flex:none'><div style='font-weight:600'>{swatch_html(r['strategy'])}</div>"
-                     f"<img src='{pic}' alt='{html.escape(r['strategy'])} overlay' style='width:{size}px;"
-                     f"height:{size}px;display:block;margin:4px 0'><div>{_answer_cell(r['answer'], right)}</div>"
+                     f"<img src='{pic}' alt='{html.escape(r['strategy'])} overlay' style='width:{width}px;"
+                     f"height:{height};display:block;margin:4px 0'><div>{_answer_cell(r['answer'], right)}</div>"
                      f"<div style='font-size:11px;color:#444'>{html.escape(details)}</div></div>")
     return f"<div style='display:flex;gap:10px;overflow-x:auto;padding-bottom:4px'>{''.join(cards)}</div>"
 
@@ -563,23 +572,30 @@ def papers_html() -> str:
 
 # ---------------------------------------------------------------- export
 
-def export_html(inputs: dict, view: np.ndarray, results: list[dict], extras: dict | None = None) -> str:
+def export_html(inputs: dict, view: np.ndarray, results: list[dict], extras: dict | None = None,
+                panels: tuple | None = None) -> str:
     """The whole comparison as one self-contained HTML page: the inputs (the image inline), one card per strategy
     with its overlay, the cost table, the plots (plotly's script inline, once) and, when given in ``extras``, the
-    budget film and the agreement heatmap. Opens offline in any browser."""
+    budget film and the agreement heatmap. Opens offline in any browser. ``panels``: (layout, pictures) where the
+    rows are several grids (``cards_html``): the image is then its views side by side, and the heatmaps are drawn as
+    the strip alone, never over ``view``."""
     from plotly.offline import get_plotlyjs
 
     from . import ui  # the table is the Compare tab's own (imported here: ui imports this module)
 
     extras = extras or {}
-    image = data_uri(Image.fromarray(np.asarray(view, np.uint8)).resize((view.shape[1] * 3, view.shape[0] * 3),
-                                                                          Image.NEAREST))
+    # the image 3x (nearest), or its views side by side at the cards' display height
+    shown, times = ((np.asarray(view, np.uint8), 3) if panels is None else
+                    (np.asarray(overlays.overlay_views(panels[1], panels[0], None)), 1))
+    image = data_uri(Image.fromarray(shown).resize((shown.shape[1] * times, shown.shape[0] * times), Image.NEAREST))
+    heat_view = view if panels is None else None
     figs = [("Visual tokens in each LLM layer", plots.tokens_alive_figure(results))]
     if any(r.get("trace") for r in results):
         figs.append(("Where the answer's attention goes", plots.attention_shares_figure(results)))
         for r in results:
             if r.get("trace") and r["strategy"] != "none":
-                figs.append((f"LLM attention over the grid: {r['strategy']}", plots.llm_attention_figure(r, view)))
+                figs.append((f"LLM attention over the grid: {r['strategy']}",
+                             plots.llm_attention_figure(r, heat_view)))
     if extras.get("film"):
         figs.append(("Budget film: answer still right", film_curve_figure(extras["film"])))
     if extras.get("agreement"):
@@ -602,12 +618,12 @@ section{{margin:18px 0}}</style></head><body>
 <h1>PruneScope: visual-token pruning, side by side</h1>
 <p style="background:#fff7e0;border-left:4px solid #f0a500;padding:6px 10px">{html.escape(TOY_NOTE)}</p>
 <section><h2>Inputs</h2><img src="{image}" alt="the image as the model sees it" style="float:left;margin:0 16px 8px 0;
-width:{view.shape[1] * 3}px;image-rendering:pixelated">
+width:{shown.shape[1] * times}px;image-rendering:pixelated">
 <p><b>Question:</b> {html.escape(inputs.get('question', ''))}</p>
 <p><b>Strategies:</b> {html.escape(', '.join(r['strategy'] for r in results))}</p>
 <p><b>Budget:</b> {html.escape(str(inputs.get('keep')))} visual tokens of {results[0]['visual_tokens'] if results else '?'}</p>
 <p><b>Model:</b> {html.escape(str(inputs.get('model', '')))}</p>{truth_line}<div style="clear:both"></div></section>
-<section><h2>Cards</h2>{overlays.legend_html()}{cards_html(view, results)}</section>
+<section><h2>Cards</h2>{overlays.legend_html()}{cards_html(view, results, panels=panels)}</section>
 <section><h2>What each strategy cost</h2>{table}</section>
 {film}{plot_divs}
 <p style="color:#777;font-size:0.8em">Saved from PruneScope's Teach tab. Timings are one machine's, at one moment.</p>
@@ -906,10 +922,10 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
             if progress is not None:
                 progress(0.2, desc="running the comparison")
             results = scope_.compare(img, q, chosen or [], ints(k))
-        view = scope_.teach.view(img)["view"]
+        seen = scope_.teach.view(img)
         extras = {"film": film, "agreement": agreement}
-        text = export_html({"question": q, "keep": ints(k), "model": pool.label(m or pool.default)}, view, results,
-                           extras)
+        text = export_html({"question": q, "keep": ints(k), "model": pool.label(m or pool.default)}, seen["view"],
+                           results, extras, panels=None if seen["grid_on_view"] else (seen["layout"], seen["views"]))
         return write_export(text)
 
     # ------------------------------------------------------------ page callbacks

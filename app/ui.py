@@ -740,10 +740,27 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             view = first_event["view"]
             drawn = first_event.get("overlay_drawn", True)  # False: the library says the kept patches can't be drawn
             seen_words = view_words(first_event) + (f"  \n{first_event['overlay_note']}" if not drawn else "")
+            # the result's grid lies over ``view`` (LLaVA-1.5, Qwen2.5-VL), or its rows are several grids (the anyres
+            # crops, InternVL's tiles): then each view of the library's layout gets its own panel
+            on_view = first_event["grid_on_view"]
+            layout, pictures = first_event["layout"], first_event["views"]
+            panels = not on_view
+
+            def card_picture(r):
+                if not drawn:
+                    return None
+                return overlays.overlay_views(pictures, layout, r) if panels else overlays.overlay(view, r)
+
+            def card_words(r):
+                said = overlays.newline_words(layout, r) if panels else None
+                return card_details(r) + (f"  \n{said}" if said else "")
+
             # every slot of this run laid out at once, waiting; the others empty (hidden by CSS)
             names_ = order + [None] * (len(cards) - total)
             yield {status: f"Running none, the unpruned reference (1 of {total})... The cards fill in below.",
-                   placeholder: "", view_image: overlays.as_seen(view), view_note: seen_words,
+                   placeholder: "",
+                   view_image: (overlays.overlay_views(pictures, layout, None, overlays.DISPLAY // 2) if panels
+                                else overlays.as_seen(view)), view_note: seen_words,
                    table: table_html([]), **{m: "" for m in messages.values()},
                    **{x: v for (title, picture, details), name in zip(cards, names_)
                       for x, v in ((title, card_waiting(name) if name else ""), (picture, None), (details, ""))}}
@@ -758,17 +775,19 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         nxt = (f"{done} of {total} done; running {order[done]}... The cards fill in below."
                                if done < total else
                                f"All strategies done ({total} of {total}); drawing the look-inside plots...")
-                        yield {status: nxt, title: card_title(r), picture: overlays.overlay(view, r) if drawn else None,
-                               details: card_details(r), table: table_html(results),
+                        yield {status: nxt, title: card_title(r), picture: card_picture(r),
+                               details: card_words(r), table: table_html(results),
                                table_note: table_caption(results, picked["projection"], picked["embedded"]),
                                results_state: list(results)}
                     elif event["kind"] == "inspect":
-                        # no view where the overlay is not drawn: the heatmaps are then drawn as the strip alone
-                        inside = {"view": view if drawn else None, "cls_attention": event["cls_attention"],
-                                  "grid": first_event["grid"]}
+                        # no view where the grid is not the picture's (the anyres crops, InternVL's tiles): the
+                        # heatmaps are then drawn as the strip alone
+                        inside = {"view": view if on_view else None, "cls_attention": event["cls_attention"],
+                                  "grid": first_event["grid"], "feature_layer": picked["feature_layer"]}
                         values_ = _inspect_updates(event, results, picked, tokens_plot, shares_plot, llm_heat,
                                                    cls_heat, consistency_plot, kl_plot, relevance, relevance_note,
-                                                   heat_choice, view if over and drawn else None)
+                                                   heat_choice, view if over and on_view else None,
+                                                   grid=first_event["grid"])
                         values_[inside_state] = inside
                         g = first_event["grid"]
                         where = (f"on a {g[0]}x{g[1]} grid, budget {whole(keep_value)} of {g[0] * g[1]} visual tokens"
@@ -840,7 +859,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 return gr.skip(), gr.skip()
             cls = inside["cls_attention"]
             return (redraw_heatmap(results, name, inside, over),
-                    plot_value(plots.cls_attention_figure(cls, inside["grid"], info["feature_layer"],
+                    plot_value(plots.cls_attention_figure(cls, inside["grid"], inside["feature_layer"],
                                                           inside["view"] if over else None))
                     if cls is not None else None)
 
@@ -968,16 +987,18 @@ def _control(c: dict, strategy: str, info: dict):
 
 
 def _inspect_updates(event: dict, results: list[dict], info: dict, tokens_plot, shares_plot, llm_heat, cls_heat,
-                     consistency_plot, kl_plot, relevance, relevance_note, heat_choice, view=None) -> dict:
+                     consistency_plot, kl_plot, relevance, relevance_note, heat_choice, view=None, *,
+                     grid: list[int]) -> dict:
     """The look-inside plots of one comparison, values only (what has none is emptied, and its CSS hides it);
-    ``view``: the heatmaps drawn over the image."""
+    ``info``: the picked model's ``Scope.info()``; ``grid``: this comparison's token grid (its ``view`` event's, the
+    picked model's, never the default model's); ``view``: the heatmaps drawn over the image."""
     names = [r["strategy"] for r in results]
     default = next((n for n in names if n != "none"), "none")
     chosen = results[names.index(default)]
     out = {tokens_plot: plot_value(plots.tokens_alive_figure(results)),
            shares_plot: plot_value(plots.attention_shares_figure(results)),
            llm_heat: plot_value(plots.llm_attention_figure(chosen, view)), heat_choice: gr.update(choices=names, value=default)}
-    out[cls_heat] = (plot_value(plots.cls_attention_figure(event["cls_attention"], info["grid"], info["feature_layer"],
+    out[cls_heat] = (plot_value(plots.cls_attention_figure(event["cls_attention"], grid, info["feature_layer"],
                                                            view))
                      if event["cls_attention"] is not None else None)
     out[consistency_plot] = plot_value(plots.consistency_figure(event["consistency"])) if event["consistency"] else None

@@ -382,8 +382,8 @@ class Scope:
     def info(self) -> dict:
         """What the page is built from. On a family whose grid is per image (``dynamic``), ``grid`` and
         ``n_patches`` are None (there is no one grid to name) and ``budget`` is a ratio of each image's own tokens;
-        ``overlay`` says whether the kept patches can be drawn over the image and, if not, why; ``sweep`` whether
-        the shapes sweep runs on this model."""
+        ``overlay`` says how the kept patches are drawn (``overlay_info``); ``sweep`` whether the shapes sweep runs on
+        this model."""
         g = self.engine.geometry
         return {"model": self.source, "embedded": self.is_embedded, "load_in_4bit": self.engine.lm.load_in_4bit,
                 "device": str(self.engine.device), "family": self.family, "family_name": self.family_name,
@@ -412,19 +412,14 @@ class Scope:
                             "), so no count fits every image; each result says how many tokens its image had"}
 
     def overlay_info(self) -> dict:
-        """Whether the kept patches can be drawn over the view: ``drawn``, and ``note`` (why not) when they are not.
-        LLaVA-1.5 and Qwen2.5-VL prune one row-major grid of the picture as the model sees it; the anyres families'
-        and InternVL's rows are several grids (crops or tiles) packed into one 1 x N strip, and the view is one of
-        those images, so a drawing of kept rows over it would be a partial or wrong picture."""
-        if self.family in ("llava", "qwen2_5_vl"):
-            return {"drawn": True, "note": None}
-        packed = ("the base image's tokens, then the crops' joint grid with a newline token closing each of its rows"
-                  if self.family != "internvl" else "each tile's pixel-shuffled tokens, tile after tile, the thumbnail "
-                  "last")
-        return {"drawn": False,
-                "note": f"The kept patches are not drawn for {self.family_name}: its image rows are {packed}, pruned "
-                        "as one 1 x N strip; the picture is only one of the images the model sees, so marks on it "
-                        "would misplace the rest. The cards give the counts."}
+        """How the kept patches are drawn: ``drawn`` (always True now), ``note`` (None: nothing withheld) and
+        ``panels`` (in words, or None). LLaVA-1.5 and Qwen2.5-VL prune one row-major grid of the picture as the model
+        sees it; the anyres families' and InternVL's rows are several grids packed into one 1 x N strip, so the
+        ``view`` event carries their ``layout`` (``Adapter.token_layout``: each row's view and cell) and one picture
+        per view (``views``), and the app draws each view's kept cells on its own picture, side by side."""
+        panels = {"llava_onevision": "the base image | the crops stitched", "llava_next": "the base image | the crops "
+                  "stitched", "internvl": "the tiles stitched | the thumbnail"}.get(self.family)
+        return {"drawn": True, "note": None, "panels": panels}
 
     def sweep_info(self) -> dict:
         """Whether ``sweep`` runs here: its budgets are counts of one fixed grid (the shapes questions' sweep), which a
@@ -513,14 +508,16 @@ class Scope:
             digest = hashlib.sha1(prepared.pixel_values.float().cpu().numpy().tobytes()).hexdigest()
             self._check_family(prepared, digest, chosen)
             view = self.view(prepared)
+            layout = self.engine.adapter.token_layout(prepared)
             if self.family == "llava":
                 world = offworld.check(view, image.size, prepared.question, self.engine.lm.processor.image_processor,
                                        self.is_embedded)
             else:  # the LLaVA processor's resize rule does not apply: say what this family's processor made
-                world = {"resize": self.family_resize(image.size, view, prepared), "warnings": [],
+                world = {"resize": self.family_resize(image.size, view, prepared, layout), "warnings": [],
                          "image_stats": None}
             overlay = self.overlay_info()
-            yield {"kind": "view", "view": view,
+            yield {"kind": "view", "view": view, "layout": layout, "views": self.views(prepared, layout),
+                   "grid_on_view": self.family in ("llava", "qwen2_5_vl"),
                    "grid": [prepared.rows or self.engine.geometry.rows, prepared.cols or self.engine.geometry.cols],
                    "view_note": world["resize"]["sentence"], "resize": world["resize"], "warnings": world["warnings"],
                    "image_stats": world["image_stats"], "overlay_drawn": overlay["drawn"],
@@ -581,7 +578,7 @@ class Scope:
                 raise ValueError(f"strategy {strategy.name} does not run on {self.family_name}: {e} (docs/strategies.md"
                                  ", the strategy x family table)") from None
 
-    def family_resize(self, original: tuple[int, int], view: np.ndarray, prepared) -> dict:
+    def family_resize(self, original: tuple[int, int], view: np.ndarray, prepared, layout: dict) -> dict:
         """``resize`` for a family other than LLaVA-1.5 (``original`` [w, h], ``resized``, ``input`` [w, h] of the
         picture shown, ``cut`` None, ``sentence``): what its processor made of the upload, from its own output."""
         h, w = view.shape[:2]
@@ -594,14 +591,22 @@ class Scope:
                                "px square.")
         elif self.family == "internvl":
             tiles = prepared.pixel_values.shape[0]
-            shown_ = "the thumbnail of the whole picture" if tiles > 1 else "the only tile"
-            out["sentence"] = (f"Your {ow} x {oh} image became {tiles} tile(s) of {w} x {h} px; shown: {shown_}. The "
-                               f"model sees {prepared.n_image} visual tokens over all tiles.")
+            first = layout["views"][0]
+            if tiles > 1:
+                out["sentence"] = (f"Your {ow} x {oh} image became {first['tiles'][0]} x {first['tiles'][1]} tiles of "
+                                   f"{w} x {h} px (shown stitched, left) and a thumbnail of the whole picture (right); "
+                                   f"the model sees {prepared.n_image} visual tokens over all of them.")
+            else:
+                out["sentence"] = (f"Your {ow} x {oh} image became one tile of {w} x {h} px (shown); the model sees "
+                                   f"{prepared.n_image} visual tokens.")
         else:
-            crops = prepared.pixel_values.reshape(-1, *prepared.pixel_values.shape[-3:]).shape[0]
-            out["sentence"] = (f"Your {ow} x {oh} image became a base image of {w} x {h} px (shown) and "
-                               f"{crops - 1} crop(s) of it at that size; the model sees {prepared.n_image} visual "
-                               "tokens over all of them (newline tokens included).")
+            crops = layout["views"][1]
+            out["sentence"] = (f"Your {ow} x {oh} image became a base image of {w} x {h} px (shown left) and "
+                               f"{crops['tiles'][0]} x {crops['tiles'][1]} crops of that size (shown stitched, right: "
+                               f"their token grid is {crops['rows']} x {crops['cols']} after the padding is cut"
+                               + (" and the grid shrunk" if "shrunk" in crops["label"] else "") +
+                               f"); the model sees {prepared.n_image} visual tokens over all of them, "
+                               f"{len(layout['newline'])} newline tokens included.")
         return out
 
     def check_question(self, question) -> None:
@@ -655,8 +660,6 @@ class Scope:
         merged-token grid lies over it row-major. LLaVA-OneVision / NeXT: the base image (the first of the crops);
         InternVL: the thumbnail (the last tile) or the only tile."""
         proc = self.engine.lm.processor.image_processor
-        mean = torch.tensor(proc.image_mean).view(3, 1, 1)
-        std = torch.tensor(proc.image_std).view(3, 1, 1)
         pv = prepared.pixel_values.float().cpu()
         if self.family == "qwen2_5_vl":
             _, gh, gw = (int(x) for x in prepared.vision_inputs["image_grid_thw"][0])
@@ -668,8 +671,37 @@ class Scope:
             image = pv[-1]
         else:
             image = pv.reshape(-1, *pv.shape[-3:])[0]
+        return self._pixels(image)
+
+    def _pixels(self, image: torch.Tensor) -> np.ndarray:
+        """(3, H, W) normalised -> (H, W, 3) uint8, with the processor's mean and std."""
+        proc = self.engine.lm.processor.image_processor
+        mean = torch.tensor(proc.image_mean).view(3, 1, 1)
+        std = torch.tensor(proc.image_std).view(3, 1, 1)
         pixels = image * std + mean  # (3, H, W) in 0..1
         return (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+    def views(self, prepared, layout: dict) -> list[np.ndarray]:
+        """One (H, W, 3) uint8 picture per view of ``layout`` (``Adapter.token_layout``): LLaVA-1.5 and Qwen2.5-VL
+        the image as the model sees it (``view``); the anyres families the base image, then the crops stitched back
+        into the high-res picture they were cut from (the processor's padding included: the view's ``box`` says which
+        pixels its token grid covers); InternVL the tiles stitched likewise, then the thumbnail."""
+        if self.family in ("llava", "qwen2_5_vl"):
+            return [self.view(prepared)]
+        pv = prepared.pixel_values.float().cpu()
+        pv = pv.reshape(-1, *pv.shape[-3:])  # (images, 3, h, w): anyres (base, crops...), InternVL (tiles, thumbnail)
+        out = []
+        for v in layout["views"]:
+            rows, cols = v["tiles"]
+            if len(v["sources"]) != rows * cols or max(v["sources"]) >= pv.shape[0]:
+                raise ValueError(f"{self.family_name}: view {v['name']} names images {v['sources']} of "
+                                 f"{pv.shape[0]}")
+            tiles = pv[v["sources"]]  # (rows * cols, 3, h, w), row-major
+            h, w = tiles.shape[-2:]
+            stitched = tiles.view(rows, cols, 3, h, w).permute(2, 0, 3, 1, 4).reshape(3, rows * h, cols * w)
+            out.append(self._pixels(stitched))
+        return out
+
 
     def _inspect(self, image, digest: str, prepared, chosen: list[Strategy], keep: int | None, eta: float) -> dict:
         """This image's analyses: [CLS] attention per ViT layer, VTC-CLS Fig. 2, VTW's KL per withdrawal

@@ -600,13 +600,17 @@ class Teacher:
         return out
 
     def view(self, image, question: str = "What is this?") -> dict:
-        """The image as the model sees it (``view``, uint8 (H, W, 3)) and the grid: what an export draws on."""
+        """The image as the model sees it (``view``, uint8 (H, W, 3)) and the grid: what an export draws on; with the
+        token ``layout``, one picture per view (``views``) and ``grid_on_view``, as the compare stream's view event."""
         self.scope.check_question(question)
         with self.scope.lock:
             _, prepared, _ = self._prepare(image, question)
             view = self.scope.view(prepared)
+            layout = self.engine.adapter.token_layout(prepared)
+            views = self.scope.views(prepared, layout)
         g = self.engine.geometry
-        return {"view": view, "grid": [g.rows, g.cols]}
+        return {"view": view, "grid": [g.rows, g.cols], "layout": layout, "views": views,
+                "grid_on_view": self.scope.family in ("llava", "qwen2_5_vl")}
 
 
 def objects_kept(scene: world.Scene, kept, rows: int, cols: int, share: float = 0.1) -> dict:

@@ -179,3 +179,73 @@ def test_legend_names_every_state(state):
     html = overlays.legend_html()
     words = dict((s, w) for s, _, w in overlays.LEGEND)[state]
     assert words in html
+
+
+def _two_view_layout():
+    """A hand-made token layout of the library's form: a 2 x 2 base view over a 4 x 4 picture, then a 3 x 5 crops view
+    over the box [2, 0, 12, 9] of a 9 x 14 picture (cells of 2 x 3 px: not whole pixels once scaled), a newline after
+    each crops row; 4 + 3 x 6 = 22 rows."""
+    views = [{"name": "base", "label": "base image", "rows": 2, "cols": 2, "size": [4, 4], "box": [0, 0, 4, 4]},
+             {"name": "crops", "label": "crops", "rows": 3, "cols": 5, "size": [9, 14], "box": [2, 0, 12, 9]}]
+    view, row, col = [0] * 4, [0, 0, 1, 1], [0, 1, 0, 1]
+    for r in range(3):
+        view += [1] * 6
+        row += [r] * 6
+        col += list(range(5)) + [-1]
+    newline = [i for i, c in enumerate(col) if c < 0]
+    return {"views": views, "view": view, "row": row, "col": col, "n": len(view), "newline": newline}
+
+
+def test_overlay_views_draws_each_views_cells_on_its_own_picture():
+    layout = _two_view_layout()
+    pictures = [_view(4, 4, 1), _view(9, 14, 2)]
+    kept = [0, 3, 4, 9, 20]  # base cells 0 and 3; crops (0, 0), the newline closing row 0, and (2, 4)
+    result = _result(kept, kept, grid=(1, layout["n"]))
+    plain = np.asarray(overlays.overlay_views(pictures, layout, None), int)
+    drawn = np.asarray(overlays.overlay_views(pictures, layout, result), int)
+    boxes = overlays.panel_boxes(pictures)
+    assert drawn.shape == plain.shape and drawn.shape[1] == boxes[-1][2] and len(boxes) == 2
+    # base: 2 x 2 cells over the whole panel
+    x0, y0, x1, y1 = boxes[0]
+    ch, cw = (y1 - y0) // 2, (x1 - x0) // 2
+    for cell, is_kept in ((0, True), (1, False), (2, False), (3, True)):
+        r, c = divmod(cell, 2)
+        tile = (slice(y0 + r * ch + 1, y0 + (r + 1) * ch - 1), slice(x0 + c * cw + 1, x0 + (c + 1) * cw - 1))
+        if is_kept:
+            assert np.array_equal(drawn[tile], plain[tile]), cell
+        else:
+            assert np.abs(drawn[tile] - (0.15 * plain[tile] + 0.85 * 28)).max() <= 1, cell
+    # crops: the box's cells; pixels outside the box (no tokens) untouched
+    x0, y0, x1, y1 = boxes[1]
+    f = (y1 - y0) / 9
+    bx0, bx1 = x0 + round(2 * f), x0 + round(12 * f)
+    assert np.array_equal(drawn[y0:y1, x0:bx0], plain[y0:y1, x0:bx0])
+    assert np.array_equal(drawn[y0:y1, bx1:x1], plain[y0:y1, bx1:x1])
+    cw, ch = (bx1 - bx0) / 5, (y1 - y0) / 3
+    for (r, c), is_kept in (((0, 0), True), ((0, 1), False), ((2, 4), True), ((1, 2), False)):
+        tile = (slice(int(y0 + r * ch) + 2, int(y0 + (r + 1) * ch) - 2),
+                slice(int(bx0 + c * cw) + 2, int(bx0 + (c + 1) * cw) - 2))
+        if is_kept:
+            assert np.array_equal(drawn[tile], plain[tile]), (r, c)
+        else:
+            assert np.abs(drawn[tile] - (0.15 * plain[tile] + 0.85 * 28)).max() <= 1, (r, c)
+    assert overlays.newline_words(layout, result).startswith("1 of 3 newline tokens kept")
+    dropped_late = _result(kept, [0, 3, 4], grid=(1, layout["n"]))
+    assert overlays.newline_words(dropped_late, dropped_late) is None  # no layout newline list: nothing to say
+    assert overlays.newline_words(layout, dropped_late).startswith("1 of 3 newline tokens entered the LLM, 0 reached")
+
+
+def test_view_result_maps_merge_groups_across_views():
+    """A merge group whose token is a base cell and whose members lie in both views: each view gets its cells'
+    group, and only the base view holds the token itself (``kept`` keeps its length, -1 elsewhere)."""
+    layout = _two_view_layout()
+    groups = [-1] * layout["n"]
+    for p in (0, 1, 4, 5):  # base cells 0, 1 and crops (0, 0), (0, 1) went into token 0 (base cell 0)
+        groups[p] = 0
+    result = _result([0, 3], [0, 3], grid=(1, layout["n"]), merge_groups=groups)
+    base, crops = overlays.view_result(layout, result, 0), overlays.view_result(layout, result, 1)
+    assert base["kept"] == [0, 3] and base["merge_groups"] == [0, 0, -1, -1]
+    assert crops["kept"] == [-1, -1] and crops["merge_groups"][:2] == [0, 0] and crops["kept_final"] == []
+    assert overlays.patch_states(crops)[:3] == ["merged", "merged", "before"]
+    image = overlays.overlay_views([_view(4, 4, 1), _view(9, 14, 2)], layout, result)
+    assert image.size[0] == overlays.panel_boxes([_view(4, 4, 1), _view(9, 14, 2)])[-1][2]

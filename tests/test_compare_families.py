@@ -1,7 +1,8 @@
 """The app's library layer (``pruning.compare.Scope``) on the families beyond LLaVA-1.5 (issue 27): Qwen2.5-VL,
 LLaVA-OneVision, LLaVA-NeXT and InternVL, each a tiny random-init checkpoint built offline. Their token count is per
 image, so ``info()`` offers the budget as a ratio, a count is clamped to the image's tokens, strategies the family's
-table refuses are refused before anything runs, and the overlay is drawn only where the grid is the picture's."""
+table refuses are refused before anything runs, and the overlay is drawn on every family: over the picture where the
+grid is the picture's, else per view of the token layout (base image and crops, tiles and thumbnail)."""
 
 import numpy as np
 import pytest
@@ -29,9 +30,8 @@ def test_info_says_the_budget_is_a_ratio_and_names_no_grid(scopes, family):
     assert info["budget"]["unit"] == "ratio" and 0 < info["budget"]["min"] < info["budget"]["max"] == 1.0
     assert "this image's own visual tokens" in info["budget"]["sentence"]
     assert info["sweep"]["available"] is False and "token count changes" in info["sweep"]["reason"]
-    assert info["overlay"]["drawn"] is (family == "qwen2.5-vl")
-    if family != "qwen2.5-vl":
-        assert "1 x N strip" in info["overlay"]["note"]
+    assert info["overlay"]["drawn"] is True and info["overlay"]["note"] is None
+    assert (info["overlay"]["panels"] is None) is (family == "qwen2.5-vl")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -53,15 +53,25 @@ def test_compare_runs_two_strategies_with_a_ratio_of_the_images_tokens(scopes, f
     assert any("substitute" in note for note in results[1]["notes"])  # vtc-cls reads the named substitute
     rows, cols = results[0]["grid"]
     assert rows * cols == n
-    assert view["overlay_drawn"] is (family == "qwen2.5-vl")
+    assert view["overlay_drawn"] is True and view["grid_on_view"] is (family == "qwen2.5-vl")
+    layout = view["layout"]
+    assert layout["n"] == n and len(view["views"]) == len(layout["views"])
+    for picture, v in zip(view["views"], layout["views"]):
+        assert picture.shape == (*v["size"], 3) and picture.dtype == np.uint8
     if family == "qwen2.5-vl":
         # the view is the picture the merged-token grid lies over: an 80 x 64 image is kept at its size (multiples of
         # the 8 px merged token), and the processor's patches put back in place give that image again
         assert view["view"].shape == (64, 80, 3) and [rows, cols] == [8, 10] and view["grid"] == [8, 10]
         assert np.abs(view["view"].astype(int) - _image()).mean() < 3
     else:
-        assert rows == 1 and view["overlay_note"] and "not drawn" in view["overlay_note"]
+        assert rows == 1 and view["overlay_note"] is None
         assert view["view"].ndim == 3 and view["view"].shape[2] == 3
+        # an 80 x 64 image: 2 x 3 crops (tiles) of 32 px, as the view note says
+        names = [v["name"] for v in layout["views"]]
+        assert names == (["tiles", "thumbnail"] if family == "internvl" else ["base", "crops"])
+        assert "2 x 3" in view["view_note"] and "stitched" in view["view_note"]
+        if family != "internvl":
+            assert f"{len(layout['newline'])} newline tokens included" in view["view_note"]
     assert inspect["cls_attention"] is None and "not drawn" in inspect["inspect_note"]
 
 

@@ -8,8 +8,8 @@ feed them with image-newline tokens; both use 1-D RoPE.
   unpadded (OneVision: bilinearly shrunk past ``anyres_max_9``) with one image-newline token closing each of its
   rows. Those N rows, in that order, are the "patches" the strategies see: one LLM row each, newline tokens
   included (a strategy may drop one). ``Prepared.rows`` x ``cols`` is 1 x N: the rows are two grids and a newline
-  column, not one grid, so grid-based rules (pooling, the app's overlay) see a strip. Budgets are global over the
-  N rows, not per crop.
+  column, not one grid, so grid-based rules (pooling) see a strip; ``token_layout`` (``pruning.layout``) says where
+  each row lies, for the app's overlay. Budgets are global over the N rows, not per crop.
 - Pruning happens after the projector (the stock call projects every crop), so ``project`` is the identity and
   feature-merging strategies average LLM-space rows (on LLaVA-1.5 they average vision features before the MLP).
 - Positions: 0..S-1, one row, as LLaVA-1.5.
@@ -139,6 +139,19 @@ class AnyresAdapter(Adapter):
             prepared.vision_inputs["image_sizes"] = inputs["image_sizes"].to(self.device)
         if "batch_num_images" in inputs:  # OneVision: one image, so the crops are used (NeXT always uses them)
             prepared.vision_inputs["batch_num_images"] = inputs["batch_num_images"]
+
+    def token_layout(self, prepared: Prepared) -> dict:
+        """Where each packed row lies (``pruning.layout``): the base image's grid, then the crops' joint grid with
+        its newline tokens (anyres), or the tiles' grids then the thumbnail's (InternVL); checked against N."""
+        from ..layout import anyres_layout, check_layout, internvl_layout
+
+        config = self.model.config
+        if self.family == "internvl":
+            layout = internvl_layout(config, self.lm.processor.image_processor, prepared.image_hw,
+                                     prepared.pixel_values.shape[0])
+        else:
+            layout = anyres_layout(config, prepared.vision_inputs["image_sizes"][0].tolist(), self.family)
+        return check_layout(layout, prepared.n_image, self.family)
 
     @torch.no_grad()
     def vision_pass(self, prepared: Prepared, seed: int = 0, strategy=None) -> VisionContext:

@@ -43,6 +43,7 @@ class Prepared:
     position_ids: torch.Tensor | None = None  # (P, S_full) the family's position ids of the full prompt
     #                                            (None: 0..S_full-1, one row)
     vision_inputs: dict | None = None  # other processor tensors the vision pass takes (Qwen: image_grid_thw)
+    image_hw: tuple | None = None  # (height, width) px of the image handed to the processor
 
 
 @dataclass
@@ -171,6 +172,7 @@ class Adapter:
         prepared = Prepared(
             pixel_values=inputs["pixel_values"].to(self.device, self.vision_dtype), input_ids=ids.to(self.device),
             image_start=int(where[0]), n_image=n, question=question, prompt=prompt, notes=notes, rows=rows, cols=cols,
+            image_hw=(image.height, image.width),
         )
         self.finish_prepare(prepared, inputs)
         return prepared
@@ -184,6 +186,16 @@ class Adapter:
         """Family-specific fields of ``prepared`` (position ids, extra vision inputs); default: none."""
         s = prepared.input_ids.shape[0]
         prepared.position_ids = torch.arange(s, device=self.device)[None]
+
+    def token_layout(self, prepared: Prepared) -> dict:
+        """Where each of the N image rows lies (``pruning.layout``): one row-major grid over the picture the model
+        sees (``geometry.image_size`` square); families with several grids override it."""
+        from ..layout import check_layout, grid_layout
+
+        g = self.geometry
+        rows, cols = prepared.rows or g.rows, prepared.cols or g.cols
+        return check_layout(grid_layout(rows, cols, g.image_size, g.image_size, self.family), prepared.n_image,
+                            self.family)
 
     # ---------------------------------------------------------------- vision
     def vision_shape(self):

@@ -133,6 +133,16 @@ class Qwen25VLAdapter(Adapter):
         prepared.position_ids = position_ids[:, 0]  # (3, S)
         prepared.vision_inputs = {"image_grid_thw": grid}
 
+    def token_layout(self, prepared: Prepared) -> dict:
+        """One row-major grid of merged tokens over the resized picture (``image_grid_thw`` patches of
+        ``patch_size`` px)."""
+        from ..layout import check_layout, grid_layout
+
+        _, gh, gw = (int(x) for x in prepared.vision_inputs["image_grid_thw"][0])
+        ps = self.model.config.vision_config.patch_size
+        return check_layout(grid_layout(prepared.rows, prepared.cols, gh * ps, gw * ps, self.family),
+                            prepared.n_image, self.family)
+
     # ---------------------------------------------------------------- vision (project: the identity, the
     # PatchMerger, Qwen's projector, already ran inside the tower)
     @torch.no_grad()
