@@ -87,7 +87,14 @@ def normalise(text: str) -> str:
 
 
 def parse_budgets(spec: str, n_patches: int) -> list[int]:
-    """'192,128,64' or '0.33,0.22' (fractions of the grid) -> token counts."""
+    """'192,128,64' or '0.33,0.22' (fractions of the grid) -> token counts. ``n_patches`` < 1 (a model whose token
+    count follows each image: Qwen2.5-VL, LLaVA-OneVision / NeXT, InternVL) is refused in words: one count cannot
+    stand for every image there, and a fraction of 0 would silently keep nothing."""
+    if n_patches < 1:
+        raise ValueError("this model has no fixed patch grid: its visual tokens follow each image (Qwen2.5-VL, "
+                         "LLaVA-OneVision / NeXT, InternVL), so one list of budgets cannot stand for every image; "
+                         "sweeps over questions take fixed-grid models (LLaVA-1.5 geometries, the embedded model); "
+                         "`ask --keep 0.25`, `speed --keep 0.25` and the app take ratios of each image's tokens")
     out = []
     for part in spec.split(","):
         part = part.strip()
