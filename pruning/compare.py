@@ -431,10 +431,24 @@ class Scope:
                           f"{self.family_name}'s token count changes from image to image (use the Compare tab's "
                           "share of each image's tokens, or lmms-eval with the prunescope plugin)"}
 
+    def projection_reason(self) -> str | None:
+        """Why this model's results carry no projection (None: they do). The projection is onto LLaVA-1.5-7B from a
+        speed report measured at its widths: it stands for the same request on that model, which is meaningful for
+        the LLaVA-1.5 family only; another family's kept counts on LLaVA-1.5-7B would be a different model's
+        cost."""
+        if self.family != "llava":
+            from .geometries import FAMILY_GEOMETRIES
+
+            own = next((g.name for g in FAMILY_GEOMETRIES.values() if g.family == self.family), None)
+            return (f"this model is {self.family_name}, and the projection is onto LLaVA-1.5-7B"
+                    + (f"; `python -m pruning speed --geometry {own}` times {self.family_name} at its real widths"
+                       if own else ""))
+        return projection.unavailable(self.speed_report)
+
     def projection_info(self) -> dict:
         """Whether results carry a projection to LLaVA-1.5-7B: ``available``, ``label`` (what it is projected from,
         on which machine) or ``reason`` (why not)."""
-        reason = projection.unavailable(self.speed_report)
+        reason = self.projection_reason()
         if reason is not None:
             return {"available": False, "reason": reason}
         return {"available": True, "machine": projection.machine_words(self.speed_report),
@@ -635,7 +649,9 @@ class Scope:
             out["efficiency"] = out["speedup"] / out["speedup_predicted"]
         out["timing_note"] = None if reference is None else timing_note(out, reference, self.is_embedded,
                                                                           self.speed_report)
-        out["projected"] = projection.project(out, self.speed_report)
+        reason = self.projection_reason()
+        out["projected"] = (projection.project(out, self.speed_report) if reason is None else
+                            {"available": False, "reason": reason, "label": f"No projection: {reason}."})
         return out
 
     def warm_up(self) -> None:

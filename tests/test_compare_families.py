@@ -109,3 +109,16 @@ def test_budget_forms_are_checked(scopes):
 def test_sweep_is_refused_in_words(scopes):
     with pytest.raises(ValueError, match="the sweep is not run on Qwen2.5-VL"):
         scopes["qwen2.5-vl"].sweep(["random"], [4], n=2)
+
+
+def test_no_projection_onto_llava_for_another_family(tmp_path):
+    """The cards' projection is onto LLaVA-1.5-7B (from its speed report): on another family it would be a different
+    model's cost, so results and info say there is none, and which command times the family instead."""
+    scope = Scope(str(build_family(tmp_path / "next", "llava-next")))  # the app's default speed report
+    assert scope.speed_report is not None  # the LLaVA-1.5-7B report is there, and still not used
+    info = scope.info()["projection"]
+    assert info["available"] is False and "this model is LLaVA-NeXT" in info["reason"]
+    assert "`python -m pruning speed --geometry llava-next-7b`" in info["reason"]
+    result = scope.compare(_image(), "What is it?", ["random"], keep_ratio=0.5, repeats=1, warmup=0,
+                           max_new_tokens=1)[1]
+    assert result["projected"]["available"] is False and result["projected"]["reason"] == info["reason"]
