@@ -56,7 +56,7 @@ def _text_ids(tok) -> dict:
                 pad_token_id=tok.pad_token_id)
 
 
-def _qwen25vl(tok):
+def _qwen25vl(tok, vision_width: int = 32):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -67,7 +67,7 @@ def _qwen25vl(tok):
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     config = Qwen2_5_VLConfig(
-        vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=patch,
+        vision_config=dict(depth=4, hidden_size=vision_width, intermediate_size=2 * vision_width, num_heads=2, patch_size=patch,
                            spatial_merge_size=merge, temporal_patch_size=2, window_size=24,
                            fullatt_block_indexes=[1, 3], out_hidden_size=TEXT["hidden_size"]),
         text_config=dict(**TEXT, **_text_ids(tok),
@@ -154,8 +154,10 @@ FAMILIES = {"qwen2.5-vl": ("qwen2_5_vl", _qwen25vl), "llava-onevision": ("llava_
             "llava-next": ("llava_next", _next), "internvl": ("internvl", _internvl)}
 
 
-def build_family(out_dir: str | Path, family: str, seed: int = 0) -> Path:
-    """Write a tiny random-init checkpoint of ``family`` (a key of ``FAMILIES``) to ``out_dir``; return the path."""
+def build_family(out_dir: str | Path, family: str, seed: int = 0, vision_width: int | None = None) -> Path:
+    """Write a tiny random-init checkpoint of ``family`` (a key of ``FAMILIES``) to ``out_dir``; return the path.
+    ``vision_width``: Qwen2.5-VL's ViT width (default 32; 64 makes every linear layer's input a multiple of 64, as
+    bitsandbytes' CPU 4-bit kernels need)."""
     import torch
 
     from .processors import STOCK_PROCESSORS, VIDEO_FAMILIES, make_image_only
@@ -167,7 +169,10 @@ def build_family(out_dir: str | Path, family: str, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(VOCAB, family="llava" if model_type == "llava_next" else model_type)
-    model_cls, config, image_processor, processor_kwargs, template = builder(tok)
+    if vision_width is not None and family != "qwen2.5-vl":
+        raise ValueError(f"vision_width is a Qwen2.5-VL option; {family}'s widths are fixed")
+    extra = {"vision_width": vision_width} if vision_width is not None else {}
+    model_cls, config, image_processor, processor_kwargs, template = builder(tok, **extra)
     if model_type in VIDEO_FAMILIES:
         processor = make_image_only(model_type, image_processor, tok, chat_template=template, **processor_kwargs)
     else:
