@@ -222,6 +222,9 @@ def probe_figure(probe: dict) -> go.Figure:
         fig.add_vline(x=probe["feature_layer"], line_dash="dot", line_color="#777", row=1, col=1,
                       annotation_text="feeds the LLM", annotation_font_size=10)
         fig.add_hline(y=1 / (probe["grid"][0] * probe["grid"][1]), line_dash="dash", line_color="#aaa", row=1, col=1)
+    elif probe.get("vit_note"):  # no [CLS] row on this family: the panel says so rather than stay blank
+        fig.add_annotation(text="not available for this model (see the note under the table)", showarrow=False,
+                           xref="x domain", yref="y domain", x=0.5, y=0.5, font={"color": "#777"}, row=1, col=1)
     for name, values in probe["llm_received"].items():
         fig.add_trace(go.Scatter(x=list(range(len(values))), y=values, mode="lines+markers", name=name,
                                  connectgaps=False, **trace_style(name, size=7),

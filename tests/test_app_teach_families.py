@@ -93,6 +93,8 @@ def test_probe_on_qwen_uses_the_images_grid(served, labels, picture):
              model=labels["qwen"])
     assert p["grid"] == [8, 10] and p["patch"] == 7 * 10 + 9
     assert p["vit_attention"] is None and p["cls_attention"] is None and "Qwen2.5-VL" in p["vit_note"]
+    assert teach_ui.probe_attention_image({**p, "view": None}, 0) is None  # nothing drawn rather than a wrong map
+    assert p["vit_note"] in teach_ui.fates_html(p)
     assert [f["strategy"] for f in p["fates"]] == ["none", "random"] and p["fates"][0]["state"] == "kept"
     for maps in p["llm_attention"].values():
         assert all(len(layer) == 80 for layer in maps)
@@ -169,6 +171,9 @@ def test_the_page_draws_qwens_grid_over_its_picture(served, labels, picture):
         index = [probe_img.size[0] - 1, 0]  # the top right corner
 
     assert pick(probe_img, [8, 10], Click()) == (0, 9)
+    using = page_fn(demo, "using_words").fn(picture, Q, ["random"], 25, labels["qwen"])
+    assert "budget **25% of the image's visual tokens**" in using
+    assert "budget **36 of 144 visual tokens**" in page_fn(demo, "using_words").fn(picture, Q, [], 36, labels["toy"])
 
 
 # ---------------------------------------------------------------- LLaVA-NeXT: a packed strip
