@@ -20,6 +20,12 @@ A ``Teacher`` wraps one ``pruning.compare.Scope`` (``Scope.teach``) and answers 
 - ``random_seeds`` / ``random_band``: random over N seeds on this image, and on held-out questions (a band);
 - ``lesson``: one of ``LESSONS`` (a prepared scene, question, strategies and budget) run as a comparison.
 
+On the families whose token grid is per image (``Scope.dynamic``: Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT,
+InternVL) every request works on the prepared image's own grid and token count (``grid_of``; budgets as a count of
+its tokens or ``keep_ratio``). ``probe`` and ``handpick`` need a grid over the picture: Qwen2.5-VL's merged grid is
+one; the others' tokens are a packed 1 x N strip, and ``check_grid`` refuses there in words. ``random_band`` (a
+shapes sweep) and ``lesson`` (the embedded toy's scenes) are refused on all four.
+
 Runs here are untimed (``quick``) except ``handpick`` and ``lesson``, which go through ``Scope.compare_stream``.
 Every request is checked before anything runs; a ``ValueError`` names the value. The embedded model is a toy
 that knows only its shapes world: ``truth`` exists only for that world's scenes.

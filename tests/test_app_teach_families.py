@@ -9,6 +9,7 @@ budget film, the agreement and random over seeds (which need only token counts) 
 percentage of each image's tokens on both (as ``/compare``'s ``keep``); the band (a shapes sweep) is refused, and a
 lesson switches the Model menu to the embedded toy, saying so."""
 
+import html
 import re
 
 import numpy as np
@@ -85,6 +86,15 @@ def test_the_app_starts_with_qwen_as_default_and_compare_works(served, labels, p
     assert film_box.value == "" and "this image's visual tokens" in film_box.label
 
 
+def test_model_id_names_the_default_model(dirs, monkeypatch):
+    """What the served app above is built with: ``MODEL_ID`` (or ``--model``) becomes ``make_demo``'s model."""
+    main = load_app_main()
+    monkeypatch.setenv("MODEL_ID", dirs["qwen"])
+    assert main.parse_args([]).model == dirs["qwen"]
+    monkeypatch.delenv("MODEL_ID")
+    assert main.parse_args([]).model is None  # the embedded model
+
+
 # ---------------------------------------------------------------- Qwen2.5-VL: the image's own grid
 
 def test_probe_on_qwen_uses_the_images_grid(served, labels, picture):
@@ -94,7 +104,7 @@ def test_probe_on_qwen_uses_the_images_grid(served, labels, picture):
     assert p["grid"] == [8, 10] and p["patch"] == 7 * 10 + 9
     assert p["vit_attention"] is None and p["cls_attention"] is None and "Qwen2.5-VL" in p["vit_note"]
     assert teach_ui.probe_attention_image({**p, "view": None}, 0) is None  # nothing drawn rather than a wrong map
-    assert p["vit_note"] in teach_ui.fates_html(p)
+    assert html.escape(p["vit_note"]) in teach_ui.fates_html(p)
     assert [f["strategy"] for f in p["fates"]] == ["none", "random"] and p["fates"][0]["state"] == "kept"
     for maps in p["llm_attention"].values():
         assert all(len(layer) == 80 for layer in maps)
@@ -214,6 +224,14 @@ def test_film_agreement_and_seeds_run_on_llava_next_without_a_picture(served, la
     s = call(client, "random_seeds", image=picture, question=Q, keep=50, n=2, model=labels["next"])
     assert s["drawn"] is False and s["keep"] == round(n / 2)
     assert "<img" not in teach_ui.seeds_html({**s, "view": None})
+
+
+def test_export_on_llava_next_draws_no_overlay(served, labels, picture):
+    _, client = served
+    path = call(client, "export", image=picture, question=Q, strategies=["random"], keep=50, model=labels["next"])
+    text = open(path, encoding="utf-8").read()
+    assert "alt='random overlay'" not in text and text.count("(no overlay: this model's tokens are a packed strip") == 2
+    assert "LLM attention over the grid" not in text
 
 
 # ---------------------------------------------------------------- lessons switch to the embedded toy
