@@ -768,6 +768,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
     lessons = teacher_lessons(scope)
     image, question, strategies, keep = compare["image"], compare["question"], compare["strategies"], compare["keep"]
     model, results_state = compare["model"], compare["results"]
+    grid_state = compare.get("grid_state") or gr.State([n_patches, grid])  # the picked model's [n_patches, grid]
     c = {}
 
     def msg():
@@ -990,12 +991,12 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         return write_export(text)
 
     # ------------------------------------------------------------ page callbacks
-    def using_words(img, q, chosen, k, m):
+    def using_words(img, q, chosen, k, g):
+        """The Compare tab's inputs in words; ``g``: the picked model's [n_patches, grid] (the Compare tab's state,
+        set once the model is loaded: n_patches None on a grid per image), so that nothing loads here."""
         name = Path(img).name if img else "(no image)"
-        try:
-            said = budget_words_of(pool.get(m).budget_info(), k)
-        except ValueError as e:  # the model cannot load: its menu says so too
-            said = f"⚠ {e}"
+        n = (g or [n_patches])[0]
+        said = budget_words_of({"unit": "count", "max": n} if n else {"unit": "ratio"}, k)
         return (f"**Using** image `{html.escape(name)}` · question _{html.escape(q or '')}_ · strategies "
                 f"{', '.join(chosen or []) or '(none chosen)'} · budget **{said}**. Change them on the Compare tab.")
 
@@ -1172,10 +1173,10 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
 
     # ------------------------------------------------------------ wiring
     model_q = dict(concurrency_id="model", api_visibility="private")
-    for comp in (image, question, strategies, keep, model):
-        comp.change(using_words, [image, question, strategies, keep, model], using, queue=False,
+    for comp in (image, question, strategies, keep, grid_state):
+        comp.change(using_words, [image, question, strategies, keep, grid_state], using, queue=False,
                     show_progress="hidden", api_visibility="private")
-    teach_tab.select(using_words, [image, question, strategies, keep, model], using, queue=False,
+    teach_tab.select(using_words, [image, question, strategies, keep, grid_state], using, queue=False,
                      show_progress="hidden", api_visibility="private")
     views_in = [image, question, model, probe_row, probe_col, view_grid]
     views_out = [probe_img, painter, view_grid, probe_msg, hand_msg]

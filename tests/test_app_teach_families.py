@@ -181,9 +181,9 @@ def test_the_page_draws_qwens_grid_over_its_picture(served, labels, picture):
         index = [probe_img.size[0] - 1, 0]  # the top right corner
 
     assert pick(probe_img, [8, 10], Click()) == (0, 9)
-    using = page_fn(demo, "using_words").fn(picture, Q, ["random"], 25, labels["qwen"])
+    using = page_fn(demo, "using_words").fn(picture, Q, ["random"], 25, [None, None])  # the Compare tab's state
     assert "budget **25% of the image's visual tokens**" in using
-    assert "budget **36 of 144 visual tokens**" in page_fn(demo, "using_words").fn(picture, Q, [], 36, labels["toy"])
+    assert "budget **36 of 144 visual tokens**" in page_fn(demo, "using_words").fn(picture, Q, [], 36, [144, [12, 12]])
 
 
 # ---------------------------------------------------------------- LLaVA-NeXT: a packed strip
