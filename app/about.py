@@ -90,9 +90,11 @@ def strategies_markdown(names: list[str]) -> str:
 
 def model_card_markdown(info: dict, card: dict | None) -> str:
     if not info["embedded"]:
+        # a family whose token grid is per image (Qwen2.5-VL, the anyres families, InternVL) has no one grid to name
+        grid = (f"a {info['grid'][0]}x{info['grid'][1]} patch grid" if info.get("grid") else
+                f"{info.get('family_name', 'its family')}: visual tokens per image ({info['budget']['sentence']})")
         return (f"## The model\n\n`{info['model']}` ({'4-bit' if info['load_in_4bit'] else 'full precision'}, "
-                f"{info['device']}): a {info['grid'][0]}x{info['grid'][1]} patch grid, {info['vision_layers']} "
-                f"vision layers, {info['llm_layers']} LLM layers.")
+                f"{info['device']}): {grid}, {info['vision_layers']} vision layers, {info['llm_layers']} LLM layers.")
     lines = ["## The embedded model: a toy that knows one synthetic world", "",
              "No model hub is reachable where PruneScope is built, so it ships its own small model with "
              "LLaVA's architecture (a CLIP-style vision encoder, a projector and a Llama-style LLM), trained "

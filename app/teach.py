@@ -222,6 +222,9 @@ def probe_figure(probe: dict) -> go.Figure:
         fig.add_vline(x=probe["feature_layer"], line_dash="dot", line_color="#777", row=1, col=1,
                       annotation_text="feeds the LLM", annotation_font_size=10)
         fig.add_hline(y=1 / (probe["grid"][0] * probe["grid"][1]), line_dash="dash", line_color="#aaa", row=1, col=1)
+    elif probe.get("vit_note"):  # no [CLS] row on this family: the panel says so rather than stay blank
+        fig.add_annotation(text="not available for this model (see the note under the table)", showarrow=False,
+                           xref="x domain", yref="y domain", x=0.5, y=0.5, font={"color": "#777"}, row=1, col=1)
     for name, values in probe["llm_received"].items():
         fig.add_trace(go.Scatter(x=list(range(len(values))), y=values, mode="lines+markers", name=name,
                                  connectgaps=False, **trace_style(name, size=7),
@@ -272,7 +275,24 @@ def jaccard_figure(agreement: dict) -> go.Figure:
 
 def position_figure(agreement: dict) -> go.Figure:
     """Where each strategy's kept tokens lie: a row histogram and a column histogram (counts), one line per
-    strategy, the grid's middle dotted."""
+    strategy, the grid's middle dotted. On a packed strip (``drawn`` False: no rows and columns of the picture), one
+    histogram of the kept tokens' places in the sequence, in tenths, the middle dotted."""
+    if not agreement.get("drawn", True):
+        n = agreement["grid"][0] * agreement["grid"][1]
+        bins = 10
+        fig = go.Figure()
+        for name in agreement["strategies"]:
+            counts = [0] * bins
+            for p in agreement["sets"][name]:
+                counts[min(bins - 1, p * bins // max(n, 1))] += 1
+            fig.add_trace(go.Scatter(x=[(i + 0.5) / bins for i in range(bins)], y=counts, mode="lines+markers",
+                                     name=name, **trace_style(name, size=6),
+                                     hovertemplate=f"{name}: %{{y}} kept in this tenth of the sequence<extra></extra>"))
+        fig.add_vline(x=0.5, line_dash="dot", line_color="#999")
+        fig.update_xaxes(title_text=f"place in the sequence of {n} tokens (0 first, 1 last)", range=[0, 1])
+        fig.update_yaxes(title_text="kept tokens (count)", rangemode="tozero")
+        return _axes_finish(fig, "Position bias: where the kept tokens lie in the sequence",
+                            "a packed strip has no rows and columns of the picture; dotted: the middle", 420)
     fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2,  # stacked: legible on a phone
                         subplot_titles=("per patch row (0 = top)", "per patch column (0 = left)"))
     for name in agreement["strategies"]:
@@ -347,7 +367,9 @@ def fates_html(probe: dict) -> str:
             "<thead><tr><th style='text-align:left;padding:3px 8px'>strategy</th>"
             f"<th style='text-align:left;padding:3px 8px'>patch {probe['patch']} (row {probe['row']}, column "
             f"{probe['col']})</th><th style='text-align:left;padding:3px 8px'>answer</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table></div>")
+            f"<tbody>{rows}</tbody></table></div>"
+            + (f"<p style='font-size:0.85em;color:#555;margin:4px 0'>{html.escape(probe['vit_note'])}.</p>"
+               if probe.get("vit_note") else ""))
 
 
 def _answer_cell(answer: str, right: bool | None) -> str:
@@ -360,24 +382,32 @@ def film_strip_html(film: dict) -> str:
     """The budget film as a strip: one row per strategy, one frame per budget (the overlay and the answer, ✓ or
     ✗), the frame where the answer first breaks framed in red. Scrolls sideways on a narrow screen."""
     view, grid = film["view"], film["grid"]
+    drawn = film.get("drawn", True)  # a packed strip: the answers and counts, no picture
     head = "".join(f"<th style='padding:2px 4px;font-weight:600'>{b}</th>" for b in film["budgets"])
     body = []
     for name in film["strategies"]:
         cells = []
         broke = film["first_break"].get(name)
         for f in film["frames"][name]:
-            thumb = data_uri(overlays.overlay(view, frame_result(f, grid), THUMB))
             border = f"3px solid {WRONG}" if f["keep"] == broke else "3px solid transparent"
             tag = "<div style='font-size:10px;color:%s'>breaks here</div>" % WRONG if f["keep"] == broke else ""
-            cells.append(f"<td style='padding:2px 4px;text-align:center;vertical-align:top'>"
-                         f"<img src='{thumb}' alt='{html.escape(name)} at {f['keep']} tokens' "
-                         f"style='width:{THUMB}px;height:{THUMB}px;max-width:none;border:{border};border-radius:4px;display:block'>"
+            if drawn:
+                thumb = data_uri(overlays.overlay(view, frame_result(f, grid), THUMB))
+                picture = (f"<img src='{thumb}' alt='{html.escape(name)} at {f['keep']} tokens' "
+                           f"style='width:{THUMB}px;height:{THUMB}px;max-width:none;border:{border};border-radius:4px;"
+                           "display:block'>")
+            else:
+                picture = (f"<div style='width:{THUMB}px;border:{border};border-radius:4px;font-size:11px;"
+                           f"color:#444'>{f['tokens_last_layer']} tokens in the last layer</div>")
+            cells.append(f"<td style='padding:2px 4px;text-align:center;vertical-align:top'>{picture}"
                          f"<div style='font-size:11px;max-width:{THUMB}px;overflow-wrap:anywhere'>"
                          f"{_answer_cell(f['answer'], f['right'])}</div>{tag}</td>")
         body.append(f"<tr><th style='padding:2px 6px;text-align:left;white-space:nowrap'>{swatch_html(name)}</th>"
                     + "".join(cells) + "</tr>")
     judge = ("the scene's answer" if film["judge"] == "truth" else "none's answer (no ground truth for this image)")
     notes = "".join(f" {html.escape(n)}." for n in film.get("notes") or [])
+    if not drawn and film.get("overlay_note"):
+        notes += " " + html.escape(film["overlay_note"])
     return (f"<div style='font-size:0.9em;margin:4px 0'>Budget (visual tokens kept of {film['n_patches']}) along the "
             f"top; ✓ = the answer is {judge}: <b>{html.escape(film['reference'])}</b>. "
             f"{film['cached']} of {film['frames_total']} frames came from the cache.{notes}</div>"
@@ -392,10 +422,15 @@ def seeds_html(seeds: dict) -> str:
     cells = []
     for seed, answer, kept in zip(seeds["seeds"], seeds["answers"], seeds["kept"]):
         right = _norm(answer) == _norm(reference)
-        thumb = data_uri(overlays.overlay(seeds["view"], {"grid": seeds["grid"], "kept": kept, "kept_final": kept},
-                                          THUMB))
-        cells.append(f"<td style='padding:2px 4px;text-align:center'><img src='{thumb}' alt='random seed {seed}' "
-                     f"style='width:{THUMB}px;height:{THUMB}px;max-width:none;border-radius:4px;display:block'>"
+        if seeds.get("drawn", True):
+            thumb = data_uri(overlays.overlay(seeds["view"], {"grid": seeds["grid"], "kept": kept, "kept_final": kept},
+                                              THUMB))
+            picture = (f"<img src='{thumb}' alt='random seed {seed}' style='width:{THUMB}px;height:{THUMB}px;"
+                       "max-width:none;border-radius:4px;display:block'>")
+        else:  # a packed strip: where the kept tokens lie is not a place on the picture
+            picture = (f"<div style='font-size:11px;color:#444'>{len(kept)} of "
+                       f"{seeds['grid'][0] * seeds['grid'][1]} tokens</div>")
+        cells.append(f"<td style='padding:2px 4px;text-align:center'>{picture}"
                      f"<div style='font-size:11px'>seed {seed}: {_answer_cell(answer, right)}</div></td>")
     if judge_truth:
         summary = (f"random ({seeds['keep']} tokens) answered right with <b>{seeds['correct']} of {seeds['n']}</b> "
@@ -407,17 +442,24 @@ def seeds_html(seeds: dict) -> str:
             f"collapse'><tr>{''.join(cells)}</tr></table></div>")
 
 
-def cards_html(view: np.ndarray, results: list[dict], size: int = 192, panels: tuple | None = None) -> str:
+def cards_html(view: np.ndarray, results: list[dict], size: int = 192, panels: tuple | None = None,
+               drawn: bool = True) -> str:
     """Compact cards, one per result: its overlay, answer (✓ / ✗ against the scene when known, else ≠ none),
     tokens into the LLM and prefill compute. Used by handpick, lessons and the export. ``panels``: (layout, pictures)
     where the rows are several grids (the anyres crops, InternVL's tiles): each card then draws one panel per view
-    (``overlays.overlay_views``) and counts its newline tokens in words."""
+    (``overlays.overlay_views``) and counts its newline tokens in words. ``drawn`` False without ``panels`` (a model
+    whose tokens are a packed strip, and no layout at hand): no overlay, the card says so."""
     cards = []
     for r in results:
-        if panels is None:
-            pic = data_uri(overlays.overlay(view, r, size))
+        width, height = (size, f"{size}px") if panels is None else (2 * size, "auto")  # panels: side by side
+        if panels is not None or drawn:
+            pic = data_uri(overlays.overlay(view, r, size) if panels is None
+                           else overlays.overlay_views(panels[1], panels[0], r, size))
+            picture = (f"<img src='{pic}' alt='{html.escape(r['strategy'])} overlay' style='width:{width}px;"
+                       f"height:{height};display:block;margin:4px 0'>")
         else:
-            pic = data_uri(overlays.overlay_views(panels[1], panels[0], r, size))
+            picture = ("<div style='font-size:11px;color:#666;margin:4px 0'>(no overlay: this model's tokens are a "
+                       "packed strip, not a grid over the picture)</div>")
         right = r.get("correct")
         if right is None and r["strategy"] != "none":
             right = bool(r.get("same_as_none", True))
@@ -432,31 +474,37 @@ def cards_html(view: np.ndarray, results: list[dict], size: int = 192, panels: t
         newline = overlays.newline_words(panels[0], r) if panels is not None else None
         if newline:
             details += f"; {newline}"
-        width, height = (size, f"{size}px") if panels is None else (2 * size, "auto")  # panels: side by side
         cards.append(f"<div style='border:1px solid #ccc;border-radius:8px;padding:6px;width:{width + 12}px;"
                      f"flex:none'><div style='font-weight:600'>{swatch_html(r['strategy'])}</div>"
-                     f"<img src='{pic}' alt='{html.escape(r['strategy'])} overlay' style='width:{width}px;"
-                     f"height:{height};display:block;margin:4px 0'><div>{_answer_cell(r['answer'], right)}</div>"
+                     f"{picture}<div>{_answer_cell(r['answer'], right)}</div>"
                      f"<div style='font-size:11px;color:#444'>{html.escape(details)}</div></div>")
     return f"<div style='display:flex;gap:10px;overflow-x:auto;padding-bottom:4px'>{''.join(cards)}</div>"
 
 
 def positions_html(agreement: dict) -> str:
-    """The centre of mass of each strategy's kept set, and its mean position in the sequence (0 first, 1 last)."""
+    """The centre of mass of each strategy's kept set, and its mean position in the sequence (0 first, 1 last). On a
+    packed strip (``drawn`` False) there is no row and column of the picture: the mean position alone."""
+    drawn = agreement.get("drawn", True)
+
+    def centre(p: dict) -> str:
+        return f"{p['centre'][0]:.1f}, {p['centre'][1]:.1f}" if drawn else "(a strip: no rows or columns)"
+
     rows = "".join(
         f"<tr><td style='padding:2px 8px'>{swatch_html(n)}</td>"
-        f"<td style='padding:2px 8px;text-align:right'>{p['centre'][0]:.1f}, {p['centre'][1]:.1f}</td>"
+        f"<td style='padding:2px 8px;text-align:right'>{centre(p)}</td>"
         f"<td style='padding:2px 8px;text-align:right'>{p['mean_index']:.2f}</td>"
         f"<td style='padding:2px 8px;text-align:right'>{p['n']}</td></tr>"
         for n, p in agreement["positions"].items())
     middle = next(iter(agreement["positions"].values()))["middle"] if agreement["positions"] else [0, 0]
+    where = (f"The grid's middle is ({middle[0]:.1f}, {middle[1]:.1f}) and 0.50. Attention-based scores are known to "
+             "favour late positions, the bottom rows (arXiv 2502.11501): a centre well below the middle is that bias."
+             if drawn else "The sequence's middle is 0.50. Attention-based scores are known to favour late positions "
+             "(arXiv 2502.11501): a mean position well above 0.50 is that bias.")
     return ("<div style='overflow-x:auto'><table style='border-collapse:collapse;font-size:0.9em'><thead><tr>"
             "<th style='text-align:left;padding:2px 8px'>strategy</th><th style='padding:2px 8px'>centre of mass "
             "(row, column)</th><th style='padding:2px 8px'>mean position in the sequence (0 first, 1 last)</th>"
             f"<th style='padding:2px 8px'>kept</th></tr></thead><tbody>{rows}</tbody></table></div>"
-            f"<p style='font-size:0.85em;color:#555;margin:4px 0'>The grid's middle is ({middle[0]:.1f}, "
-            f"{middle[1]:.1f}) and 0.50. Attention-based scores are known to favour late positions, the bottom rows "
-            "(arXiv 2502.11501): a centre well below the middle is that bias."
+            f"<p style='font-size:0.85em;color:#555;margin:4px 0'>{where}"
             + "".join(f" {html.escape(n)}." for n in agreement.get("notes") or []) + "</p>")
 
 
@@ -573,12 +621,14 @@ def papers_html() -> str:
 # ---------------------------------------------------------------- export
 
 def export_html(inputs: dict, view: np.ndarray, results: list[dict], extras: dict | None = None,
-                panels: tuple | None = None) -> str:
+                panels: tuple | None = None, drawn: bool = True) -> str:
     """The whole comparison as one self-contained HTML page: the inputs (the image inline), one card per strategy
     with its overlay, the cost table, the plots (plotly's script inline, once) and, when given in ``extras``, the
     budget film and the agreement heatmap. Opens offline in any browser. ``panels``: (layout, pictures) where the
     rows are several grids (``cards_html``): the image is then its views side by side, and the heatmaps are drawn as
-    the strip alone, never over ``view``."""
+    the strip alone, never over ``view``. ``drawn`` False without ``panels`` (a packed strip, no layout at hand):
+    no overlays, and the heatmaps as the strip alone. ``inputs["budget"]``, when given, is the budget in words (else
+    ``inputs["keep"]`` visual tokens)."""
     from plotly.offline import get_plotlyjs
 
     from . import ui  # the table is the Compare tab's own (imported here: ui imports this module)
@@ -588,7 +638,7 @@ def export_html(inputs: dict, view: np.ndarray, results: list[dict], extras: dic
     shown, times = ((np.asarray(view, np.uint8), 3) if panels is None else
                     (np.asarray(overlays.overlay_views(panels[1], panels[0], None)), 1))
     image = data_uri(Image.fromarray(shown).resize((shown.shape[1] * times, shown.shape[0] * times), Image.NEAREST))
-    heat_view = view if panels is None else None
+    heat_view = view if panels is None and drawn else None
     figs = [("Visual tokens in each LLM layer", plots.tokens_alive_figure(results))]
     if any(r.get("trace") for r in results):
         figs.append(("Where the answer's attention goes", plots.attention_shares_figure(results)))
@@ -616,14 +666,17 @@ table.ps-table{{border-collapse:collapse;font-size:0.86em}} table.ps-table th,ta
 border-bottom:1px solid #ddd;text-align:right}} .ps-table-wrap{{overflow-x:auto}} .ps-differs{{color:#c0392b}}
 section{{margin:18px 0}}</style></head><body>
 <h1>PruneScope: visual-token pruning, side by side</h1>
-<p style="background:#fff7e0;border-left:4px solid #f0a500;padding:6px 10px">{html.escape(TOY_NOTE)}</p>
+{'<p style="background:#fff7e0;border-left:4px solid #f0a500;padding:6px 10px">' + html.escape(TOY_NOTE) + '</p>'
+   if inputs.get('embedded', True) else ''}
 <section><h2>Inputs</h2><img src="{image}" alt="the image as the model sees it" style="float:left;margin:0 16px 8px 0;
 width:{shown.shape[1] * times}px;image-rendering:pixelated">
 <p><b>Question:</b> {html.escape(inputs.get('question', ''))}</p>
 <p><b>Strategies:</b> {html.escape(', '.join(r['strategy'] for r in results))}</p>
-<p><b>Budget:</b> {html.escape(str(inputs.get('keep')))} visual tokens of {results[0]['visual_tokens'] if results else '?'}</p>
+<p><b>Budget:</b> {html.escape(str(inputs['budget'])) if inputs.get('budget') else
+                    html.escape(str(inputs.get('keep'))) + ' visual tokens of ' +
+                    str(results[0]['visual_tokens'] if results else '?')}</p>
 <p><b>Model:</b> {html.escape(str(inputs.get('model', '')))}</p>{truth_line}<div style="clear:both"></div></section>
-<section><h2>Cards</h2>{overlays.legend_html()}{cards_html(view, results, panels=panels)}</section>
+<section><h2>Cards</h2>{overlays.legend_html() if drawn or panels is not None else ''}{cards_html(view, results, panels=panels, drawn=drawn)}</section>
 <section><h2>What each strategy cost</h2>{table}</section>
 {film}{plot_divs}
 <p style="color:#777;font-size:0.8em">Saved from PruneScope's Teach tab. Timings are one machine's, at one moment.</p>
@@ -643,10 +696,12 @@ def write_export(text: str) -> str:
 def painter_template(rows: int, cols: int) -> str:
     """The painter's HTML template: the patch grid over the image (prop ``image``, a data URI) with the chosen
     patches (``value``, "3, 4, 17") clear and the others dimmed. The grid's size is written into the template (an
-    update of one prop replaces the others)."""
+    update of one prop replaces the others), and its aspect ratio (cols : rows, the picture's on Qwen2.5-VL, whose
+    grid follows the image); the app swaps the template when the image's grid changes."""
     return (
         "<div class='pp-wrap'><div class='pp-grid' style=\"grid-template-columns: repeat(%(cols)d, 1fr); "
-        "grid-template-rows: repeat(%(rows)d, 1fr); background-image: url('${image || ''}');\">"
+        "grid-template-rows: repeat(%(rows)d, 1fr); aspect-ratio: %(cols)d / %(rows)d; "
+        "background-image: url('${image || ''}');\">"
         "${(() => { const sel = new Set(String(value || '').split(/[^0-9]+/).filter(Boolean).map(Number)); "
         "return Array.from({length: %(n)d}, (_, i) => '<div class=\"pp-c' + (sel.has(i) ? ' on' : '') + "
         "'\" data-i=\"' + i + '\" title=\"patch ' + i + ' (row ' + Math.floor(i / %(cols)d) + ', column ' + "
@@ -654,6 +709,13 @@ def painter_template(rows: int, cols: int) -> str:
         "<div class='pp-count'>${String(value || '').split(/[^0-9]+/).filter(Boolean).length} of %(n)d "
         "patches chosen: drag to paint, drag from a chosen patch to erase</div></div>") % {
             "rows": rows, "cols": cols, "n": rows * cols}
+
+
+def painter_message(text: str) -> str:
+    """The painter's template when there is no grid to paint (a model whose tokens are a packed strip, or no image
+    yet): ``text`` where the grid would be."""
+    safe = html.escape(text).replace("$", "&#36;").replace("`", "&#96;").replace("\\", "&#92;")  # a JS template
+    return f"<div class='pp-wrap'><div class='pp-count'>{safe}</div></div>"
 
 
 PAINTER_CSS = """
@@ -712,15 +774,15 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
     state holding its last results), which the Teach tab reads and a lesson fills; optionally ``export_button``,
     ``export_file`` and ``export_msg``, an export under the Compare tab's table, wired here as the Teach tab's own.
     Returns the new components by name (for tests and for the caller)."""
-    from .ui import plot_value, undecoded
+    from .ui import library_budget, plot_value, undecoded
 
     scope = pool.get()
-    teacher = scope.teach
-    n_patches, grid = info["n_patches"], info["grid"]
+    n_patches, grid = info["n_patches"], info["grid"]  # None on a default model whose grid is per image
     names = info["strategies"]
     lessons = teacher_lessons(scope)
     image, question, strategies, keep = compare["image"], compare["question"], compare["strategies"], compare["keep"]
     model, results_state = compare["model"], compare["results"]
+    grid_state = compare.get("grid_state") or gr.State([n_patches, grid])  # the picked model's [n_patches, grid]
     c = {}
 
     def msg():
@@ -749,12 +811,13 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                     probe_img = gr.Image(label="Click a patch (the image as the model sees it)", type="pil",
                                          interactive=False, height=320, elem_id="ps-probe-image",
                                          buttons=["download"])
-                    with gr.Row():
-                        probe_row = gr.Number(value=grid[0] // 2, precision=0, label=f"row (0 = top, 0..{grid[0] - 1})",
+                    with gr.Row():  # a grid per image (Qwen2.5-VL): its range is this image's, said by the probe
+                        probe_row = gr.Number(value=grid[0] // 2 if grid else 0, precision=0,
+                                              label=f"row (0 = top, 0..{grid[0] - 1})" if grid else "row (0 = top)",
                                               elem_id="ps-probe-row", min_width=100)
-                        probe_col = gr.Number(value=grid[1] // 2, precision=0,
-                                              label=f"column (0 = left, 0..{grid[1] - 1})", elem_id="ps-probe-col",
-                                              min_width=100)
+                        probe_col = gr.Number(value=grid[1] // 2 if grid else 0, precision=0,
+                                              label=f"column (0 = left, 0..{grid[1] - 1})" if grid else
+                                              "column (0 = left)", elem_id="ps-probe-col", min_width=100)
                     probe_msg = msg()
                     probe_btn = gr.Button("Probe this patch", variant="primary", elem_id="ps-probe-run")
                 with gr.Column(min_width=300):
@@ -767,6 +830,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
             probe_plot = gr.Plot(show_label=False, elem_id="ps-probe-plot")
             probe_fates = gr.HTML("", elem_id="ps-probe-fates", padding=False)
         probe_state = gr.State(None)
+        view_grid = gr.State(grid)  # the grid of the image on show, for the model picked (None: a packed strip)
 
         with gr.Accordion("2. Attention over the image: [CLS] and the LLM", open=False, elem_id="ps-attn-box"):
             gr.Markdown("Drawn from the last probe (probe any patch first). Brighter: more attention; crossed grey "
@@ -792,7 +856,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                         "strategy) beside the unpruned reference.")
             with gr.Row():
                 with gr.Column(min_width=300):
-                    painter = gr.HTML("", html_template=painter_template(*grid), css_template=PAINTER_CSS,
+                    painter = gr.HTML("", html_template=painter_template(*grid) if grid else
+                                      painter_message("The patch grid appears with the image."), css_template=PAINTER_CSS,
                                       js_on_load=PAINTER_JS, image="", elem_id="ps-painter", padding=False)
                 with gr.Column(min_width=260):
                     fill_from = gr.Dropdown([s for s in names if s not in ("none", "manual")],
@@ -809,8 +874,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
 
         with gr.Accordion("4. Play the budget: where does the answer break?", open=False, elem_id="ps-film-box"):
             with gr.Row():
-                film_budgets = gr.Textbox(", ".join(str(b) for b in teacher_budgets(n_patches)),
-                                          label=f"Budgets, from all tokens down (comma-separated, at most 12, 1..{n_patches})",
+                film_budgets = gr.Textbox(film_budget_value(n_patches), label=film_budget_label(n_patches),
                                           elem_id="ps-film-budgets")
                 film_btn = gr.Button("▶ Play the film", variant="primary", elem_id="ps-film-run", min_width=120)
             film_msg = msg()
@@ -840,7 +904,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
             gr.Markdown("**On held-out questions:** the Compare tab's strategies and random over the N seeds, on the "
                         "same questions at each budget; random's spread over its seeds is the band.")
             with gr.Row():
-                band_budgets = gr.Textbox(", ".join(str(round(n_patches * f)) for f in (0.25, 0.125, 0.0625)),
+                band_budgets = gr.Textbox(", ".join(str(round(n_patches * f)) for f in (0.25, 0.125, 0.0625))
+                                          if n_patches else "",
                                           label="Budgets (visual tokens, comma-separated)", elem_id="ps-band-budgets")
                 band_n = gr.Slider(5, 200, value=20, step=5, label="Questions", elem_id="ps-band-n")
                 band_btn = gr.Button("Run the band", elem_id="ps-band-run", min_width=120)
@@ -879,7 +944,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
             a_question = gr.Textbox(label="question")
             a_strategies = gr.Dropdown(names, multiselect=True, value=[], label="strategies")
             a_strategy = gr.Dropdown(names, value=names[0], label="strategy")
-            a_keep = gr.Number(value=None, label="keep (visual tokens)")
+            a_keep = gr.Number(value=None, label="keep (visual tokens; on a model whose grid is per image, a "
+                                                 "percentage of the image's tokens, as /compare's)")
             a_row = gr.Number(value=0, precision=0, label="row")
             a_col = gr.Number(value=0, precision=0, label="col")
             a_patches = gr.Textbox(label="patches (e.g. '3, 4, 17')")
@@ -895,11 +961,16 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
     def t(model_name):
         return pool.get(model_name).teach
 
+    def budget(m, k) -> dict:
+        """The Compare tab's budget for the library, as the Compare tab passes it: a count on a fixed grid, a
+        percentage of each image's tokens (``keep_ratio``) on a model whose grid is per image."""
+        return library_budget(ints(k), pool.get(m).budget_info())
+
     def progress_of(progress):
         return lambda fraction, words: progress(fraction, desc=words)
 
     def run_probe(img, q, row, col, chosen, k, m):
-        return t(m).probe(img, q, ints(row), ints(col), chosen or [], ints(k))
+        return t(m).probe(img, q, ints(row), ints(col), chosen or [], **budget(m, k))
 
     def run_handpick(img, q, patches, m):
         return t(m).handpick(img, q, patches)
@@ -908,10 +979,11 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         return t(m).budget_film(img, q, chosen or [], budgets, progress=progress)
 
     def run_agreement(img, q, chosen, k, m):
-        return t(m).agreement(img, q, chosen or [], ints(k))
+        return t(m).agreement(img, q, chosen or [], **budget(m, k))
 
     def run_seeds(img, q, k, n, m):
-        return t(m).random_seeds(img, q, ints(k), ints(n))
+        b = budget(m, k)
+        return t(m).random_seeds(img, q, b.pop("keep", None), ints(n), **b)
 
     def run_band(chosen, budgets, n, seeds, m, progress=None):
         return t(m).random_band(chosen or [], budgets, ints(n), ints(seeds), progress=progress)
@@ -921,36 +993,78 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         if not results:
             if progress is not None:
                 progress(0.2, desc="running the comparison")
-            results = scope_.compare(img, q, chosen or [], ints(k))
+            results = scope_.compare(img, q, chosen or [], **budget(m, k))
         seen = scope_.teach.view(img)
-        extras = {"film": film, "agreement": agreement}
-        text = export_html({"question": q, "keep": ints(k), "model": pool.label(m or pool.default)}, seen["view"],
-                           results, extras, panels=None if seen["grid_on_view"] else (seen["layout"], seen["views"]))
+        # a film or agreement drawn on another model's grid (the menu changed since) is left out, not redrawn wrong
+        extras = {key: value for key, value in (("film", film), ("agreement", agreement))
+                  if value and value.get("grid") == seen["grid"]}
+        words = budget_words_of(pool.get(m).budget_info(), k)
+        text = export_html({"question": q, "keep": ints(k), "budget": words, "model": pool.label(m or pool.default),
+                            "embedded": pool.get(m).info()["embedded"]}, seen["view"], results, extras,
+                           panels=None if seen["grid_on_view"] else (seen["layout"], seen["views"]),
+                           drawn=seen["drawn"])
         return write_export(text)
 
     # ------------------------------------------------------------ page callbacks
-    def using_words(img, q, chosen, k):
+    def using_words(img, q, chosen, k, g):
+        """The Compare tab's inputs in words; ``g``: the picked model's [n_patches, grid] (the Compare tab's state,
+        set once the model is loaded: n_patches None on a grid per image), so that nothing loads here."""
         name = Path(img).name if img else "(no image)"
+        n = (g or [n_patches])[0]
+        said = budget_words_of({"unit": "count", "max": n} if n else {"unit": "ratio"}, k)
         return (f"**Using** image `{html.escape(name)}` · question _{html.escape(q or '')}_ · strategies "
-                f"{', '.join(chosen or []) or '(none chosen)'} · budget **{ints(k)}** of {n_patches} visual tokens. "
-                "Change them on the Compare tab.")
+                f"{', '.join(chosen or []) or '(none chosen)'} · budget **{said}**. Change them on the Compare tab.")
 
-    def refresh_views(img, q, m, row, col):
-        """The image as the model sees it, in the probe's grid and behind the painter (no model call)."""
-        if not img:
-            return gr.skip(), gr.skip()
+    def grid_refusal(m, what: str, n_tokens: int | None = None) -> str | None:
+        """The library's words when ``what`` needs a grid over the picture and model ``m`` has none; else None."""
         try:
-            view = t(m).view(img, q or "What is this?")["view"]
-        except ValueError:
-            return gr.skip(), gr.skip()
-        mark = int(row) * grid[1] + int(col) if row is not None and col is not None else None
-        return grid_image(view, grid, mark), gr.update(image=data_uri(Image.fromarray(view)))
+            t(m).check_grid(what, n_tokens)
+        except ValueError as e:
+            return warn(e)
+        return None
 
-    def pick_patch(img_value, evt: gr.SelectData):
+    def refresh_views(img, q, m, row, col, shown_grid):
+        """The image as the model sees it, in the probe's grid and behind the painter (no model call): the grid is
+        this image's on the model picked (Qwen2.5-VL's follows the image); on a model whose tokens are a packed strip
+        neither is drawn, and the words beside them say why. Outputs: probe image, painter, the grid shown, the
+        probe's and the painter's messages."""
+        seen = None
+        if img:
+            try:
+                seen = t(m).view(img, q or "What is this?")
+            except ValueError as e:
+                return gr.skip(), gr.skip(), gr.skip(), warn(e), gr.skip()
+        refusal = grid_refusal(m, "probing or painting a patch", seen["visual_tokens"] if seen else None)
+        if refusal is not None:
+            blank = painter_message(refusal[2:])
+            return None, gr.update(html_template=blank, value=""), None, refusal, refusal
+        if seen is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        g = seen["grid"]
+        row, col = ints(row), ints(col)
+        inside = isinstance(row, int) and isinstance(col, int) and 0 <= row < g[0] and 0 <= col < g[1]
+        picture = grid_image(seen["view"], g, row * g[1] + col if inside else None)
+        paint = gr.update(image=data_uri(Image.fromarray(seen["view"])))
+        if g != shown_grid:  # a new grid (another model, or another image on Qwen2.5-VL): a new painter, empty
+            paint = gr.update(image=data_uri(Image.fromarray(seen["view"])), html_template=painter_template(*g),
+                              value="")
+        return picture, paint, g, "", ""
+
+    def model_budgets(m):
+        """The film's and the band's budget boxes for model ``m`` (its grid's counts, or empty on a grid per image)."""
+        try:
+            n = pool.get(m).info()["n_patches"]
+        except ValueError:  # the model cannot load: the menu's own message says so
+            return gr.skip(), gr.skip()
+        band = ", ".join(str(round(n * f)) for f in (0.25, 0.125, 0.0625)) if n else ""
+        return gr.update(value=film_budget_value(n), label=film_budget_label(n)), band
+
+    def pick_patch(img_value, g, evt: gr.SelectData):
+        if not g:  # no grid over the picture (a packed strip): nothing to pick
+            return gr.skip(), gr.skip()
         x, y = evt.index[0], evt.index[1]
-        size = DISPLAY if img_value is None else img_value.size[0]
-        cell = size / grid[1]
-        return min(grid[0] - 1, int(y // cell)), min(grid[1] - 1, int(x // cell))
+        width, height = (DISPLAY, DISPLAY) if img_value is None else img_value.size
+        return min(g[0] - 1, int(y // (height / g[0]))), min(g[1] - 1, int(x // (width / g[1])))
 
     def page_probe(img, q, row, col, chosen, k, m, layer):
         try:
@@ -962,7 +1076,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         return {probe_msg: "", probe_state: p, probe_img: grid_image(p["view"], p["grid"], p["patch"]),
                 probe_attn: probe_attention_image(p, int(layer)), probe_plot: plot_value(probe_figure(p)),
                 probe_fates: fates_html(p), cls_over: cls_image(p, int(layer)),
-                llm_choice: gr.update(choices=names_, value=pick), llm_over: llm_image(p, pick, info["llm_layers"] // 4)}
+                llm_choice: gr.update(choices=names_, value=pick), llm_over: llm_image(p, pick, p["llm_layers"] // 4)}
 
     def redraw_layer(p, layer):
         if not p:
@@ -977,7 +1091,11 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
 
     def page_fill(img, q, strategy, k, m):
         try:
-            kept = t(m).kept_set(img, q, strategy, ints(k))
+            teacher = t(m)
+            if not teacher.on_picture():  # refused, with this image's token count in the words
+                teacher.check_grid("filling the painter from a strategy's kept set",
+                                   teacher.view(img, q or "What is this?")["visual_tokens"])
+            kept = teacher.kept_set(img, q, strategy, **budget(m, k))
         except ValueError as e:
             return {hand_msg: warn(e)}
         return {hand_msg: "", painter: ", ".join(str(p) for p in kept["kept_final"])}
@@ -988,8 +1106,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         except ValueError as e:
             return {hand_msg: warn(e)}
         manual = h["results"][-1]
-        body = cards_html(h["view"], h["results"])
-        if results:
+        body = cards_html(h["view"], h["results"], drawn=h["drawn"])
+        if results and all(r.get("grid") == h["grid"] for r in results):  # drawn on this image's grid only
             body += ("<p style='margin:8px 0 2px'><b>Beside the strategies of your last comparison</b> (the Compare "
                      "tab's cards, drawn on this image):</p>" + cards_html(h["view"], results, 144))
         head = (f"<p style='margin:4px 0'>The model received exactly these <b>{len(manual['kept'])}</b> patches: "
@@ -1010,9 +1128,9 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         except ValueError as e:
             return {agree_msg: warn(e)}
         n = len(a["strategies"])
-        return {agree_msg: "", agree_state: a, agree_plot: plot_value(jaccard_figure(a)),
-                agree_counts: heat_overlay(a["view"], a["counts"], a["grid"],
-                                           label=f"strategies that kept it (of {n})", vmax=n, numbers=True),
+        counts = (heat_overlay(a["view"], a["counts"], a["grid"], label=f"strategies that kept it (of {n})", vmax=n,
+                               numbers=True) if a["drawn"] else None)  # a packed strip: no picture to count over
+        return {agree_msg: "", agree_state: a, agree_plot: plot_value(jaccard_figure(a)), agree_counts: counts,
                 position_plot: plot_value(position_figure(a)), position_table: positions_html(a)}
 
     def page_seeds(img, q, k, n, m, progress=gr.Progress()):
@@ -1043,14 +1161,23 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
     def page_lesson(index):
         def run(m):
             lesson = lessons[index]
+            said, switch = "", {}
             try:
-                out = pool.get(m).teach.lesson(lesson["id"])
+                scope_ = pool.get(m)
+                toy = pool.embedded_label()
+                if scope_.info()["dynamic"] and toy is not None:  # lessons are the toy's: switch to it, saying so
+                    said = (f"ℹ The lessons are prepared on the embedded toy model (its scenes, and budgets counted on "
+                            f"its grid), so the Model menu was switched from `{pool.label(m or pool.default)}` to "
+                            f"`{toy}`.")
+                    scope_, switch = pool.get(toy), {model: toy}
+                out = scope_.teach.lesson(lesson["id"])  # on a family model without the toy on offer: refused
             except ValueError as e:
                 return {lesson_msg: warn(e)}
-            image_, label_, plot_ = lesson_focus(out, info)
-            return {lesson_msg: "", lesson_state: out, lesson_text: lesson_text_html(lesson),
+            toy_info = scope_.info()
+            image_, label_, plot_ = lesson_focus(out, toy_info)
+            return {lesson_msg: said, lesson_state: out, lesson_text: lesson_text_html(lesson),
                     lesson_cards: cards_html(out["view"], out["results"]),
-                    lesson_image: gr.update(value=image_, label=label_), lesson_plot: plot_value(plot_)}
+                    lesson_image: gr.update(value=image_, label=label_), lesson_plot: plot_value(plot_), **switch}
         return run
 
     def open_lesson(state):
@@ -1061,21 +1188,24 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
 
     # ------------------------------------------------------------ wiring
     model_q = dict(concurrency_id="model", api_visibility="private")
-    for comp in (image, question, strategies, keep):
-        comp.change(using_words, [image, question, strategies, keep], using, queue=False, show_progress="hidden",
-                    api_visibility="private")
-    teach_tab.select(using_words, [image, question, strategies, keep], using, queue=False, show_progress="hidden",
-                     api_visibility="private")
-    teach_tab.select(refresh_views, [image, question, model, probe_row, probe_col], [probe_img, painter],
-                     show_progress="hidden", **model_q)
-    image.change(refresh_views, [image, question, model, probe_row, probe_col], [probe_img, painter],
-                 show_progress="hidden", **model_q)
+    for comp in (image, question, strategies, keep, grid_state):
+        comp.change(using_words, [image, question, strategies, keep, grid_state], using, queue=False,
+                    show_progress="hidden", api_visibility="private")
+    teach_tab.select(using_words, [image, question, strategies, keep, grid_state], using, queue=False,
+                     show_progress="hidden", api_visibility="private")
+    views_in = [image, question, model, probe_row, probe_col, view_grid]
+    views_out = [probe_img, painter, view_grid, probe_msg, hand_msg]
+    teach_tab.select(refresh_views, views_in, views_out, show_progress="hidden", **model_q)
+    image.change(refresh_views, views_in, views_out, show_progress="hidden", **model_q)
+    model.change(refresh_views, views_in, views_out, show_progress="hidden", **model_q)
+    # budgets typed for one model's tokens do not fit another's: the film's box follows the model picked
+    model.change(model_budgets, [model], [film_budgets, band_budgets], show_progress="hidden", **model_q)
 
     probe_inputs = [image, question, probe_row, probe_col, strategies, keep, model, vit_layer]
     probe_outputs = [probe_msg, probe_state, probe_img, probe_attn, probe_plot, probe_fates, cls_over, llm_choice,
                      llm_over]
     probe_btn.click(page_probe, probe_inputs, probe_outputs, **model_q)
-    probe_img.select(pick_patch, [probe_img], [probe_row, probe_col], queue=False, show_progress="hidden",
+    probe_img.select(pick_patch, [probe_img, view_grid], [probe_row, probe_col], queue=False, show_progress="hidden",
                      api_visibility="private").then(page_probe, probe_inputs, probe_outputs, **model_q)
     vit_layer.change(redraw_layer, [probe_state, vit_layer], probe_attn, queue=False, show_progress="hidden",
                      api_visibility="private")
@@ -1086,8 +1216,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                     api_visibility="private")
 
     fill_btn.click(page_fill, [image, question, fill_from, keep, model], [hand_msg, painter], **model_q)
-    invert_btn.click(lambda v: invert_selection(v, n_patches), painter, painter, queue=False, show_progress="hidden",
-                     api_visibility="private")
+    invert_btn.click(lambda v, g: invert_selection(v, g[0] * g[1]) if g else gr.skip(), [painter, view_grid], painter,
+                     queue=False, show_progress="hidden", api_visibility="private")
     clear_btn.click(lambda: "", None, painter, queue=False, show_progress="hidden", api_visibility="private")
     hand_btn.click(page_handpick, [image, question, painter, model, results_state], [hand_msg, hand_out], **model_q)
     film_btn.click(page_film, [image, question, strategies, film_budgets, model],
@@ -1105,7 +1235,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                                        [compare["export_msg"], compare["export_file"]], **model_q)
     lesson_outputs = [lesson_msg, lesson_state, lesson_text, lesson_cards, lesson_image, lesson_plot]
     for i, b in enumerate(lesson_btns):
-        b.click(page_lesson(i), [model], lesson_outputs, **model_q)
+        b.click(page_lesson(i), [model], [*lesson_outputs, model], **model_q)
     lesson_open.click(open_lesson, [lesson_state], [image, question, strategies, keep], queue=False,
                       api_visibility="private").then(None, None, None, js=SWITCH_TO_COMPARE)
 
@@ -1130,7 +1260,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
 
     def api_kept_set(image, question, strategy, keep, model):
         """The patches a strategy keeps on this image at this budget."""
-        return t(model).kept_set(image, question, strategy, ints(keep))
+        return t(model).kept_set(image, question, strategy, **budget(model, keep))
 
     def api_film(image, question, strategies, budgets, model):
         """Per strategy and budget: the kept set, the answer, right or not; where it first breaks."""
@@ -1187,6 +1317,30 @@ def teacher_lessons(scope) -> list[dict]:
     return scope.teach.lessons()
 
 
+def film_budget_value(n_patches: int | None) -> str:
+    """The film's budgets box: all tokens, then halving, on a fixed grid; empty (the library's halving from this
+    image's own tokens) where the grid is per image."""
+    return ", ".join(str(b) for b in teacher_budgets(n_patches)) if n_patches else ""
+
+
+def film_budget_label(n_patches: int | None) -> str:
+    if n_patches:
+        return f"Budgets, from all tokens down (comma-separated, at most 12, 1..{n_patches})"
+    return ("Budgets, from all tokens down (comma-separated, at most 12, counts of this image's visual tokens; "
+            "empty: all of them, then halving)")
+
+
+def budget_words_of(budget: dict, k) -> str:
+    """The Compare tab's budget in words, from ``Scope.budget_info()``: a count of the grid's tokens, or a
+    percentage of each image's own."""
+    if k is None:
+        return "none"
+    k = int(k) if isinstance(k, float) and k.is_integer() else k
+    if budget["unit"] == "ratio":
+        return f"{k}% of the image's visual tokens"
+    return f"{k} of {budget['max']} visual tokens"
+
+
 def teacher_budgets(n_patches: int) -> list[int]:
     out, b = [], n_patches
     while b >= 1 and len(out) < 12:
@@ -1195,7 +1349,11 @@ def teacher_budgets(n_patches: int) -> list[int]:
     return out
 
 
-def probe_attention_image(probe: dict, layer: int) -> Image.Image:
+def probe_attention_image(probe: dict, layer: int) -> Image.Image | None:
+    """The probed token's ViT attention over the grid at ``layer``; None where the family gives none (Qwen2.5-VL:
+    the probe's ``vit_note`` says why)."""
+    if not probe.get("vit_attention"):
+        return None
     layer = max(0, min(layer, len(probe["vit_attention"]) - 1))
     values = probe["vit_attention"][layer]
     share = probe["vit_to_cls"][layer] if probe.get("vit_to_cls") else None

@@ -665,7 +665,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             teach.build_tabs(pool, info, {"image": image, "question": question, "strategies": strategies,
                                           "keep": keep, "model": model_choice, "results": results_state,
                                           "export_button": export_button, "export_file": export_file,
-                                          "export_msg": export_msg})
+                                          "export_msg": export_msg, "grid_state": grid_state})
 
             # -------------------------------------------------------- How it works
             with gr.Tab("How it works", id="about"):

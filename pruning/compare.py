@@ -856,6 +856,12 @@ class ScopePool:
         return f"{local.name or 'model'} (local)" if local.is_absolute() or local.exists() or name.startswith(".") \
             else name
 
+    def embedded_label(self) -> str | None:
+        """The embedded toy model's label when this host offers it (the default or on the allow-list), else None
+        (nothing is loaded: the Lessons tab switches to it, their scenes are its)."""
+        toy = DEFAULT_MODEL_DIR.resolve()
+        return next((self._labels[n] for n in self.names if Path(n).expanduser().resolve() == toy), None)
+
     @property
     def labels(self) -> list[str]:
         """The models' labels, in the order of ``names`` (the app's model menu)."""

@@ -246,10 +246,30 @@ def load_model(name_or_path: str, load_in_4bit: bool = False, device: str | None
         raise ModelLoadError(f"cannot load {source!r}: {str(e).splitlines()[0]}") from e
     if not load_in_4bit:
         model = model.to(device)
+    elif not on_cuda:
+        _check_cpu_4bit(model, source)
     model.eval()
     geometry = geometry_from_config(model.config)
     return LoadedModel(model=model, processor=processor, geometry=geometry, device=device, dtype=dtype,
                        load_in_4bit=load_in_4bit, source=source)
+
+
+def _check_cpu_4bit(model, source: str) -> None:
+    """bitsandbytes' CPU nf4 path repacks each quantised weight as (out, in / blocksize) blocks at its first forward,
+    so a linear layer whose input width is not a multiple of the block size (64) fails there with a reshape error.
+    Refuse such a model at load time instead, naming the first such layer (real checkpoints' widths are multiples
+    of 64; tiny test models may not be: the tiny Qwen2.5-VL's vision blocks are 32 wide)."""
+    import bitsandbytes as bnb
+
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = getattr(module.weight, "quant_state", None)
+            block = state.blocksize if state is not None else 64
+            if module.in_features % block:
+                raise ModelLoadError(
+                    f"{source!r} cannot run in 4-bit on the CPU: bitsandbytes' CPU nf4 kernels need every quantised "
+                    f"linear layer's input width to be a multiple of {block}, and {name} takes {module.in_features} "
+                    "(load it without 4-bit, or on CUDA)")
 
 
 # LLaVA-1.5's vision tower is this CLIP model; IVTP uses its text half.

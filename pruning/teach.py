@@ -20,6 +20,12 @@ A ``Teacher`` wraps one ``pruning.compare.Scope`` (``Scope.teach``) and answers 
 - ``random_seeds`` / ``random_band``: random over N seeds on this image, and on held-out questions (a band);
 - ``lesson``: one of ``LESSONS`` (a prepared scene, question, strategies and budget) run as a comparison.
 
+On the families whose token grid is per image (``Scope.dynamic``: Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT,
+InternVL) every request works on the prepared image's own grid and token count (``grid_of``; budgets as a count of
+its tokens or ``keep_ratio``). ``probe`` and ``handpick`` need a grid over the picture: Qwen2.5-VL's merged grid is
+one; the others' tokens are a packed 1 x N strip, and ``check_grid`` refuses there in words. ``random_band`` (a
+shapes sweep) and ``lesson`` (the embedded toy's scenes) are refused on all four.
+
 Runs here are untimed (``quick``) except ``handpick`` and ``lesson``, which go through ``Scope.compare_stream``.
 Every request is checked before anything runs; a ``ValueError`` names the value. The embedded model is a toy
 that knows only its shapes world: ``truth`` exists only for that world's scenes.
@@ -170,9 +176,10 @@ def _names(strategies) -> list[str]:
     return list(dict.fromkeys(check_strategy_names(strategies)))
 
 
-def parse_budgets(budgets, n_patches: int) -> list[int]:
+def parse_budgets(budgets, n_patches: int, whose: str = "the grid's visual tokens") -> list[int]:
     """Budgets for a film: a list or ``"144, 72, 36"``; each a whole number in 1..n_patches, unique, descending;
-    at most ``MAX_FILM_STEPS``. None or empty: all tokens, then halving down to 1."""
+    at most ``MAX_FILM_STEPS``. None or empty: all tokens, then halving down to 1. ``whose``: what n_patches counts,
+    in the messages (a dynamic grid's budgets are counts of one image's tokens)."""
     if budgets is None or (isinstance(budgets, str) and not budgets.strip()) or budgets == []:
         out, b = [], n_patches
         while b >= 1:
@@ -189,7 +196,7 @@ def parse_budgets(budgets, n_patches: int) -> list[int]:
         if value is None or isinstance(p, bool):
             raise ValueError(f"budget {p!r} is not a whole number of visual tokens (1..{n_patches})")
         if not 1 <= value <= n_patches:
-            raise ValueError(f"budget {value} is outside 1..{n_patches} (the grid's visual tokens)")
+            raise ValueError(f"budget {value} is outside 1..{n_patches} ({whose})")
         out.add(value)
     if len(out) > MAX_FILM_STEPS:
         raise ValueError(f"budgets: {len(out)} steps given; at most {MAX_FILM_STEPS} per film")
@@ -294,45 +301,137 @@ class Teacher:
 
         return _check_budget(keep, self.engine.geometry.n_patches)
 
+    # ------------------------------------------------------------ one image's grid, and budgets on a dynamic one
+    def grid_of(self, prepared) -> list[int]:
+        """This image's token grid [rows, cols]: the model's fixed grid (LLaVA-1.5), this image's merged-token grid
+        (Qwen2.5-VL), or the packed 1 x N strip (LLaVA-OneVision, LLaVA-NeXT, InternVL)."""
+        g = self.engine.geometry
+        if not self.scope.dynamic:
+            return [g.rows, g.cols]
+        return [prepared.rows or 1, prepared.cols or prepared.n_image]
+
+    def on_picture(self) -> bool:
+        """Whether the visual tokens are one row-major grid over the picture the model sees (LLaVA-1.5, Qwen2.5-VL), so
+        that a patch can be pointed at, painted and drawn; the anyres families' and InternVL's are a packed strip
+        (``Scope.overlay_info``)."""
+        return self.scope.overlay_info()["panels"] is None
+
+    def strip_note(self, n_tokens: int) -> str:
+        """Why a strip model's tokens are not drawn as one grid over the picture (the Compare cards draw them in
+        panels, one per view)."""
+        packed = ("its tiles' tokens (the thumbnail last)" if self.scope.family == "internvl"
+                  else "its base image and crops (a newline token closing each crop row)")
+        return (f"{self.scope.family_name} packs {packed} into one strip of {n_tokens} tokens: they have no one grid "
+                "over the picture, so this view shows answers and counts, not patches (the Compare cards draw each "
+                "crop's or tile's kept tokens on it)")
+
+    def check_grid(self, what: str, n_tokens: int | None = None) -> None:
+        """Refuse ``what`` (e.g. "probing a patch") in words on a model whose visual tokens are a packed 1 x N strip
+        of several images (no patch has one place on the picture); nothing on a grid over the picture. ``n_tokens``:
+        this image's N, when it is known."""
+        if self.on_picture():
+            return
+        n = f"{n_tokens} tokens" if n_tokens is not None else "N tokens (N depends on the image)"
+        packed = ("its tiles' tokens (the thumbnail last)" if self.scope.family == "internvl"
+                  else "its base image and crops (a newline token closing each crop row)")
+        raise ValueError(f"{what} needs a patch grid over the picture; {self.scope.family_name} packs {packed} into "
+                         f"one strip of {n}, so its tokens have no one place on the image: pick the embedded model "
+                         "(or a Qwen2.5-VL model, whose tokens are a grid over the picture) in the Model menu")
+
+    def _budget_first(self, keep, keep_ratio) -> tuple[int | None, float | None]:
+        """The budget checked before any work: a count (``keep``) or a share of the image's tokens (``keep_ratio``,
+        in (0, 1]), not both. A fixed grid: (the count, None), a share already turned into a count of the grid. A
+        dynamic grid: (count or None, share or None), turned into a count of the image's tokens by ``_budget_for``
+        once the image is prepared."""
+        from .budgets import keep_tokens
+        from .compare import _check_budget, _check_ratio
+        from .strategies.base import shown
+
+        ratio = _check_ratio(keep_ratio)
+        if ratio is not None and keep is not None:
+            raise ValueError(f"keep={shown(keep)} and keep_ratio={shown(keep_ratio)}: give one budget, a count or a "
+                             "share of the image's tokens")
+        if not self.scope.dynamic:
+            n = self.engine.geometry.n_patches
+            return (keep_tokens(ratio, n) if ratio is not None else _check_budget(keep, n)), None
+        return _check_budget(keep, None), ratio
+
+    def _budget_for(self, keep: int | None, ratio: float | None, prepared, notes: list | None = None) -> int | None:
+        """On a dynamic grid, the budget as a count of this prepared image's tokens (a count clamped to them, a share
+        of them; ``notes`` says what it became); on a fixed grid, ``keep`` as it is."""
+        if not self.scope.dynamic or (keep is None and ratio is None):
+            return keep
+        return self.scope._image_budget(keep, ratio, prepared.n_image, notes if notes is not None else [])
+
+    @staticmethod
+    def _stand_in(keep, ratio):
+        """The count strategies are checked with before the image is prepared (a share: 1)."""
+        return keep if keep is not None or ratio is None else 1
+
     # ------------------------------------------------------------ probe
     def probe(self, image, question: str, row: int, col: int, strategies=(), keep: int | None = None,
-              params: dict | None = None, max_new_tokens: int = 8) -> dict:
+              params: dict | None = None, max_new_tokens: int = 8, keep_ratio: float | None = None) -> dict:
         """One patch (``row``, ``col``, 0-based) of the grid: see the module docstring. Returns ``patch`` (its
         index), ``grid``, ``view`` (the image as the model sees it), ``vit_attention`` (per ViT layer, the patch
         token's attention over the patches, mean over heads), ``vit_to_cls`` (per ViT layer, the share it pays to
         [CLS]), ``cls_received`` (per ViT layer, [CLS]'s attention to this patch), ``cls_attention`` (per ViT
         layer, [CLS]'s attention over the grid), ``llm_received`` and ``llm_attention`` (per strategy that ran
         with none first: per LLM layer, the answer's attention to this patch / over the grid, None where the patch
-        was gone), ``fates`` (per strategy, what it did with the patch), ``answers``, ``truth``."""
+        was gone), ``fates`` (per strategy, what it did with the patch), ``answers``, ``truth``.
+
+        Qwen2.5-VL: the grid is this image's merged-token grid (``row`` and ``col`` are checked against it once the
+        image is prepared); its ViT attends over unmerged patches in windows and has no [CLS], so the ViT fields are
+        None and ``vit_note`` says why (the LLM's attention and the fates are there). The anyres families and
+        InternVL are refused (``check_grid``). ``keep_ratio``: the budget as a share of the image's tokens."""
         self.scope.check_question(question)  # before any work and outside the lock (Scope.check_question)
         g = self.engine.geometry
+        fixed = not self.scope.dynamic
         for name, value, top in (("row", row, g.rows), ("col", col, g.cols)):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < top:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (fixed and value >= top):
                 raise ValueError(f"{name}={value!r}: expected a whole number 0..{top - 1} (the grid is "
-                                 f"{g.rows}x{g.cols})")
+                                 f"{g.rows}x{g.cols})" if fixed else
+                                 f"{name}={value!r}: expected a whole number >= 0 (a {'row' if name == 'row' else 'column'}"
+                                 " of this image's token grid)")
         row, col = int(row), int(col)
-        keep = self._keep(keep)
+        keep, ratio = self._budget_first(keep, keep_ratio)
         names = ["none", *[s for s in _names(strategies) if s != "none"]]
-        chosen = self.scope._strategies(names, keep, params)
+        chosen = self.scope._strategies(names, self._stand_in(keep, ratio), params)
         for s in chosen:
             self.engine.check(s, max_new_tokens)
-        patch = row * g.cols + col
+        vit = self.scope.family == "llava"  # a patch token's ViT attention row: LLaVA-1.5's CLIP only
         with self.scope.lock:
             image_, prepared, digest = self._prepare(image, question)
+            self.check_grid("probing a patch", prepared.n_image)
+            rows, cols = self.grid_of(prepared)
+            for name, value, top in (("row", row, rows), ("col", col, cols)):
+                if value >= top:
+                    raise ValueError(f"{name}={value}: expected 0..{top - 1} (this image's grid is {rows}x{cols} "
+                                     f"{self.scope.family_name} tokens)")
+            if not fixed:
+                chosen = self.scope._strategies(names, self._budget_for(keep, ratio, prepared), params)
+            self.scope._check_family(prepared, digest, chosen)
+            patch = row * cols + col
             view = self.scope.view(prepared)
-            token = patch + (1 if g.has_cls else 0)
-            att = self.engine.token_attention(prepared, token).float().mean(1)  # (L_v, T)
-            vision = self.engine.vision_pass(prepared)
+            if vit:
+                token = patch + (1 if g.has_cls else 0)
+                att = self.engine.token_attention(prepared, token).float().mean(1)  # (L_v, T)
+                vision = self.engine.vision_pass(prepared)
             runs = [self.quick(prepared, digest, s, max_new_tokens, trace=True) for s in chosen]
         start = 1 if g.has_cls else 0
-        cls_att = vision.cls_attention.float().mean(1) if vision.cls_attention is not None else None  # (L_v, N)
-        out = {"patch": patch, "row": row, "col": col, "grid": [g.rows, g.cols], "view": view,
+        cls_att = (vision.cls_attention.float().mean(1) if vit and vision.cls_attention is not None
+                   else None)  # (L_v, N)
+        vit_note = None if vit else (
+            f"The ViT's attention is not drawn for {self.scope.family_name}: its vision tower attends over unmerged "
+            "patches (in windows), not over these merged tokens, and has no [CLS]; the LLM's attention and each "
+            "strategy's fate are this token's own")
+        out = {"patch": patch, "row": row, "col": col, "grid": [rows, cols], "view": view, "drawn": True,
                "vit_layers": g.vision_layers, "feature_layer": g.feature_layer_index, "llm_layers": g.llm_layers,
-               "vit_attention": att[:, start:].tolist(), "vit_to_cls": att[:, 0].tolist() if g.has_cls else None,
+               "vit_attention": att[:, start:].tolist() if vit else None,
+               "vit_to_cls": att[:, 0].tolist() if vit and g.has_cls else None,
                "cls_received": cls_att[:, patch].tolist() if cls_att is not None else None,
-               "cls_attention": cls_att.tolist() if cls_att is not None else None,
+               "cls_attention": cls_att.tolist() if cls_att is not None else None, "vit_note": vit_note,
                "llm_received": {}, "llm_attention": {}, "fates": [], "answers": {},
                "truth": self.truth(image_, prepared.question)}
         for s, r in zip(chosen, runs):
@@ -356,28 +455,42 @@ class Teacher:
         chosen = parse_patches(patches)
         if not chosen:
             raise ValueError("patches: none chosen; paint or click at least one patch (or fill from a strategy)")
+        where = "the grid"
+        if self.scope.dynamic:  # the image's own grid: Qwen2.5-VL's merged tokens (a strip is refused)
+            with self.scope.lock:
+                _, prepared, _ = self._prepare(image, question)
+            self.check_grid("choosing the patches by hand", prepared.n_image)
+            n = prepared.n_image
+            where = "this image's grid of {} x {} tokens".format(*self.grid_of(prepared))
         outside = [p for p in chosen if p >= n]
         if outside:
-            raise ValueError(f"patches: {outside[0]} is outside the grid (patches 0..{n - 1})")
+            raise ValueError(f"patches: {outside[0]} is outside {where} (patches 0..{n - 1})")
         events = list(self.scope.compare_stream(image, question, ["manual"], None,
                                                 {"manual": {"patches": chosen}}, max_new_tokens=max_new_tokens,
                                                 repeats=repeats, warmup=1, inspect=False))
         view = next(e for e in events if e["kind"] == "view")
         results = [e["result"] for e in events if e["kind"] == "result"]
-        return {"view": view["view"], "grid": view["grid"], "patches": chosen, "results": results}
+        return {"view": view["view"], "grid": view["grid"], "patches": chosen, "results": results,
+                "drawn": view["grid_on_view"]}
 
     def kept_set(self, image, question: str, strategy: str, keep: int | None = None, params: dict | None = None,
-                 max_new_tokens: int = 8) -> dict:
+                 max_new_tokens: int = 8, keep_ratio: float | None = None) -> dict:
         """The patches ``strategy`` keeps to the LLM's last layer (``kept_final``) on this image and question at this
-        budget: what the app's "fill from a strategy" puts in the selection. ``kept`` (entering the LLM) too."""
+        budget: what the app's "fill from a strategy" puts in the selection. ``kept`` (entering the LLM) too. On a
+        dynamic grid the budget is a count of this image's tokens (or ``keep_ratio``, a share of them)."""
         self.scope.check_question(question)
-        keep = self._keep(keep)
-        (s,) = [x for x in self.scope._strategies([strategy], keep, params) if x.name == strategy]
+        keep, ratio = self._budget_first(keep, keep_ratio)
+        (s,) = [x for x in self.scope._strategies([strategy], self._stand_in(keep, ratio), params) if x.name == strategy]
+        self.engine.check(s, max_new_tokens)
         with self.scope.lock:
             _, prepared, digest = self._prepare(image, question)
+            if self.scope.dynamic:
+                (s,) = [x for x in self.scope._strategies([strategy], self._budget_for(keep, ratio, prepared), params)
+                        if x.name == strategy]
+            self.scope._check_family(prepared, digest, [s])
             r = self.quick(prepared, digest, s, max_new_tokens)
         return {"strategy": strategy, "kept_final": r["kept_final"], "kept": r["kept"], "answer": r["answer"],
-                "grid": r["grid"]}
+                "grid": r["grid"], "visual_tokens": r["visual_tokens"], "drawn": self.on_picture()}
 
     # ------------------------------------------------------------ budget film
     def budget_film(self, image, question: str, strategies, budgets=None, params: dict | None = None,
@@ -392,7 +505,8 @@ class Teacher:
 
         self.scope.check_question(question)
         g = self.engine.geometry
-        budget_list = parse_budgets(budgets, g.n_patches)
+        dynamic = self.scope.dynamic  # budgets are counts of this image's tokens, parsed once it is prepared
+        budget_list = parse_budgets(budgets, g.n_patches) if not dynamic else None
         names = [s for s in _names(strategies)]
         skipped = [s for s in names if s in BUDGET_FREE]
         names = [s for s in names if s not in BUDGET_FREE]
@@ -400,14 +514,19 @@ class Teacher:
             raise ValueError("strategies: pick at least one strategy with a budget (none and vtw have none)")
         if len(names) > MAX_FILM_STRATEGIES:
             raise ValueError(f"strategies: {len(names)} chosen; at most {MAX_FILM_STRATEGIES} per film")
-        plan = [(b, self.scope._strategies([s], b, params)[1:]) for b in budget_list for s in names]
+        plan = [(b, self.scope._strategies([s], b, params)[1:]) for b in budget_list or [1] for s in names]
         for _, (s,) in plan:
             self.engine.check(s, max_new_tokens)
-        total = len(plan) + 1
         frames: dict[str, list] = {s: [] for s in names}
         cached = 0
         with self.scope.lock:
             image_, prepared, digest = self._prepare(image, question)
+            n_image = prepared.n_image
+            if dynamic:
+                budget_list = parse_budgets(budgets, n_image, f"this image's {n_image} visual tokens")
+                plan = [(b, self.scope._strategies([s], b, params)[1:]) for b in budget_list for s in names]
+                self.scope._check_family(prepared, digest, [s for _, (s,) in plan[:len(names)]])
+            total = len(plan) + 1
             view = self.scope.view(prepared)
             none = self.quick(prepared, digest, get_strategy("none"), max_new_tokens)
             truth = self.truth(image_, prepared.question)
@@ -424,33 +543,42 @@ class Teacher:
                     "prefill_tflops": r["tflops"]["prefill"], "notes": r["notes"]})
         first_break = {s: next((f["keep"] for f in fs if not f["right"]), None) for s, fs in frames.items()}
         notes = [f"{s} has no budget (it is not in the film)" for s in skipped if s != "none"]
-        return {"view": view, "grid": [g.rows, g.cols], "n_patches": g.n_patches, "budgets": budget_list,
+        on_picture = self.on_picture()
+        return {"view": view, "grid": self.grid_of(prepared), "n_patches": n_image, "budgets": budget_list,
+                "drawn": on_picture, "overlay_note": None if on_picture else self.strip_note(n_image),
                 "strategies": names, "frames": frames, "first_break": first_break, "none_answer": none["answer"],
                 "truth": truth, "reference": reference, "judge": truth["judge"], "cached": cached,
                 "frames_total": len(plan), "notes": notes}
 
     # ------------------------------------------------------------ agreement and position bias
     def agreement(self, image, question: str, strategies, keep: int | None = None, params: dict | None = None,
-                  max_new_tokens: int = 8) -> dict:
+                  max_new_tokens: int = 8, keep_ratio: float | None = None) -> dict:
         """The strategies' kept sets (the patches present in the LLM's last layer; a merged token counts as its
         representative patch) compared: ``jaccard`` (matrix, |A ∩ B| / |A ∪ B|, symmetric, 1 on the diagonal),
         ``counts`` (per patch, how many strategies kept it), ``positions`` (per strategy: ``rows`` and ``cols``
         histograms of its kept patches, ``centre`` [row, col] of mass, ``mean_index`` over N - 1: 0.5 is the
         grid's middle, larger is later in the sequence). none, and strategies that keep nothing to the last layer
-        (vtw), are left out and named in ``notes``."""
+        (vtw), are left out and named in ``notes``.
+
+        On Qwen2.5-VL the grid is this image's merged-token grid; on the anyres families and InternVL a 1 x N strip
+        (``drawn`` False): the overlap and the counts are the tokens', and a position is a place in the sequence
+        (``mean_index``), not a row and column of the picture (``notes`` says so)."""
         self.scope.check_question(question)
-        g = self.engine.geometry
-        keep = self._keep(keep)
+        keep, ratio = self._budget_first(keep, keep_ratio)
         names = [s for s in _names(strategies) if s != "none"]
         if len(names) < 2:
             raise ValueError("strategies: pick at least two strategies to compare their kept sets (none keeps all)")
-        chosen = self.scope._strategies(names, keep, params)[1:]
+        chosen = self.scope._strategies(names, self._stand_in(keep, ratio), params)[1:]
         for s in chosen:
             self.engine.check(s, max_new_tokens)
         with self.scope.lock:
             _, prepared, digest = self._prepare(image, question)
+            if self.scope.dynamic:
+                chosen = self.scope._strategies(names, self._budget_for(keep, ratio, prepared), params)[1:]
+            self.scope._check_family(prepared, digest, chosen)
             view = self.scope.view(prepared)
             runs = {s.name: self.quick(prepared, digest, s, max_new_tokens) for s in chosen}
+        rows, cols = self.grid_of(prepared)
         sets, notes = {}, []
         for name, r in runs.items():
             if not r["kept_final"]:
@@ -459,13 +587,19 @@ class Teacher:
             sets[name] = sorted(r["kept_final"])
         kept_names = list(sets)
         jac = [[jaccard(sets[a], sets[b]) for b in kept_names] for a in kept_names]
-        counts = [0] * g.n_patches
+        counts = [0] * prepared.n_image
         for s in sets.values():
             for p in s:
                 counts[p] += 1
-        positions = {name: position_stats(s, g.rows, g.cols) for name, s in sets.items()}
-        return {"view": view, "grid": [g.rows, g.cols], "strategies": kept_names, "sets": sets, "jaccard": jac,
-                "counts": counts, "positions": positions, "notes": notes,
+        positions = {name: position_stats(s, rows, cols) for name, s in sets.items()}
+        drawn = self.on_picture()
+        if not drawn:
+            packed = "its tiles" if self.scope.family == "internvl" else "base image, crops and newline tokens"
+            notes.append(f"{self.scope.family_name}'s tokens are a 1 x {prepared.n_image} strip ({packed}, packed): "
+                         "a position here is a place in that sequence (mean position), not a row and column of the "
+                         "picture")
+        return {"view": view, "grid": [rows, cols], "drawn": drawn, "strategies": kept_names, "sets": sets,
+                "jaccard": jac, "counts": counts, "positions": positions, "notes": notes,
                 "answers": {name: r["answer"] for name, r in runs.items()}}
 
     # ------------------------------------------------------------ random over seeds
@@ -485,8 +619,8 @@ class Teacher:
                 "same_as_none": sum(same(a, reference) for a in answers), "correct": correct,
                 "reference": reference, "judge": truth["judge"]}
 
-    def random_seeds(self, image, question: str, keep: int, n: int = 5, params: dict | None = None,
-                     max_new_tokens: int = 8) -> dict:
+    def random_seeds(self, image, question: str, keep: int | None, n: int = 5, params: dict | None = None,
+                     max_new_tokens: int = 8, keep_ratio: float | None = None) -> dict:
         """``random`` at budget ``keep`` with ``n`` seeds (0..n-1) on this image: ``answers``, ``kept`` per seed,
         ``same_as_none`` (how many answer as none does), ``correct`` (how many give the scene's answer; None when
         unknown), ``view``, ``truth`` and ``none_answer``."""
@@ -495,20 +629,23 @@ class Teacher:
             n = int(n)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEEDS:
             raise ValueError(f"seeds: n={n!r}, expected 1..{MAX_SEEDS}")
-        keep = self._keep(keep)
-        if keep is None:
-            raise ValueError("keep: give a budget for random (1..%d)" % self.engine.geometry.n_patches)
+        keep, ratio = self._budget_first(keep, keep_ratio)
+        if keep is None and ratio is None:
+            raise ValueError("keep: give a budget for random (1..%s)" % (
+                self.engine.geometry.n_patches if not self.scope.dynamic else "N, N this image's visual tokens"))
         p = {k: v for k, v in check_params(params).get("random", {}).items() if k != "seed"}
-        strategy = get_strategy("random", keep=keep, seed=0, **p)
+        strategy = get_strategy("random", keep=self._stand_in(keep, ratio), seed=0, **p)
         with self.scope.lock:
             image_, prepared, digest = self._prepare(image, question)
+            if self.scope.dynamic:
+                keep = self._budget_for(keep, ratio, prepared)
+                strategy = get_strategy("random", keep=keep, seed=0, **p)
             view = self.scope.view(prepared)
             none = self.quick(prepared, digest, get_strategy("none"), max_new_tokens)
             truth = self.truth(image_, prepared.question)
             out = self._random_seeds(prepared, strategy, n, none["answer"], truth, max_new_tokens)
-        g = self.engine.geometry
-        return {**out, "view": view, "grid": [g.rows, g.cols], "keep": keep, "truth": truth,
-                "none_answer": none["answer"]}
+        return {**out, "view": view, "grid": self.grid_of(prepared), "drawn": self.on_picture(), "keep": keep,
+                "visual_tokens": prepared.n_image, "truth": truth, "none_answer": none["answer"]}
 
     def random_band(self, strategies, budgets, n: int = 40, seeds: int = 5, progress=None, types=None,
                     seed: int | None = None) -> dict:
@@ -517,6 +654,9 @@ class Teacher:
         accuracy over its seeds is a band (``random_runs``: one list of rows per seed; the app draws it with
         ``app.plots.band_from_seeds``). ``types`` and ``seed`` pick the questions as ``Scope.sweep`` does
         (``seed`` also seeds k-means); random's own seeds stay 0..seeds-1."""
+        if self.scope.dynamic:
+            raise ValueError("random's band is a sweep over the shapes world's held-out questions, and "
+                             + self.scope.sweep_info()["reason"] + "; random over N seeds on this image runs here")
         seed = bench.check_seed(seed)
         g = self.engine.geometry
         names = [s for s in _names(strategies) if s not in ("none", "random")]
@@ -567,6 +707,10 @@ class Teacher:
         ``image`` (its file), ``view``, ``results`` (none first), ``inspect`` ([CLS] attention per ViT layer, ...),
         ``random_seeds`` when the lesson is about random."""
         lesson = lesson_by_id(lesson_id)
+        if self.scope.dynamic:
+            raise ValueError(f"the lessons are prepared on the embedded toy model (its shapes scenes, and budgets "
+                             f"counted on its fixed grid); this model is {self.scope.family_name}, whose tokens are "
+                             "not that grid: pick the embedded model in the Model menu")
         path = str(EXAMPLES_JSON.parent / lesson["example"])
         events = list(self.scope.compare_stream(path, lesson["question"], lesson["strategies"], lesson["keep"],
                                                 lesson["params"], max_new_tokens=max_new_tokens, repeats=1, warmup=0))
@@ -600,17 +744,20 @@ class Teacher:
         return out
 
     def view(self, image, question: str = "What is this?") -> dict:
-        """The image as the model sees it (``view``, uint8 (H, W, 3)) and the grid: what an export draws on; with the
-        token ``layout``, one picture per view (``views``) and ``grid_on_view``, as the compare stream's view event."""
+        """The image as the model sees it (``view``, uint8 (H, W, 3)) and this image's grid (``grid_of``): what an
+        export, the probe's picture and the painter draw on; ``drawn``: whether that grid lies over the picture
+        (False: a packed strip, ``note`` says why); with the token ``layout``, one picture per view (``views``) and
+        ``grid_on_view``, as the compare stream's view event."""
         self.scope.check_question(question)
         with self.scope.lock:
             _, prepared, _ = self._prepare(image, question)
             view = self.scope.view(prepared)
             layout = self.engine.adapter.token_layout(prepared)
             views = self.scope.views(prepared, layout)
-        g = self.engine.geometry
-        return {"view": view, "grid": [g.rows, g.cols], "layout": layout, "views": views,
-                "grid_on_view": self.scope.family in ("llava", "qwen2_5_vl")}
+        on_picture = self.on_picture()
+        return {"view": view, "grid": self.grid_of(prepared), "visual_tokens": prepared.n_image, "layout": layout,
+                "views": views, "grid_on_view": on_picture, "drawn": on_picture,
+                "note": None if on_picture else self.strip_note(prepared.n_image)}
 
 
 def objects_kept(scene: world.Scene, kept, rows: int, cols: int, share: float = 0.1) -> dict:

@@ -64,14 +64,14 @@ def _real_text(g, real) -> dict:
                 num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, max_position_embeddings=32768)
 
 
-def _qwen25vl(tok, real=None):
+def _qwen25vl(tok, real=None, vision_width: int = 32):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if real is None:
         patch, merge, pixels = 4, 2, dict(min_pixels=(4 * 2) ** 2 * 4, max_pixels=128 * 128)
-        vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, window_size=24,
-                      fullatt_block_indexes=[1, 3])
+        vision = dict(depth=4, hidden_size=vision_width, intermediate_size=2 * vision_width, num_heads=2,
+                      window_size=24, fullatt_block_indexes=[1, 3])
         text, mrope = dict(TEXT), [2, 3, 3]
     else:  # Qwen2.5-VL-7B's widths (pruning.geometries), the stock processor's pixel range
         g, vit_layers = real["geometry"], real["vit_layers"]
@@ -195,10 +195,12 @@ FAMILIES = {"qwen2.5-vl": ("qwen2_5_vl", _qwen25vl), "llava-onevision": ("llava_
 
 
 def build_family(out_dir: str | Path, family: str, seed: int = 0, real: dict | None = None,
-                 allow_eos: bool = True) -> Path:
+                 allow_eos: bool = True, vision_width: int | None = None) -> Path:
     """Write a tiny random-init checkpoint of ``family`` (a key of ``FAMILIES``) to ``out_dir``; return the path.
     ``real`` (see ``build_real_width``) gives the real model's widths instead of the tiny ones. ``allow_eos=False``
-    zeroes the LM head's EOS row, so that greedy decoding runs every token asked for (timing)."""
+    zeroes the LM head's EOS row, so that greedy decoding runs every token asked for (timing). ``vision_width``:
+    the tiny Qwen2.5-VL's ViT width (default 32; 64 makes every linear layer's input a multiple of 64, as
+    bitsandbytes' CPU 4-bit kernels need)."""
     import torch
 
     from .processors import STOCK_PROCESSORS, VIDEO_FAMILIES, make_image_only
@@ -210,7 +212,10 @@ def build_family(out_dir: str | Path, family: str, seed: int = 0, real: dict | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(VOCAB, family="llava" if model_type == "llava_next" else model_type)
-    model_cls, config, image_processor, processor_kwargs, template = builder(tok, real)
+    if vision_width is not None and (family != "qwen2.5-vl" or real is not None):
+        raise ValueError(f"vision_width is an option of the tiny Qwen2.5-VL; {family}'s widths are fixed")
+    extra = {"vision_width": vision_width} if vision_width is not None else {}
+    model_cls, config, image_processor, processor_kwargs, template = builder(tok, real, **extra)
     if model_type in VIDEO_FAMILIES:
         processor = make_image_only(model_type, image_processor, tok, chat_template=template, **processor_kwargs)
     else:
