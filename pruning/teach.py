@@ -321,9 +321,9 @@ class Teacher:
         panels, one per view)."""
         packed = ("its tiles' tokens (the thumbnail last)" if self.scope.family == "internvl"
                   else "its base image and crops (a newline token closing each crop row)")
-        return (f"{self.scope.family_name} packs {packed} into one strip of {n_tokens} tokens: they have no one grid "
-                "over the picture, so this view shows answers and counts, not patches (the Compare cards draw each "
-                "crop's or tile's kept tokens on it)")
+        return (f"{self.scope.family_name} packs {packed} into one strip of {n_tokens} tokens: patches are not drawn "
+                "here, for they have no one grid over the picture; this view shows answers and counts (the Compare "
+                "cards draw each crop's or tile's kept tokens on it, in panels)")
 
     def check_grid(self, what: str, n_tokens: int | None = None) -> None:
         """Refuse ``what`` (e.g. "probing a patch") in words on a model whose visual tokens are a packed 1 x N strip
