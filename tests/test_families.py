@@ -1,4 +1,5 @@
-"""Families beyond LLaVA-1.5 (issue 27): image-only processors without torchvision, tiny checkpoints built offline."""
+"""Families beyond LLaVA-1.5 (issue 27): image-only processors without torchvision, tiny checkpoints built offline
+(``family_dirs`` in conftest, shared by the session; ``build-toy`` here builds its own)."""
 
 import json
 import math
@@ -9,15 +10,8 @@ import pytest
 import torch
 
 from pruning.processors import load_processor
-from pruning.toy_families import build_family
 
 SIZES = [(64, 80), (100, 60), (48, 48), (30, 200)]
-
-
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    return {name: build_family(root / name, name, seed=1) for name in ("qwen2.5-vl", "llava-onevision")}
 
 
 def _prompt(processor):
@@ -89,11 +83,11 @@ def test_onevision_token_count_matches_the_model(family_dirs):
     assert len(counts) > 1  # the count follows the image's shape
 
 
-def test_llava_next_loads_with_autoprocessor_and_counts_match(tmp_path):
+def test_llava_next_loads_with_autoprocessor_and_counts_match(family_dirs):
     """LLaVA-NeXT's stock processor has no video part: saved and loaded as it is, its count = the model's rows."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = build_family(tmp_path / "next", "llava-next", seed=1)
+    path = family_dirs["llava-next"]
     processor = AutoProcessor.from_pretrained(str(path))
     assert type(processor).__name__ == "LlavaNextProcessor"
     model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
@@ -106,12 +100,12 @@ def test_llava_next_loads_with_autoprocessor_and_counts_match(tmp_path):
         assert sum(f.shape[0] for f in feats) == n
 
 
-def test_internvl_token_count_is_tiles_times_sequence(tmp_path):
+def test_internvl_token_count_is_tiles_times_sequence(family_dirs):
     """InternVL: image_seq_length (16 here: 8x8 patches pixel-shuffled by 0.5) per tile, tiles + thumbnail; equal to
     the rows the stock model projects."""
     from transformers import AutoModelForImageTextToText
 
-    path = build_family(tmp_path / "internvl", "internvl", seed=1)
+    path = family_dirs["internvl"]
     processor = load_processor(str(path), "internvl")
     assert not hasattr(processor, "video_processor")
     model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()

@@ -395,11 +395,8 @@ def test_one_image_per_document():
 
 # ------------------------------------------------------------------ the families beyond LLaVA-1.5 (issue 27)
 @pytest.fixture(scope="module")
-def family_checkpoints(tmp_path_factory):
-    from pruning.toy_families import build_family
-
-    root = tmp_path_factory.mktemp("lmms-families")
-    return {name: str(build_family(root / name, name, seed=1)) for name in ("qwen2.5-vl", "llava-next")}
+def family_checkpoints(family_dirs):
+    return {name: str(family_dirs[name]) for name in ("qwen2.5-vl", "llava-next")}
 
 
 def _hub_cache(tmp_path, checkpoint: str, repo: str) -> Path:
@@ -415,14 +412,12 @@ def _hub_cache(tmp_path, checkpoint: str, repo: str) -> Path:
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "llava-next"])
-def test_generate_on_a_family_checkpoint_equals_the_engine(family, family_checkpoints, tmp_path, monkeypatch):
+def test_generate_on_a_family_checkpoint_equals_the_engine(family, family_checkpoints, family_engines, tmp_path,
+                                                           monkeypatch):
     """The plugin's generate_until on a tiny Qwen2.5-VL (a dynamic grid) and LLaVA-NeXT (anyres): loaded by path, and
     by hub id from an offline hub cache, through the same load_model; a count budget larger than some images'
     tokens is accepted (it keeps them all there) and the answers and kept counts are the engine's own."""
     from PIL import Image
-
-    from pruning.engine import Engine
-    from pruning.model import load_model
 
     images = [Image.fromarray(np.random.RandomState(i).randint(0, 255, (h, w, 3), dtype=np.uint8))
               for i, (h, w) in enumerate(((64, 80), (48, 48), (30, 100)))]
@@ -434,7 +429,7 @@ def test_generate_on_a_family_checkpoint_equals_the_engine(family, family_checkp
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    engine = Engine(load_model(path, device="cpu"))
+    engine = family_engines(family)  # the same checkpoint (conftest's), loaded by load_model with sdpa
     strategy = get_strategy("random", keep=60)
     for source in (path, repo):
         lm = _plugin(pretrained=source, strategy="random", keep=60, device="cpu")
