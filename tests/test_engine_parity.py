@@ -25,9 +25,9 @@ def image_rows(engine):
 
 @pytest.mark.parametrize("name,four_bit,attn", VARIANTS, ids=IDS)
 def test_unpruned_matches_generate(engines, images, name, four_bit, attn):
-    engine = engines(name, four_bit, attn)
-    for image, question in zip(images, QUESTIONS):
-        assert_unpruned_matches_generate(engine, image, question)
+    # one image: LLaVA-1.5 resizes every image to its one fixed grid, so another shape runs the same code (the shapes
+    # that change the path are the families', in test_engine_parity_qwen.py and test_engine_parity_anyres.py)
+    assert_unpruned_matches_generate(engines(name, four_bit, attn), images[1], QUESTIONS[1])
 
 
 @pytest.mark.parametrize("name,four_bit,attn", VARIANTS, ids=IDS)

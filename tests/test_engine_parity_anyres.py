@@ -37,9 +37,15 @@ def test_token_count_follows_the_image(engine, images):
     assert len(counts) > 1  # (InternVL: 64x80 and 100x60 both make 6 tiles + the thumbnail)
 
 
+# The image shapes whose code paths differ. LLaVA-OneVision and LLaVA-NeXT: 64x80 (wide: 2x3 crops, the padding rows
+# unpadded), 100x60 (tall: 3x2 crops, the padding columns unpadded), 48x48 (square: 2x2 crops). InternVL: 64x80 (6
+# tiles + the thumbnail) and 48x48 (4 tiles + the thumbnail); 100x60 makes 6 tiles + the thumbnail again.
+PATH_SHAPES = {"internvl": (0, 2)}
+
+
 def test_unpruned_matches_generate(engine, images):
-    for image, question in zip(images, QUESTIONS):
-        assert_unpruned_matches_generate(engine, image, question)
+    for i in PATH_SHAPES.get(engine.model.config.model_type, range(len(images))):
+        assert_unpruned_matches_generate(engine, images[i], QUESTIONS[i])
 
 
 def test_unpruned_prefill_logits_match_forward(engine, images):
