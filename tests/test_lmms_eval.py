@@ -69,31 +69,61 @@ def read_run(out: Path, task: str) -> tuple[dict, list[dict]]:
     return json.loads(results[0].read_text()), sorted(rows, key=lambda r: r["doc_id"])
 
 
-_runs = {}
+_runs, _started = {}, {}
+VTC = f"strategy=vtc-cls,keep={KEEP}"
+# the lmms-eval runs each test reads, (model_args, task, processes); a run is mostly lmms-eval's own start-up (~12 s
+# of one core), so those the session's selected tests need are started together, two at a time (the test process
+# waits meanwhile: two cores, two runs), and each test takes its own when it is done
+RUNS_READ_BY = {
+    "test_lmms_eval_answers_equal_the_bench[none]": [("strategy=none", "prunescope_shapes", 1)],
+    "test_lmms_eval_answers_equal_the_bench[vtc-cls]": [(VTC, "prunescope_shapes", 1)],
+    "test_lmms_eval_answers_equal_the_bench[fastv]": [(f"strategy=fastv,keep={KEEP}", "prunescope_shapes", 1)],
+    "test_two_processes_equal_one": [(VTC, "prunescope_shapes", 1), (VTC, "prunescope_shapes", 2)],
+    "test_results_table": [(VTC, "prunescope_shapes", 1)],
+    "test_multiple_choice_task_runs": [(VTC, "prunescope_shapes_mc", 1)],
+}
 
 
 @pytest.fixture(scope="module")
-def lmms_run(task_dir, lmms_env, tmp_path_factory):
+def lmms_run(request, task_dir, lmms_env, tmp_path_factory):
     """One lmms-eval run per (model_args, task, processes), made once per module: (results, samples in document
-    order, output directory, what it printed)."""
+    order, output directory, what it printed). The runs the selected tests read start together (``RUNS_READ_BY``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(key):
+        model_args, task, processes = key
+        out = tmp_path_factory.mktemp("lmms")
+        # each run its own datasets cache: runs side by side never share one
+        env = dict(lmms_env, HF_DATASETS_CACHE=str(tmp_path_factory.mktemp("lmms-datasets")))
+
+        def job():
+            cmd = lmms_command(model_args, task, task_dir, out)
+            if processes == 1:
+                return run([sys.executable, *cmd], env)
+            # on CPU, accelerate joins the processes over gloo when told the run is on CPU
+            return run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                        "--master_port", str(_free_port()), *cmd], dict(env, ACCELERATE_USE_CPU="1"))
+        return out, pool.submit(job)
+
+    pool = ThreadPoolExecutor(2)
+    selected = [item.name for item in request.session.items if item.module is request.module]
+    for name in selected:
+        for key in RUNS_READ_BY.get(name, []):
+            if key not in _runs and key not in _started:
+                _started[key] = start(key)
+
     def get(model_args: str, task: str = "prunescope_shapes", processes: int = 1):
         key = (model_args, task, processes)
         if key not in _runs:
-            out = tmp_path_factory.mktemp("lmms")
-            cmd = lmms_command(model_args, task, task_dir, out)
-            if processes == 1:
-                cmd = [sys.executable, *cmd]
-                env = lmms_env
-            else:  # on CPU, accelerate joins the processes over gloo when told the run is on CPU
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                       "--master_port", str(_free_port()), *cmd]
-                env = dict(lmms_env, ACCELERATE_USE_CPU="1")
-            proc = run(cmd, env)
+            out, job = _started.pop(key) if key in _started else start(key)
+            proc = job.result()
             said = proc.stdout + proc.stderr
             assert proc.returncode == 0 and "Traceback" not in said, said
             _runs[key] = (*read_run(out, task), out, said)
         return _runs[key]
-    return get
+
+    yield get
+    pool.shutdown(wait=True)
 
 
 def _free_port() -> int:
