@@ -81,13 +81,15 @@ RUNS_READ_BY = {
     "test_two_processes_equal_one": [(VTC, "prunescope_shapes", 1), (VTC, "prunescope_shapes", 2)],
     "test_results_table": [(VTC, "prunescope_shapes", 1)],
     "test_multiple_choice_task_runs": [(VTC, "prunescope_shapes_mc", 1)],
+    "test_bad_model_args_fail_through_lmms_eval": [("strategy=nope,keep=36", "prunescope_shapes", 1)],
 }
 
 
 @pytest.fixture(scope="module")
 def lmms_run(request, task_dir, lmms_env, tmp_path_factory):
     """One lmms-eval run per (model_args, task, processes), made once per module: (results, samples in document
-    order, output directory, what it printed). The runs the selected tests read start together (``RUNS_READ_BY``)."""
+    order, output directory, what it printed); ``lmms_run.finished(...)``: a run that may fail, (output directory,
+    the finished process). The runs the selected tests read start together (``RUNS_READ_BY``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def start(key):
@@ -112,15 +114,21 @@ def lmms_run(request, task_dir, lmms_env, tmp_path_factory):
             if key not in _runs and key not in _started:
                 _started[key] = start(key)
 
+    def finished(key):
+        """(output directory, the finished process) of the run ``key``, started now if it was not."""
+        out, job = _started.pop(key) if key in _started else start(key)
+        return out, job.result()
+
     def get(model_args: str, task: str = "prunescope_shapes", processes: int = 1):
         key = (model_args, task, processes)
         if key not in _runs:
-            out, job = _started.pop(key) if key in _started else start(key)
-            proc = job.result()
+            out, proc = finished(key)
             said = proc.stdout + proc.stderr
             assert proc.returncode == 0 and "Traceback" not in said, said
             _runs[key] = (*read_run(out, task), out, said)
         return _runs[key]
+
+    get.finished = lambda model_args, task="prunescope_shapes", processes=1: finished((model_args, task, processes))
 
     yield get
     pool.shutdown(wait=True)
@@ -362,12 +370,11 @@ def test_multiple_choice_task_runs(lmms_run, task_dir):
 
 
 # ------------------------------------------------------------------ bad input
-def test_bad_model_args_fail_through_lmms_eval(task_dir, lmms_env, tmp_path):
-    proc = run([sys.executable, *lmms_command("strategy=nope,keep=36", "prunescope_shapes", task_dir, tmp_path)],
-               lmms_env)
+def test_bad_model_args_fail_through_lmms_eval(lmms_run):
+    out, proc = lmms_run.finished("strategy=nope,keep=36")
     said = proc.stdout + proc.stderr
     assert "unknown strategy 'nope'; valid strategies: cdpruner, dart, divprune, evit, fastv," in said
-    assert not list(tmp_path.rglob("*_results.json"))
+    assert not list(out.rglob("*_results.json"))
 
 
 @pytest.mark.parametrize("args, message", [
