@@ -26,6 +26,60 @@ def _image(h, w):
     return Image.fromarray(np.random.RandomState(h * w).randint(0, 255, (h, w, 3), dtype=np.uint8))
 
 
+def _ask(model, image, keep: str, new_tokens: int) -> list[str]:
+    return [sys.executable, "-m", "pruning", "ask", "--model", str(model), "--image", str(image), "--question",
+            "what colour?", "--strategy", "random", "--keep", keep, "--max-new-tokens", str(new_tokens), "--device",
+            "cpu", "--json"]
+
+
+# the command-line runs each test reads: each is mostly its own start-up (one core, seconds), so those of the selected
+# tests start together when this module's first test starts, and run beside the tests before them
+CLI_READ_BY = {"test_build_toy_cli_writes_a_loadable_family": ["build-toy"],
+               "test_ask_cli_on_a_dynamic_grid_family": ["ask 64x80 keep 200"],
+               "test_ask_cli_ratio_budget_follows_the_image": ["ask 64x80 keep 0.25", "ask 48x48 keep 0.25"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli(request, tmp_path_factory, family_dirs):
+    """``cli(name)``: (the finished command-line run ``name``: returncode, stdout, stderr; the path it was given: the
+    output directory, or the image). Started with the module's first test (``CLI_READ_BY``)."""
+    root = tmp_path_factory.mktemp("families-cli")
+
+    def command(name):
+        if name == "build-toy":
+            out = root / "q"
+            return [sys.executable, "-m", "pruning", "build-toy", "--geometry", "qwen2.5-vl", "--out", str(out)], out
+        _, shape, _, keep = name.split()
+        h, w = map(int, shape.split("x"))
+        image = root / f"{h}x{w}-{keep}.png"
+        _image(h, w).save(image)
+        return _ask(family_dirs["qwen2.5-vl"], image, keep, 2 if keep == "200" else 1), image
+
+    started = {}
+
+    def start(name):
+        cmd, path = command(name)
+        started[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), path)
+
+    for item in request.session.items:
+        if item.module is request.module:
+            for name in CLI_READ_BY.get(item.name, []):
+                if name not in started:
+                    start(name)
+
+    def finished(name):
+        if name not in started:
+            start(name)
+        proc, path = started[name]
+        stdout, stderr = proc.communicate(timeout=300)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), path
+
+    yield finished
+    for proc, _ in started.values():
+        proc.kill()
+        proc.communicate()
+
+
 def test_torchvision_is_not_importable_here():
     """The premise of the image-only route: if this fails, torchvision arrived and docs/install.md is out of date."""
     with pytest.raises(ImportError):
@@ -119,10 +173,8 @@ def test_internvl_token_count_is_tiles_times_sequence(family_dirs):
         assert feats.shape[0] * feats.shape[1] == n
 
 
-def test_build_toy_cli_writes_a_loadable_family(tmp_path):
-    out = tmp_path / "q"
-    done = subprocess.run([sys.executable, "-m", "pruning", "build-toy", "--geometry", "qwen2.5-vl", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+def test_build_toy_cli_writes_a_loadable_family(cli):
+    done, out = cli("build-toy")
     assert done.returncode == 0, done.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl"
@@ -130,17 +182,12 @@ def test_build_toy_cli_writes_a_loadable_family(tmp_path):
     load_processor(str(out), "qwen2_5_vl")
 
 
-def test_ask_cli_on_a_dynamic_grid_family(tmp_path, family_dirs):
+def test_ask_cli_on_a_dynamic_grid_family(cli):
     """``python -m pruning ask`` on Qwen2.5-VL: the grid and the clamp note are this image's (8x10 = 80 tokens),
     not a fixed grid's."""
     from PIL import Image
 
-    image = tmp_path / "img.png"
-    _image(64, 80).save(image)
-    done = subprocess.run([sys.executable, "-m", "pruning", "ask", "--model", str(family_dirs["qwen2.5-vl"]),
-                           "--image", str(image), "--question", "what colour?", "--strategy", "random", "--keep", "200",
-                           "--max-new-tokens", "2", "--device", "cpu", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    done, image = cli("ask 64x80 keep 200")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["grid"] == [8, 10] and out["visual_tokens"] == 80 and out["visual_tokens_kept"] == 80
@@ -160,20 +207,12 @@ def test_budget_forms():
     assert keep_tokens(200, 80) == 80 and keep_tokens(20, 80) == 20
 
 
-def test_ask_cli_ratio_budget_follows_the_image(tmp_path, family_dirs):
+def test_ask_cli_ratio_budget_follows_the_image(cli):
     """``--keep 0.25`` keeps a quarter of each image's own tokens: 20 of 80 (64x80), 9 of 36 (48x48)."""
-    procs = {}
-    for h, w in ((64, 80), (48, 48)):  # both started at once: each is mostly its own start-up (one core each)
-        image = tmp_path / f"{h}x{w}.png"
-        _image(h, w).save(image)
-        procs[(h, w)] = subprocess.Popen(
-            [sys.executable, "-m", "pruning", "ask", "--model", str(family_dirs["qwen2.5-vl"]), "--image", str(image),
-             "--question", "what colour?", "--strategy", "random", "--keep", "0.25", "--max-new-tokens", "1",
-             "--device", "cpu", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kept = {}
-    for shape, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
-        out = json.loads(stdout)
-        kept[shape] = (out["visual_tokens_kept"], out["visual_tokens"])
+    for h, w in ((64, 80), (48, 48)):
+        done, _ = cli(f"ask {h}x{w} keep 0.25")
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        kept[(h, w)] = (out["visual_tokens_kept"], out["visual_tokens"])
     assert kept == {(64, 80): (20, 80), (48, 48): (9, 36)}
