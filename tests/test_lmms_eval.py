@@ -85,7 +85,7 @@ RUNS_READ_BY = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)  # the runs start with the module's first test, beside the tests before them
 def lmms_run(request, task_dir, lmms_env, tmp_path_factory):
     """One lmms-eval run per (model_args, task, processes), made once per module: (results, samples in document
     order, output directory, what it printed); ``lmms_run.finished(...)``: a run that may fail, (output directory,
