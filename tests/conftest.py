@@ -1,5 +1,6 @@
-"""Shared fixtures: random-init LLaVA checkpoints built on disk once per session, offline; the web app served
-in-process on a free port (``app_server``, for the app tests)."""
+"""Shared fixtures: random-init LLaVA checkpoints built on disk once per session, offline (and those of the families
+beyond LLaVA-1.5: ``family_dirs``, ``family_engines``); the web app served in-process on a free port
+(``app_server``, for the app tests)."""
 
 import os
 import shutil
@@ -18,6 +19,7 @@ from benchmarks.serving import free_port, load_app_main
 from pruning.engine import Engine
 from pruning.model import load_model
 from pruning.toy import build_random_llava
+from pruning.toy_families import build_family
 
 QUESTIONS = ["what is the colour of the circle?", "how many objects are there?", "is there a red square?"]
 
@@ -49,6 +51,37 @@ def get_engine(model_dirs, name, four_bit=False, attn="sdpa"):
 @pytest.fixture(scope="session")
 def engines(model_dirs):
     return lambda name, four_bit=False, attn="sdpa": get_engine(model_dirs, name, four_bit, attn)
+
+
+# ------------------------------------------------------------------ the families beyond LLaVA-1.5 (issue 27)
+class _OnFirstUse(dict):
+    """A dict whose values are made on first look-up (``make(key)``), then kept."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = value = self.make(key)
+        return value
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    """``family_dirs[family]``: a tiny random-init checkpoint of ``family`` (``pruning.toy_families.build_family``,
+    seed 1), built on first use into one directory per session and shared by every test that reads it. A test that
+    writes into a checkpoint builds its own."""
+    root = tmp_path_factory.mktemp("families")
+    return _OnFirstUse(lambda family: build_family(root / family, family, seed=1))
+
+
+@pytest.fixture(scope="session")
+def family_engines(family_dirs):
+    """``family_engines(family, attn="sdpa")``: an ``Engine`` on ``family_dirs[family]``, loaded once per (family,
+    attention implementation) and shared (tests read it; none changes its weights or settings)."""
+    loaded = _OnFirstUse(lambda key: Engine(load_model(str(family_dirs[key[0]]), device="cpu",
+                                                       attn_implementation=key[1])))
+    return lambda family, attn="sdpa": loaded[(family, attn)]
 
 
 # ------------------------------------------------------------------ the web app, served in-process (tests/test_app_*)

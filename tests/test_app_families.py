@@ -12,17 +12,16 @@ from PIL import Image
 from app import overlays, ui
 from benchmarks.serving import free_port, load_app_main
 from pruning.model import DEFAULT_MODEL_DIR
-from pruning.toy_families import build_family
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    return str(build_family(tmp_path_factory.mktemp("app-qwen") / "qwen", "qwen2.5-vl", seed=1))
+def qwen_dir(family_dirs):
+    return str(family_dirs["qwen2.5-vl"])
 
 
 @pytest.fixture(scope="module")
-def next_dir(tmp_path_factory):
-    return str(build_family(tmp_path_factory.mktemp("app-next") / "next", "llava-next", seed=1))
+def next_dir(family_dirs):
+    return str(family_dirs["llava-next"])
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,21 @@ def untimed(rows):
 
 
 @pytest.fixture(scope="module")
-def one_process():
+def launched():
+    """``accelerate launch --multi_gpu`` (torchrun's launcher: on a CPU-only machine plain ``accelerate launch``
+    starts one process), started beside ``one_process`` (each is mostly its own start-up, one core each); the
+    finished process, its output read."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+           "-m", "pruning", *ARGS]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    yield proc
+    proc.kill()
+    proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def one_process(launched):
     proc = subprocess.run([sys.executable, "-m", "pruning", *ARGS], cwd=ROOT, capture_output=True, text=True,
                           env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -49,15 +63,11 @@ def test_processes_equal_one_process(one_process, capsys):
     assert all(r["prefill_ms"] > 0 for r in two)
 
 
-def test_accelerate_launch_processes_equal_one_process(one_process):
-    """``accelerate launch --multi_gpu`` (torchrun's launcher: on a CPU-only machine plain ``accelerate launch``
-    starts one process) sets WORLD_SIZE / RANK; the shards meet on rank 0 over gloo."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
-           "-m", "pruning", *ARGS]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+def test_accelerate_launch_processes_equal_one_process(one_process, launched):
+    """``accelerate launch --multi_gpu`` sets WORLD_SIZE / RANK; the shards meet on rank 0 over gloo."""
+    stdout, stderr = launched.communicate(timeout=300)
+    assert launched.returncode == 0, stderr
+    rows = [line for line in stdout.splitlines() if line.startswith("[")]
     assert len(rows) == 1  # rank 0 prints, rank 1 does not
     assert untimed(json.loads(rows[0])) == untimed(one_process)
 

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 
 from pruning.compare import Scope
-from pruning.toy_families import build_family
 
 FAMILIES = ("qwen2.5-vl", "llava-onevision", "llava-next", "internvl")
 
 
 @pytest.fixture(scope="module")
-def scopes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scope-families")
-    return {name: Scope(str(build_family(root / name, name, seed=1)), speed_report=None) for name in FAMILIES}
+def scopes(family_dirs):
+    return {name: Scope(str(family_dirs[name]), speed_report=None) for name in FAMILIES}
 
 
 def _image(h=64, w=80):

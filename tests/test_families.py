@@ -1,4 +1,5 @@
-"""Families beyond LLaVA-1.5 (issue 27): image-only processors without torchvision, tiny checkpoints built offline."""
+"""Families beyond LLaVA-1.5 (issue 27): image-only processors without torchvision, tiny checkpoints built offline
+(``family_dirs`` in conftest, shared by the session; ``build-toy`` here builds its own)."""
 
 import json
 import math
@@ -9,15 +10,8 @@ import pytest
 import torch
 
 from pruning.processors import load_processor
-from pruning.toy_families import build_family
 
 SIZES = [(64, 80), (100, 60), (48, 48), (30, 200)]
-
-
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    return {name: build_family(root / name, name, seed=1) for name in ("qwen2.5-vl", "llava-onevision")}
 
 
 def _prompt(processor):
@@ -30,6 +24,60 @@ def _image(h, w):
     from PIL import Image
 
     return Image.fromarray(np.random.RandomState(h * w).randint(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def _ask(model, image, keep: str, new_tokens: int) -> list[str]:
+    return [sys.executable, "-m", "pruning", "ask", "--model", str(model), "--image", str(image), "--question",
+            "what colour?", "--strategy", "random", "--keep", keep, "--max-new-tokens", str(new_tokens), "--device",
+            "cpu", "--json"]
+
+
+# the command-line runs each test reads: each is mostly its own start-up (one core, seconds), so those of the selected
+# tests start together when this module's first test starts, and run beside the tests before them
+CLI_READ_BY = {"test_build_toy_cli_writes_a_loadable_family": ["build-toy"],
+               "test_ask_cli_on_a_dynamic_grid_family": ["ask 64x80 keep 200"],
+               "test_ask_cli_ratio_budget_follows_the_image": ["ask 64x80 keep 0.25", "ask 48x48 keep 0.25"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli(request, tmp_path_factory, family_dirs):
+    """``cli(name)``: (the finished command-line run ``name``: returncode, stdout, stderr; the path it was given: the
+    output directory, or the image). Started with the module's first test (``CLI_READ_BY``)."""
+    root = tmp_path_factory.mktemp("families-cli")
+
+    def command(name):
+        if name == "build-toy":
+            out = root / "q"
+            return [sys.executable, "-m", "pruning", "build-toy", "--geometry", "qwen2.5-vl", "--out", str(out)], out
+        _, shape, _, keep = name.split()
+        h, w = map(int, shape.split("x"))
+        image = root / f"{h}x{w}-{keep}.png"
+        _image(h, w).save(image)
+        return _ask(family_dirs["qwen2.5-vl"], image, keep, 2 if keep == "200" else 1), image
+
+    started = {}
+
+    def start(name):
+        cmd, path = command(name)
+        started[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), path)
+
+    for item in request.session.items:
+        if item.module is request.module:
+            for name in CLI_READ_BY.get(item.name, []):
+                if name not in started:
+                    start(name)
+
+    def finished(name):
+        if name not in started:
+            start(name)
+        proc, path = started[name]
+        stdout, stderr = proc.communicate(timeout=300)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), path
+
+    yield finished
+    for proc, _ in started.values():
+        proc.kill()
+        proc.communicate()
 
 
 def test_torchvision_is_not_importable_here():
@@ -89,11 +137,11 @@ def test_onevision_token_count_matches_the_model(family_dirs):
     assert len(counts) > 1  # the count follows the image's shape
 
 
-def test_llava_next_loads_with_autoprocessor_and_counts_match(tmp_path):
+def test_llava_next_loads_with_autoprocessor_and_counts_match(family_dirs):
     """LLaVA-NeXT's stock processor has no video part: saved and loaded as it is, its count = the model's rows."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = build_family(tmp_path / "next", "llava-next", seed=1)
+    path = family_dirs["llava-next"]
     processor = AutoProcessor.from_pretrained(str(path))
     assert type(processor).__name__ == "LlavaNextProcessor"
     model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
@@ -106,12 +154,12 @@ def test_llava_next_loads_with_autoprocessor_and_counts_match(tmp_path):
         assert sum(f.shape[0] for f in feats) == n
 
 
-def test_internvl_token_count_is_tiles_times_sequence(tmp_path):
+def test_internvl_token_count_is_tiles_times_sequence(family_dirs):
     """InternVL: image_seq_length (16 here: 8x8 patches pixel-shuffled by 0.5) per tile, tiles + thumbnail; equal to
     the rows the stock model projects."""
     from transformers import AutoModelForImageTextToText
 
-    path = build_family(tmp_path / "internvl", "internvl", seed=1)
+    path = family_dirs["internvl"]
     processor = load_processor(str(path), "internvl")
     assert not hasattr(processor, "video_processor")
     model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
@@ -125,10 +173,8 @@ def test_internvl_token_count_is_tiles_times_sequence(tmp_path):
         assert feats.shape[0] * feats.shape[1] == n
 
 
-def test_build_toy_cli_writes_a_loadable_family(tmp_path):
-    out = tmp_path / "q"
-    done = subprocess.run([sys.executable, "-m", "pruning", "build-toy", "--geometry", "qwen2.5-vl", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+def test_build_toy_cli_writes_a_loadable_family(cli):
+    done, out = cli("build-toy")
     assert done.returncode == 0, done.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl"
@@ -136,17 +182,12 @@ def test_build_toy_cli_writes_a_loadable_family(tmp_path):
     load_processor(str(out), "qwen2_5_vl")
 
 
-def test_ask_cli_on_a_dynamic_grid_family(tmp_path, family_dirs):
+def test_ask_cli_on_a_dynamic_grid_family(cli):
     """``python -m pruning ask`` on Qwen2.5-VL: the grid and the clamp note are this image's (8x10 = 80 tokens),
     not a fixed grid's."""
     from PIL import Image
 
-    image = tmp_path / "img.png"
-    _image(64, 80).save(image)
-    done = subprocess.run([sys.executable, "-m", "pruning", "ask", "--model", str(family_dirs["qwen2.5-vl"]),
-                           "--image", str(image), "--question", "what colour?", "--strategy", "random", "--keep", "200",
-                           "--max-new-tokens", "2", "--device", "cpu", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    done, image = cli("ask 64x80 keep 200")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["grid"] == [8, 10] and out["visual_tokens"] == 80 and out["visual_tokens_kept"] == 80
@@ -166,16 +207,11 @@ def test_budget_forms():
     assert keep_tokens(200, 80) == 80 and keep_tokens(20, 80) == 20
 
 
-def test_ask_cli_ratio_budget_follows_the_image(tmp_path, family_dirs):
+def test_ask_cli_ratio_budget_follows_the_image(cli):
     """``--keep 0.25`` keeps a quarter of each image's own tokens: 20 of 80 (64x80), 9 of 36 (48x48)."""
     kept = {}
     for h, w in ((64, 80), (48, 48)):
-        image = tmp_path / f"{h}x{w}.png"
-        _image(h, w).save(image)
-        done = subprocess.run([sys.executable, "-m", "pruning", "ask", "--model", str(family_dirs["qwen2.5-vl"]),
-                               "--image", str(image), "--question", "what colour?", "--strategy", "random",
-                               "--keep", "0.25", "--max-new-tokens", "1", "--device", "cpu", "--json"],
-                              capture_output=True, text=True, timeout=300)
+        done, _ = cli(f"ask {h}x{w} keep 0.25")
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout)
         kept[(h, w)] = (out["visual_tokens_kept"], out["visual_tokens"])

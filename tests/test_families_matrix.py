@@ -6,10 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pruning.engine import Engine
-from pruning.model import load_model
 from pruning.strategies import available, get_strategy
-from pruning.toy_families import build_family
 
 from .conftest import QUESTIONS
 
@@ -39,16 +36,11 @@ def test_the_table_lists_every_strategy():
 
 
 @pytest.fixture(scope="module")
-def engines(engines, tmp_path_factory):
-    root = tmp_path_factory.mktemp("matrix")
-    qwen = build_family(root / "qwen", "qwen2.5-vl", seed=2)
-    onevision = build_family(root / "ov", "llava-onevision", seed=2)
-    llava_next = build_family(root / "next", "llava-next", seed=2)
-    internvl = build_family(root / "internvl", "internvl", seed=2)
-    return {"llava": engines("tiny"), "qwen2_5_vl": Engine(load_model(str(qwen), device="cpu")),
-            "llava_onevision": Engine(load_model(str(onevision), device="cpu")),
-            "llava_next": Engine(load_model(str(llava_next), device="cpu")),
-            "internvl": Engine(load_model(str(internvl), device="cpu"))}
+def engines(engines, family_engines):
+    """One engine per column: LLaVA-1.5's tiny checkpoint and the families' (conftest's, shared by the session)."""
+    return {"llava": engines("tiny"), "qwen2_5_vl": family_engines("qwen2.5-vl"),
+            "llava_onevision": family_engines("llava-onevision"), "llava_next": family_engines("llava-next"),
+            "internvl": family_engines("internvl")}
 
 
 @pytest.mark.parametrize("family", list(COLUMNS))

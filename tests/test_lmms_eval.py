@@ -69,31 +69,69 @@ def read_run(out: Path, task: str) -> tuple[dict, list[dict]]:
     return json.loads(results[0].read_text()), sorted(rows, key=lambda r: r["doc_id"])
 
 
-_runs = {}
+_runs, _started = {}, {}
+VTC = f"strategy=vtc-cls,keep={KEEP}"
+# the lmms-eval runs each test reads, (model_args, task, processes); a run is mostly lmms-eval's own start-up (~12 s
+# of one core), so those the session's selected tests need are started together, two at a time (the test process
+# waits meanwhile: two cores, two runs), and each test takes its own when it is done
+RUNS_READ_BY = {
+    "test_lmms_eval_answers_equal_the_bench[none]": [("strategy=none", "prunescope_shapes", 1)],
+    "test_lmms_eval_answers_equal_the_bench[vtc-cls]": [(VTC, "prunescope_shapes", 1)],
+    "test_lmms_eval_answers_equal_the_bench[fastv]": [(f"strategy=fastv,keep={KEEP}", "prunescope_shapes", 1)],
+    "test_two_processes_equal_one": [(VTC, "prunescope_shapes", 1), (VTC, "prunescope_shapes", 2)],
+    "test_results_table": [(VTC, "prunescope_shapes", 1)],
+    "test_multiple_choice_task_runs": [(VTC, "prunescope_shapes_mc", 1)],
+    "test_bad_model_args_fail_through_lmms_eval": [("strategy=nope,keep=36", "prunescope_shapes", 1)],
+}
 
 
-@pytest.fixture(scope="module")
-def lmms_run(task_dir, lmms_env, tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)  # the runs start with the module's first test, beside the tests before them
+def lmms_run(request, task_dir, lmms_env, tmp_path_factory):
     """One lmms-eval run per (model_args, task, processes), made once per module: (results, samples in document
-    order, output directory, what it printed)."""
+    order, output directory, what it printed); ``lmms_run.finished(...)``: a run that may fail, (output directory,
+    the finished process). The runs the selected tests read start together (``RUNS_READ_BY``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(key):
+        model_args, task, processes = key
+        out = tmp_path_factory.mktemp("lmms")
+        # each run its own datasets cache: runs side by side never share one
+        env = dict(lmms_env, HF_DATASETS_CACHE=str(tmp_path_factory.mktemp("lmms-datasets")))
+
+        def job():
+            cmd = lmms_command(model_args, task, task_dir, out)
+            if processes == 1:
+                return run([sys.executable, *cmd], env)
+            # on CPU, accelerate joins the processes over gloo when told the run is on CPU
+            return run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                        "--master_port", str(_free_port()), *cmd], dict(env, ACCELERATE_USE_CPU="1"))
+        return out, pool.submit(job)
+
+    pool = ThreadPoolExecutor(2)
+    selected = [item.name for item in request.session.items if item.module is request.module]
+    for name in selected:
+        for key in RUNS_READ_BY.get(name, []):
+            if key not in _runs and key not in _started:
+                _started[key] = start(key)
+
+    def finished(key):
+        """(output directory, the finished process) of the run ``key``, started now if it was not."""
+        out, job = _started.pop(key) if key in _started else start(key)
+        return out, job.result()
+
     def get(model_args: str, task: str = "prunescope_shapes", processes: int = 1):
         key = (model_args, task, processes)
         if key not in _runs:
-            out = tmp_path_factory.mktemp("lmms")
-            cmd = lmms_command(model_args, task, task_dir, out)
-            if processes == 1:
-                cmd = [sys.executable, *cmd]
-                env = lmms_env
-            else:  # on CPU, accelerate joins the processes over gloo when told the run is on CPU
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                       "--master_port", str(_free_port()), *cmd]
-                env = dict(lmms_env, ACCELERATE_USE_CPU="1")
-            proc = run(cmd, env)
+            out, proc = finished(key)
             said = proc.stdout + proc.stderr
             assert proc.returncode == 0 and "Traceback" not in said, said
             _runs[key] = (*read_run(out, task), out, said)
         return _runs[key]
-    return get
+
+    get.finished = lambda model_args, task="prunescope_shapes", processes=1: finished((model_args, task, processes))
+
+    yield get
+    pool.shutdown(wait=True)
 
 
 def _free_port() -> int:
@@ -332,12 +370,11 @@ def test_multiple_choice_task_runs(lmms_run, task_dir):
 
 
 # ------------------------------------------------------------------ bad input
-def test_bad_model_args_fail_through_lmms_eval(task_dir, lmms_env, tmp_path):
-    proc = run([sys.executable, *lmms_command("strategy=nope,keep=36", "prunescope_shapes", task_dir, tmp_path)],
-               lmms_env)
+def test_bad_model_args_fail_through_lmms_eval(lmms_run):
+    out, proc = lmms_run.finished("strategy=nope,keep=36")
     said = proc.stdout + proc.stderr
     assert "unknown strategy 'nope'; valid strategies: cdpruner, dart, divprune, evit, fastv," in said
-    assert not list(tmp_path.rglob("*_results.json"))
+    assert not list(out.rglob("*_results.json"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -395,11 +432,8 @@ def test_one_image_per_document():
 
 # ------------------------------------------------------------------ the families beyond LLaVA-1.5 (issue 27)
 @pytest.fixture(scope="module")
-def family_checkpoints(tmp_path_factory):
-    from pruning.toy_families import build_family
-
-    root = tmp_path_factory.mktemp("lmms-families")
-    return {name: str(build_family(root / name, name, seed=1)) for name in ("qwen2.5-vl", "llava-next")}
+def family_checkpoints(family_dirs):
+    return {name: str(family_dirs[name]) for name in ("qwen2.5-vl", "llava-next")}
 
 
 def _hub_cache(tmp_path, checkpoint: str, repo: str) -> Path:
@@ -415,14 +449,12 @@ def _hub_cache(tmp_path, checkpoint: str, repo: str) -> Path:
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "llava-next"])
-def test_generate_on_a_family_checkpoint_equals_the_engine(family, family_checkpoints, tmp_path, monkeypatch):
+def test_generate_on_a_family_checkpoint_equals_the_engine(family, family_checkpoints, family_engines, tmp_path,
+                                                           monkeypatch):
     """The plugin's generate_until on a tiny Qwen2.5-VL (a dynamic grid) and LLaVA-NeXT (anyres): loaded by path, and
     by hub id from an offline hub cache, through the same load_model; a count budget larger than some images'
     tokens is accepted (it keeps them all there) and the answers and kept counts are the engine's own."""
     from PIL import Image
-
-    from pruning.engine import Engine
-    from pruning.model import load_model
 
     images = [Image.fromarray(np.random.RandomState(i).randint(0, 255, (h, w, 3), dtype=np.uint8))
               for i, (h, w) in enumerate(((64, 80), (48, 48), (30, 100)))]
@@ -434,7 +466,7 @@ def test_generate_on_a_family_checkpoint_equals_the_engine(family, family_checkp
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    engine = Engine(load_model(path, device="cpu"))
+    engine = family_engines(family)  # the same checkpoint (conftest's), loaded by load_model with sdpa
     strategy = get_strategy("random", keep=60)
     for source in (path, repo):
         lm = _plugin(pretrained=source, strategy="random", keep=60, device="cpu")
