@@ -9,19 +9,15 @@ import pytest
 from PIL import Image
 
 from pruning import cost
-from pruning.engine import Engine
-from pruning.model import load_model
 from pruning.strategies import get_strategy
-from pruning.toy_families import FAMILIES, build_family
+from pruning.toy_families import FAMILIES
 
 QUESTION = "What is in the picture?"
 
 
 @pytest.fixture(scope="module")
-def eager_engines(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flops-families")
-    return {f: Engine(load_model(str(build_family(root / f, f)), attn_implementation="eager", device="cpu"))
-            for f in FAMILIES}
+def eager_engines(family_engines):
+    return {f: family_engines(f, "eager") for f in FAMILIES}
 
 
 def image(h, w, seed=0):

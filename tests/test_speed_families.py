@@ -101,10 +101,9 @@ def test_speed_on_a_family_checkpoint_with_ratio_budgets(tmp_path, capsys):
     assert rows["random 16"]["tflops"]["vision"] == rows["none"]["tflops"]["vision"]
 
 
-def test_bench_on_a_family_refuses_a_fixed_budget_in_words(tmp_path, capsys):
+def test_bench_on_a_family_refuses_a_fixed_budget_in_words(family_dirs, capsys):
     """A question sweep's budgets are counts of one fixed grid; a family's tokens follow each image, and a fraction
     of no grid would silently keep nothing: refused, naming what takes ratios."""
-    path = build_family(tmp_path / "next", "llava-next")
-    assert main(["bench", "--model", str(path), "--strategies", "random", "--keep", "0.5", "--n", "4"]) == 2
+    assert main(["bench", "--model", str(family_dirs["llava-next"]), "--strategies", "random", "--keep", "0.5", "--n", "4"]) == 2
     err = capsys.readouterr().err
     assert "no fixed patch grid" in err and "`ask --keep 0.25`" in err
