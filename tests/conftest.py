@@ -2,6 +2,7 @@
 beyond LLaVA-1.5: ``family_dirs``, ``family_engines``); the web app served in-process on a free port
 (``app_server``, for the app tests)."""
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -87,6 +88,31 @@ def family_engines(family_dirs):
 # ------------------------------------------------------------------ the web app, served in-process (tests/test_app_*)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def serve_app(model: str | None = None, allowed=()):
+    """The app on a free loopback port with ``model`` as its default (None: the embedded model) and ``allowed`` on
+    offer; yields (demo, url); closed on exit. The test process's torch thread count is kept."""
+    main = load_app_main()
+    demo = main.make_demo(model, threads=torch.get_num_threads(), warm_up=False, allowed=list(allowed))
+    port = free_port()
+    main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def drag(page, selector: str, start: int, end: int, offset: int = 3) -> None:
+    """Drag the mouse from cell ``start`` to cell ``end`` of the element ``selector`` (cells carry ``data-i``),
+    ``offset`` px inside each cell's corner, in 12 steps: what a painting hand does."""
+    a = page.locator(f"{selector} [data-i='{start}']").bounding_box()
+    b = page.locator(f"{selector} [data-i='{end}']").bounding_box()
+    page.mouse.move(a["x"] + offset, a["y"] + offset)
+    page.mouse.down()
+    page.mouse.move(b["x"] + offset, b["y"] + offset, steps=12)
+    page.mouse.up()
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,12 @@ app served in-process beside the embedded default. The budget slider is a percen
 
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from app import overlays, ui
-from benchmarks.serving import free_port, load_app_main
 from pruning.model import DEFAULT_MODEL_DIR
+from .conftest import serve_app
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +25,8 @@ def next_dir(family_dirs):
 
 @pytest.fixture(scope="module")
 def served(qwen_dir, next_dir):
-    main = load_app_main()
-    demo = main.make_demo(threads=torch.get_num_threads(), warm_up=False, allowed=[qwen_dir, next_dir])
-    port = free_port()
-    main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
-    yield demo, Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    with serve_app(allowed=[qwen_dir, next_dir]) as (demo, url):
+        yield demo, Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ a phone-sized screen. Screenshots (1400 px and 390 px wide) go to ``$PRUNESCOPE_
 the test's tmp_path.
 """
 
+from .conftest import drag
+
 TIMEOUT_MS = 120_000  # a shared 2-core machine runs other work besides
 
 
@@ -74,12 +76,7 @@ def test_probe_paint_film_and_lesson(app_server, browser, shots):
     # paint a selection: drag along row 3 from column 2 to column 6 (5 patches), then run the model with it
     open_accordion(page, "ps-hand-box")
     page.wait_for_selector("#ps-painter .pp-c[data-i='38']", state="visible")
-    start = page.locator("#ps-painter .pp-c[data-i='38']").bounding_box()
-    end = page.locator("#ps-painter .pp-c[data-i='42']").bounding_box()
-    page.mouse.move(start["x"] + 4, start["y"] + 4)
-    page.mouse.down()
-    page.mouse.move(end["x"] + 4, end["y"] + 4, steps=12)
-    page.mouse.up()
+    drag(page, "#ps-painter", 38, 42, offset=4)
     page.wait_for_function("() => document.querySelector('#ps-painter .pp-count').innerText.startsWith('5 of 144')")
     assert page.locator("#ps-painter .pp-c.on").count() == 5
     page.click("#ps-hand-run")

@@ -14,15 +14,15 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from app import teach as teach_ui
-from benchmarks.serving import free_port, load_app_main
+from benchmarks.serving import load_app_main
 from pruning.compare import ScopePool
 from pruning.model import DEFAULT_MODEL_DIR
 from pruning.toy_families import build_family
+from .conftest import serve_app
 
 Q = "What is in the picture?"
 
@@ -36,13 +36,8 @@ def dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(dirs):
-    main = load_app_main()
-    demo = main.make_demo(dirs["qwen"], threads=torch.get_num_threads(), warm_up=False,
-                          allowed=[dirs["next"], str(DEFAULT_MODEL_DIR)])
-    port = free_port()
-    main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
-    yield demo, Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    with serve_app(dirs["qwen"], allowed=[dirs["next"], str(DEFAULT_MODEL_DIR)]) as (demo, url):
+        yield demo, Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")

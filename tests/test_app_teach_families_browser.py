@@ -5,12 +5,11 @@ LLaVA-NeXT picked in the Model menu the painter and the probe say, in words, why
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from benchmarks.serving import free_port, load_app_main
 from pruning.compare import ScopePool
 from pruning.toy_families import build_family
+from .conftest import drag, serve_app
 
 TIMEOUT_MS = 120_000  # a shared 2-core machine runs other work besides
 
@@ -20,14 +19,10 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("teach-families-browser")
     qwen = str(build_family(root / "qwen", "qwen2.5-vl", seed=1))
     nxt = str(build_family(root / "next", "llava-next", seed=1))
-    main = load_app_main()
-    demo = main.make_demo(qwen, threads=torch.get_num_threads(), warm_up=False, allowed=[nxt])
-    port = free_port()
-    main.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     picture = root / "scene.png"
     Image.fromarray(np.random.RandomState(3).randint(0, 255, (64, 80, 3), dtype=np.uint8)).save(picture)
-    yield {"url": f"http://127.0.0.1:{port}/", "picture": str(picture), "next": ScopePool(qwen, [nxt]).label(nxt)}
-    demo.close()
+    with serve_app(qwen, allowed=[nxt]) as (_, url):
+        yield {"url": url, "picture": str(picture), "next": ScopePool(qwen, [nxt]).label(nxt)}
 
 
 def test_the_painter_follows_qwens_grid_and_refuses_a_strip(served, browser, shots):
@@ -47,12 +42,7 @@ def test_the_painter_follows_qwens_grid_and_refuses_a_strip(served, browser, sho
     assert page.locator("#ps-painter .pp-c").count() == 80
     box = page.locator("#ps-painter .pp-grid").bounding_box()
     assert abs(box["width"] / box["height"] - 10 / 8) < 0.03, box  # the picture's shape, not a square
-    start = page.locator("#ps-painter .pp-c[data-i='32']").bounding_box()  # row 3, columns 2..5
-    end = page.locator("#ps-painter .pp-c[data-i='35']").bounding_box()
-    page.mouse.move(start["x"] + 3, start["y"] + 3)
-    page.mouse.down()
-    page.mouse.move(end["x"] + 3, end["y"] + 3, steps=12)
-    page.mouse.up()
+    drag(page, "#ps-painter", 32, 35)  # row 3, columns 2..5
     page.wait_for_function("() => document.querySelector('#ps-painter .pp-count').innerText.startsWith('4 of 80')")
     page.click("#ps-hand-run")
     page.wait_for_function("() => (document.querySelector('#ps-hand-out') || {}).innerText?.includes("
