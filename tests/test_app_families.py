@@ -171,14 +171,13 @@ def check_panels(image, layout: dict, pictures: list, result: dict, tolerance: f
 
 
 @pytest.fixture(scope="module")
-def panel_runs(tmp_path_factory, picture):
+def panel_runs(family_dirs, picture):
     """One comparison (random at half the tokens) per family drawn in panels, by the library's own ``Scope``."""
     from pruning.compare import Scope
 
-    root = tmp_path_factory.mktemp("app-panels")
     runs = {}
     for family in ("llava-onevision", "internvl"):
-        scope = Scope(str(build_family(root / family, family, seed=1)), speed_report=None)
+        scope = Scope(str(family_dirs[family]), speed_report=None)
         runs[family] = (scope, list(scope.compare_stream(picture, "What is in the picture?", ["random"],
                                                          keep_ratio=0.5, repeats=1, warmup=0, max_new_tokens=1,
                                                          inspect=False)))
