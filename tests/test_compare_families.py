@@ -109,10 +109,10 @@ def test_sweep_is_refused_in_words(scopes):
         scopes["qwen2.5-vl"].sweep(["random"], [4], n=2)
 
 
-def test_no_projection_onto_llava_for_another_family(tmp_path):
+def test_no_projection_onto_llava_for_another_family(family_dirs):
     """The cards' projection is onto LLaVA-1.5-7B (from its speed report): on another family it would be a different
     model's cost, so results and info say there is none, and which command times the family instead."""
-    scope = Scope(str(build_family(tmp_path / "next", "llava-next")))  # the app's default speed report
+    scope = Scope(str(family_dirs["llava-next"]))  # the app's default speed report
     assert scope.speed_report is not None  # the LLaVA-1.5-7B report is there, and still not used
     info = scope.info()["projection"]
     assert info["available"] is False and "this model is LLaVA-NeXT" in info["reason"]
