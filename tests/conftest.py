@@ -104,6 +104,13 @@ def serve_app(model: str | None = None, allowed=()):
         demo.close()
 
 
+def wait_painter_image(page) -> None:
+    """Wait until the Teach tab's painter shows the image (the tab's own refresh has landed), as a visitor sees it
+    before painting: a refresh landing mid-drag redraws the grid under the finger."""
+    page.wait_for_function("() => { const g = document.querySelector('#ps-painter .pp-grid');"
+                           " return g && g.style.backgroundImage.includes('data:image'); }")
+
+
 def drag(page, selector: str, start: int, end: int, offset: int = 3) -> None:
     """Drag the mouse from cell ``start`` to cell ``end`` of the element ``selector`` (cells carry ``data-i``),
     ``offset`` px inside each cell's corner, in 12 steps: what a painting hand does."""

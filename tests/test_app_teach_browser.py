@@ -5,7 +5,7 @@ a phone-sized screen. Screenshots (1400 px and 390 px wide) go to ``$PRUNESCOPE_
 the test's tmp_path.
 """
 
-from .conftest import drag
+from .conftest import drag, wait_painter_image
 
 TIMEOUT_MS = 120_000  # a shared 2-core machine runs other work besides
 
@@ -76,6 +76,7 @@ def test_probe_paint_film_and_lesson(app_server, browser, shots):
     # paint a selection: drag along row 3 from column 2 to column 6 (5 patches), then run the model with it
     open_accordion(page, "ps-hand-box")
     page.wait_for_selector("#ps-painter .pp-c[data-i='38']", state="visible")
+    wait_painter_image(page)
     drag(page, "#ps-painter", 38, 42, offset=4)
     page.wait_for_function("() => document.querySelector('#ps-painter .pp-count').innerText.startsWith('5 of 144')")
     assert page.locator("#ps-painter .pp-c.on").count() == 5
@@ -148,6 +149,7 @@ def test_touch_painting_on_a_phone(app_server, browser, shots):
     open_tab(page, "Teach")
     open_accordion(page, "ps-hand-box")
     page.wait_for_selector("#ps-painter .pp-c[data-i='26']", state="visible")
+    wait_painter_image(page)
     page.locator("#ps-painter .pp-c[data-i='26']").scroll_into_view_if_needed()
     cdp = context.new_cdp_session(page)
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from pruning.compare import ScopePool
 from pruning.toy_families import build_family
-from .conftest import drag, serve_app
+from .conftest import drag, serve_app, wait_painter_image
 
 TIMEOUT_MS = 120_000  # a shared 2-core machine runs other work besides
 
@@ -38,6 +38,7 @@ def test_the_painter_follows_qwens_grid_and_refuses_a_strip(served, browser, sho
     page.wait_for_selector("#ps-painter .pp-c[data-i='79']", state="visible")
     # the upload and the tab's selection each redraw the views; let the second land before painting (a new grid
     # empties the painter)
+    wait_painter_image(page)
     page.wait_for_timeout(2000)
     assert page.locator("#ps-painter .pp-c").count() == 80
     box = page.locator("#ps-painter .pp-grid").bounding_box()
