@@ -122,6 +122,26 @@ def drag(page, selector: str, start: int, end: int, offset: int = 3) -> None:
     page.mouse.up()
 
 
+@pytest.fixture
+def one_timed_run(monkeypatch):
+    """The comparisons of a test about what the page shows (or about which results come back) time each strategy
+    once, without a warm-up (the app's own default times several repeats, which is what makes every strategy at once
+    take long here); whatever else the caller passed, by position or by name, is kept."""
+    import inspect
+
+    from pruning.compare import Scope
+
+    stream = Scope.compare_stream
+    signature = inspect.signature(stream)
+
+    def quick(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.arguments.update(repeats=1, warmup=0)
+        return stream(*bound.args, **bound.kwargs)
+
+    monkeypatch.setattr(Scope, "compare_stream", quick)
+
+
 @pytest.fixture(scope="session")
 def app_server():
     """The app with the embedded model on a free loopback port, shared by the app tests; closed at the end."""

@@ -96,7 +96,7 @@ def check_cards(page, names: list[str]):
     assert not page.is_visible(f"#ps-card-{len(names)}"), "the slots this run did not fill are hidden"
 
 
-def test_compare_and_slider_in_chromium(app_server, browser, shots):
+def test_compare_and_slider_in_chromium(app_server, browser, shots, one_timed_run):
     example = next(e for e in app_server.examples if e["image"].endswith("example-2-count.png"))
     page = open_page(browser, app_server)
     first = app_server.examples[0]
@@ -257,27 +257,13 @@ def test_off_world_input_the_view_the_question_forms_and_the_projection(app_serv
     page.close()
 
 
-@pytest.fixture
-def one_timed_run(monkeypatch):
-    """The comparisons of a test about what the page shows time each strategy once, without a warm-up (the app's
-    own default times several repeats, which is what makes every strategy at once take long here)."""
-    from pruning.compare import Scope
 
-    stream = Scope.compare_stream
-
-    def quick(self, *args, **kwargs):
-        kwargs.update(repeats=1, warmup=0)
-        return stream(self, *args, **kwargs)
-
-    monkeypatch.setattr(Scope, "compare_stream", quick)
-
-
-def test_every_strategy_every_card_three_times(app_server, browser, shots, one_timed_run):
+def test_every_strategy_every_card_twice(app_server, browser, shots, one_timed_run):
     """Issue 23: with every strategy chosen, one or two cards sometimes never showed while the status said "Done".
-    Three comparisons of every strategy, each on a fresh page (where cards are laid out for the first time): every
+    Two comparisons of every strategy, each on a fresh page (where cards are laid out for the first time): every
     card shows with its answer, overlay and cost, in a fixed grid (equal widths, several to a row), and the table
     fits the page."""
-    for run in range(3):
+    for run in range(2):
         page = open_page(browser, app_server)
         names = offered(page)
         assert "none" in names and len(names) >= 12
@@ -303,7 +289,7 @@ def test_every_strategy_every_card_three_times(app_server, browser, shots, one_t
         page.close()
 
 
-def test_refused_input_keeps_the_results_and_a_new_image_clears_them(app_server, browser, shots):
+def test_refused_input_keeps_the_results_and_a_new_image_clears_them(app_server, browser, shots, one_timed_run):
     """An empty question (and eta 0) is refused beside its input and in the status line, with no error marks on the
     results, which stay; the next comparison runs; uploading a new image clears the old results."""
     page = open_page(browser, app_server)
@@ -351,7 +337,7 @@ def test_refused_input_keeps_the_results_and_a_new_image_clears_them(app_server,
     page.close()
 
 
-def test_phone_first_screen_and_stacked_results(app_server, browser, shots):
+def test_phone_first_screen_and_stacked_results(app_server, browser, shots, one_timed_run):
     """390x844: the first screen holds the image, the question and the Compare button; after a comparison the
     cards and plots stack within the screen's width (nothing wider than the page)."""
     page = open_page(browser, app_server, 390, 844)

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,6 @@ def lmms_run(request, task_dir, lmms_env, tmp_path_factory):
     """One lmms-eval run per (model_args, task, processes), made once per module: (results, samples in document
     order, output directory, what it printed); ``lmms_run.finished(...)``: a run that may fail, (output directory,
     the finished process). The runs the selected tests read start together (``RUNS_READ_BY``)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def start(key):
         model_args, task, processes = key
         out = tmp_path_factory.mktemp("lmms")
@@ -179,11 +178,11 @@ def test_core_still_works_with_the_eval_extra_installed(lmms_env):
             "        __import__(name)  # present: it must import with this torch\n"
             "import lmms_eval.evaluator\n"
             "print('ok')")
-    proc = run([sys.executable, "-c", code], lmms_env)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
     accelerate = Path(sys.executable).with_name("accelerate")
-    proc = run([str(accelerate), "env"], lmms_env)
-    assert proc.returncode == 0 and "`Accelerate` version:" in proc.stdout, proc.stderr
+    with ThreadPoolExecutor(2) as pool:  # two independent start-ups, side by side
+        imports, env = pool.map(lambda cmd: run(cmd, lmms_env), [[sys.executable, "-c", code], [str(accelerate), "env"]])
+    assert imports.returncode == 0 and imports.stdout.strip().endswith("ok"), imports.stderr
+    assert env.returncode == 0 and "`Accelerate` version:" in env.stdout, env.stderr
 
 
 # ------------------------------------------------------------------ the task

@@ -40,7 +40,7 @@ def _key(results):
     return [(r["strategy"], r["answer"], r["kept"], r["kept_final"]) for r in results]
 
 
-def test_sixteen_concurrent_visitors_get_their_own_results(app_server, requests):
+def test_sixteen_concurrent_visitors_get_their_own_results(app_server, requests, one_timed_run):
     clients = [Client(app_server.url, verbose=False) for _ in range(VISITORS)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(VISITORS) as pool:
@@ -61,7 +61,7 @@ def test_sixteen_concurrent_visitors_get_their_own_results(app_server, requests)
           f"{t_alone:.1f} s")
 
 
-def test_a_visitors_session_does_not_grow_with_streamed_comparisons(app_server, requests):
+def test_a_visitors_session_does_not_grow_with_streamed_comparisons(app_server, requests, one_timed_run):
     """The Compare button's stream (``/compare_stream``) three times in one session: Gradio's per-session config
     keeps no copy of a component from an earlier run (``app.ui.forget_skipped_outputs``; without it, ~18 entries
     and their plots and images more per run)."""
