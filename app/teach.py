@@ -1051,13 +1051,18 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
         return picture, paint, g, "", ""
 
     def model_budgets(m):
-        """The film's and the band's budget boxes for model ``m`` (its grid's counts, or empty on a grid per image)."""
+        """The film's and the band's budget boxes for model ``m`` (its grid's counts, or empty on a grid per image),
+        and the layer sliders' ranges (the probe's and [CLS]'s ViT layer, the LLM layer) from its own depths."""
         try:
-            n = pool.get(m).info()["n_patches"]
+            picked = pool.get(m).info()
         except ValueError:  # the model cannot load: the menu's own message says so
-            return gr.skip(), gr.skip()
+            return (gr.skip(),) * 5
+        n, feature = picked["n_patches"], picked["feature_layer"]
         band = ", ".join(str(round(n * f)) for f in (0.25, 0.125, 0.0625)) if n else ""
-        return gr.update(value=film_budget_value(n), label=film_budget_label(n)), band
+        vit_max, llm_max = picked["vision_layers"] - 1, picked["llm_layers"] - 1
+        return (gr.update(value=film_budget_value(n), label=film_budget_label(n)), band,
+                gr.update(maximum=vit_max, value=feature, label=f"ViT layer (the LLM reads layer {feature})"),
+                gr.update(maximum=vit_max, value=feature), gr.update(maximum=llm_max, value=min(2, llm_max)))
 
     def pick_patch(img_value, g, evt: gr.SelectData):
         if not g:  # no grid over the picture (a packed strip): nothing to pick
@@ -1199,7 +1204,8 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
     image.change(refresh_views, views_in, views_out, show_progress="hidden", **model_q)
     model.change(refresh_views, views_in, views_out, show_progress="hidden", **model_q)
     # budgets typed for one model's tokens do not fit another's: the film's box follows the model picked
-    model.change(model_budgets, [model], [film_budgets, band_budgets], show_progress="hidden", **model_q)
+    model.change(model_budgets, [model], [film_budgets, band_budgets, vit_layer, cls_layer, llm_layer],
+                 show_progress="hidden", **model_q)
 
     probe_inputs = [image, question, probe_row, probe_col, strategies, keep, model, vit_layer]
     probe_outputs = [probe_msg, probe_state, probe_img, probe_attn, probe_plot, probe_fates, cls_over, llm_choice,

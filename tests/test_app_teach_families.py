@@ -242,3 +242,24 @@ def test_a_lesson_picked_on_a_family_model_switches_to_the_embedded_toy(served, 
     assert "switched from `qwen (local)` to `embedded toy model`" in out[msg]
     state = out[lesson.outputs[1]]
     assert state["grid"] == [12, 12] and state["results"][0]["strategy"] == "none"
+
+
+def test_the_model_menu_sets_the_teach_layer_sliders_from_the_picked_model(served, labels):
+    """The probe's and [CLS]'s ViT-layer sliders and the LLM-layer slider follow the model picked (the embedded toy
+    has 6 ViT and 8 LLM layers, the tiny LLaVA-NeXT 4 and 4), so no layer beyond the model's depth can be asked for."""
+    from pruning.compare import ScopePool
+
+    demo, _ = served
+    fn = page_fn(demo, "model_budgets")
+    for label in (labels["toy"], labels["next"]):
+        info = ScopePool(None, []).get().info() if label == labels["toy"] else None
+        out = fn.fn(label)
+        vit, cls, llm = out[2], out[3], out[4]
+        if info is None:  # the tiny NeXT: 4 ViT layers (feature layer -2: index 2), 4 LLM layers
+            assert (vit["maximum"], vit["value"], cls["maximum"], llm["maximum"], llm["value"]) == (3, 2, 3, 3, 2)
+        else:
+            assert (vit["maximum"], cls["maximum"], llm["maximum"]) == (info["vision_layers"] - 1,
+                                                                         info["vision_layers"] - 1,
+                                                                         info["llm_layers"] - 1) == (5, 5, 7)
+            assert vit["value"] == cls["value"] == info["feature_layer"]
+        assert vit["label"] == f"ViT layer (the LLM reads layer {vit['value']})"
