@@ -193,3 +193,14 @@ def assert_drop_in_llm_matches_mask_reference(engine, image, question, image_row
     with torch.no_grad():
         torch.testing.assert_close(engine.lm_head(state.hidden_states), ref_logits[rows], **tol)
     assert result.generated_tokens == ref_tokens
+
+
+def assert_substitute_named_where_read(engine, image, question, note, unread="random"):
+    """A strategy that reads the substitute score (vtc-cls) says so in its notes; one that does not (``unread``)
+    does not."""
+    from pruning.strategies import get_strategy
+
+    read = engine.run(image, question, get_strategy("vtc-cls", keep=20), max_new_tokens=2, warmup=0)
+    other = engine.run(image, question, get_strategy(unread, keep=20), max_new_tokens=2, warmup=0)
+    assert any(note in n for n in read.notes)
+    assert not any(note in n for n in other.notes)

@@ -9,10 +9,9 @@ positions); dropping rows at layer k == the mask formulation. Tiny random-init c
 import pytest
 import torch
 
-from pruning.strategies import get_strategy
 
 from .conftest import QUESTIONS
-from .parity import (assert_before_llm_matches_shortened_input, assert_drop_in_llm_matches_mask_reference,
+from .parity import (assert_substitute_named_where_read, assert_before_llm_matches_shortened_input, assert_drop_in_llm_matches_mask_reference,
                      assert_prefill_logits_match_forward, assert_unpruned_matches_generate)
 
 
@@ -97,8 +96,4 @@ def test_substitute_scores_follow_the_packed_rows(engine, images):
 
 
 def test_substitute_is_named_where_read(engine, images):
-    note = "a substitute"
-    read = engine.run(images[0], QUESTIONS[0], get_strategy("vtc-cls", keep=20), max_new_tokens=2, warmup=0)
-    unread = engine.run(images[0], QUESTIONS[0], get_strategy("divprune", keep=20), max_new_tokens=2, warmup=0)
-    assert any(note in n for n in read.notes)
-    assert not any(note in n for n in unread.notes)
+    assert_substitute_named_where_read(engine, images[0], QUESTIONS[0], "a substitute", unread="divprune")

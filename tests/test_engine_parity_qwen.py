@@ -7,10 +7,9 @@ three image shapes, so three token grids (8x10, 12x8, 6x6)."""
 import pytest
 import torch
 
-from pruning.strategies import get_strategy
 
 from .conftest import QUESTIONS
-from .parity import (assert_before_llm_matches_shortened_input, assert_drop_in_llm_matches_mask_reference,
+from .parity import (assert_substitute_named_where_read, assert_before_llm_matches_shortened_input, assert_drop_in_llm_matches_mask_reference,
                      assert_prefill_logits_match_forward, assert_unpruned_matches_generate)
 
 
@@ -135,8 +134,5 @@ def test_substitute_scores_are_attention_received(engine, images):
 
 def test_substitute_is_named_where_read(engine, images):
     """A strategy that reads the substitute says so in its notes; one that does not, does not."""
-    note = "mean attention each merged token's patches receive"
-    read = engine.run(images[0], QUESTIONS[0], get_strategy("vtc-cls", keep=20), max_new_tokens=2, warmup=0)
-    unread = engine.run(images[0], QUESTIONS[0], get_strategy("random", keep=20), max_new_tokens=2, warmup=0)
-    assert any(note in n for n in read.notes)
-    assert not any(note in n for n in unread.notes)
+    assert_substitute_named_where_read(engine, images[0], QUESTIONS[0],
+                                       "mean attention each merged token's patches receive")

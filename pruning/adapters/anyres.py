@@ -38,7 +38,7 @@ import contextlib
 
 import torch
 
-from .base import Adapter, Prepared, SubstituteScores, forward_hooks
+from .base import Adapter, Prepared, SubstituteScores, query_key_hooks
 
 SCORE_NOTE = ("scores are the mean attention each row's patches receive in the ViT, per crop or tile (a substitute: "
               "no [CLS] attention row covers the packed rows of {family})")
@@ -50,35 +50,22 @@ def record_attention_received(attentions, store: list):
     the optional norm): per layer, a callable appended to ``store`` that gives (B, H, T), the attention each token
     receives, summed over the B crops' own queries and divided by T (each crop's scores of a head sum to 1). The
     hooks keep the queries and keys only; the scores are computed when called. Removed on exit."""
-    queries = {}
-
     def names(attn):
         return ("q_norm", "k_norm") if hasattr(attn, "q_norm") else ("q_proj", "k_proj")
 
-    def q_hook(i):
-        def hook(module, args, output):
-            queries[i] = output
-        return hook
+    def on_pair(i, attn, queries, keys):
+        q, k = queries.detach(), keys.detach()
 
-    def k_hook(i, attn):
-        def hook(module, args, output):
-            q, k = queries.pop(i).detach(), output.detach()
+        def received():
+            b, t, _ = k.shape
+            heads = attn.num_heads
+            qh = q.view(b, t, heads, -1).transpose(1, 2).float()  # (B, H, T, hd)
+            kh = k.view(b, t, heads, -1).transpose(1, 2).float()
+            probs = ((qh @ kh.transpose(2, 3)) * attn.scale).softmax(-1)  # (B, H, T, T)
+            return probs.sum(2) / t  # (B, H, T)
+        store.append(received)
 
-            def received():
-                b, t, _ = k.shape
-                heads = attn.num_heads
-                qh = q.view(b, t, heads, -1).transpose(1, 2).float()  # (B, H, T, hd)
-                kh = k.view(b, t, heads, -1).transpose(1, 2).float()
-                probs = ((qh @ kh.transpose(2, 3)) * attn.scale).softmax(-1)  # (B, H, T, T)
-                return probs.sum(2) / t  # (B, H, T)
-            store.append(received)
-        return hook
-
-    hooks = []
-    for i, attn in enumerate(attentions):
-        q_name, k_name = names(attn)
-        hooks += [(getattr(attn, q_name), q_hook(i)), (getattr(attn, k_name), k_hook(i, attn))]
-    with forward_hooks(hooks):
+    with query_key_hooks(attentions, on_pair, names):
         yield store
 
 

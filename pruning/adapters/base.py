@@ -87,6 +87,31 @@ def forward_hooks(hooks):
             handle.remove()
 
 
+@contextlib.contextmanager
+def query_key_hooks(attentions, on_pair, names=lambda attn: ("q_proj", "k_proj")):
+    """Per attention module i: forward hooks on its query and key projections (``names(attn)``); once the keys are
+    computed, ``on_pair(i, attn, queries, keys)`` gets both outputs (what the layer computes anyway). Removed on
+    exit (``forward_hooks``)."""
+    queries = {}
+
+    def q_hook(i):
+        def hook(module, args, output):
+            queries[i] = output
+        return hook
+
+    def k_hook(i, attn):
+        def hook(module, args, output):
+            on_pair(i, attn, queries.pop(i), output)
+        return hook
+
+    hooks = []
+    for i, attn in enumerate(attentions):
+        q_name, k_name = names(attn)
+        hooks += [(getattr(attn, q_name), q_hook(i)), (getattr(attn, k_name), k_hook(i, attn))]
+    with forward_hooks(hooks):
+        yield
+
+
 def check_indices(idx: torch.Tensor, n: int, name: str) -> None:
     """A strategy's kept indices: 1-D, inside [0, n), unique and ascending (spatial order)."""
     if idx.dim() != 1:

@@ -13,7 +13,7 @@ import contextlib
 import torch
 
 from ..strategies import VisionContext, ViTContext
-from .base import Adapter, Prepared, check_indices, forward_hooks
+from .base import Adapter, Prepared, check_indices, forward_hooks, query_key_hooks
 
 
 @contextlib.contextmanager
@@ -22,29 +22,17 @@ def record_cls_attention(vision_layers, store: list, keys_store: dict | None = N
     (H, T) from the projections the layer computes anyway; removed on exit. ``keys_store[i]`` receives
     layer i's keys (T, D) for the layers it lists. ``query``: the token whose row is computed (0: [CLS]; any other
     token's row the same way, e.g. a patch the app probes)."""
-    qs: dict[int, torch.Tensor] = {}
+    def on_pair(i, attn, queries, keys):
+        keys = keys[0]  # (T, D)
+        if keys_store is not None and i in keys_store:
+            keys_store[i] = keys.detach()
+        heads = attn.num_heads
+        q = queries[0, query].view(heads, -1).float()  # (H, hd) the [CLS] query (or token ``query``'s)
+        k = keys.view(keys.shape[0], heads, -1).float()  # (T, H, hd)
+        scores = torch.einsum("hd,thd->ht", q, k) * attn.scale
+        store.append(scores.softmax(-1).detach())  # (H, T)
 
-    def q_hook(i):
-        def hook(module, args, output):
-            qs[i] = output[0, query]  # (D,) the [CLS] query (or token ``query``'s)
-        return hook
-
-    def k_hook(i, attn):
-        def hook(module, args, output):
-            keys = output[0]  # (T, D)
-            if keys_store is not None and i in keys_store:
-                keys_store[i] = keys.detach()
-            heads = attn.num_heads
-            q = qs.pop(i).view(heads, -1).float()  # (H, hd)
-            k = keys.view(keys.shape[0], heads, -1).float()  # (T, H, hd)
-            scores = torch.einsum("hd,thd->ht", q, k) * attn.scale
-            store.append(scores.softmax(-1).detach())  # (H, T)
-        return hook
-
-    hooks = []
-    for i, layer in enumerate(vision_layers):
-        hooks += [(layer.self_attn.q_proj, q_hook(i)), (layer.self_attn.k_proj, k_hook(i, layer.self_attn))]
-    with forward_hooks(hooks):
+    with query_key_hooks([layer.self_attn for layer in vision_layers], on_pair):
         yield store
 
 
