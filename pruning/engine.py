@@ -330,7 +330,7 @@ class Engine:
             kept_vit=vision.patch_ids.tolist() if vision.patch_ids is not None else None,
             merge_groups=selection.groups.tolist() if selection.groups is not None else None,
             projected_rows=vision.projected.shape[0] if vision.projected is not None else None,
-            image_cost=self.adapter.image_cost(prepared),
+            image_cost=prepared.image_cost,
         )
 
     def _strategy_inputs(self, prepared: Prepared, vision: VisionContext, strategy: Strategy) -> VisionContext:

@@ -43,6 +43,7 @@ class Prepared:
     position_ids: torch.Tensor | None = None  # (P, S_full) the family's position ids of the full prompt
     #                                            (None: 0..S_full-1, one row)
     vision_inputs: dict | None = None  # other processor tensors the vision pass takes (Qwen: image_grid_thw)
+    image_cost: object = None  # this image's vision-side shapes for FLOPs (``Adapter.image_cost``, ``cost.ImageCost``)
     image_hw: tuple | None = None  # (height, width) px of the image handed to the processor
 
 
@@ -200,6 +201,7 @@ class Adapter:
             image_hw=(image.height, image.width),
         )
         self.finish_prepare(prepared, inputs)
+        prepared.image_cost = self.image_cost(prepared)  # once per image, outside the timed passes
         return prepared
 
     def image_tokens(self, inputs) -> tuple[int, int, int]:
