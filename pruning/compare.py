@@ -261,7 +261,8 @@ def timing_note(fields_: dict, reference: dict, embedded: bool, report: dict | N
     sp = fields_.get("speedup_spread")
     if sp is None or (fields_["speedup"] >= 1 and sp["min"] >= 1):
         return None
-    measured = (f"measured {fields_['speedup']:.2f}x ({sp['min']:.2f}x to {sp['max']:.2f}x over {sp['n']} pairs; "
+    pairs = f"{sp['n']} pair" + ("s" if sp["n"] != 1 else "")
+    measured = (f"measured {fields_['speedup']:.2f}x ({sp['min']:.2f}x to {sp['max']:.2f}x over {pairs}; "
                 f"FLOPs predict {fields_['speedup_predicted']:.2f}x)")
     if not embedded:
         if sp["max"] < 1:

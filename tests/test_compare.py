@@ -202,6 +202,8 @@ def test_timing_note_gives_the_reason_with_its_figures():
     clear = {**straddles, "speedup": 1.5, "speedup_spread": {**spread, "min": 1.2, "max": 1.9}}
     assert timing_note(clear, reference, embedded=True) is None
     assert timing_note({**clear, "speedup_spread": None}, reference, embedded=True) is None  # the reference itself
+    one = {**straddles, "speedup": 0.5, "speedup_spread": {**spread, "min": 0.5, "max": 0.5, "n": 1}}
+    assert "(0.50x to 0.50x over 1 pair; " in timing_note(one, reference, embedded=False)
 
 
 def test_results_carry_spread_paired_speedup_projection_and_warnings(scope):
