@@ -1308,7 +1308,7 @@ def build_tabs(pool, info: dict, compare: dict) -> dict:
                                 concurrency_id="sweep" if name == "random_band" else "model")
 
     c.update(teach_tab=teach_tab, probe_img=probe_img, painter=painter, film_strip=film_strip, using=using,
-             lesson_text=lesson_text)
+             lesson_text=lesson_text, lesson_open=lesson_open)
     return c
 
 

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import csv
 import html
+import itertools
 import json
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 
 import gradio as gr
 from gradio.components.plot import PlotData
@@ -58,6 +61,7 @@ CSS = """
 #ps-plot-kl:not(:has(.js-plotly-plot)) {display: none !important;}
 #ps-relevance-box:not(:has(.ps-relevance-note p)) {display: none !important;}
 #ps-placeholder:not(:has(p)) {display: none !important;}
+#ps-image-changed {display: none !important;}
 #ps-view-box:not(:has(#ps-view img)) {display: none !important;}
 #ps-compare-export-file:not(:has(a)) {display: none !important;}
 /* the Teach and Lessons tabs' plots take no room until they hold a figure */
@@ -186,6 +190,56 @@ def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
             logging.getLogger("prunescope.app").warning(
                 "cannot drop skipped outputs from the session (Gradio's internals differ: %s); "
                 "streamed comparisons may grow a session's memory until it expires", e)
+
+
+class PageImages:
+    """Which image each visitor's Compare results are of, by session: the image of the comparison that drew them
+    (recorded when it starts), and a token naming that comparison.
+
+    Why: the Compare tab's image box sends its change event several times for one upload (seen in Chromium with
+    Gradio 6.31, for several seconds after it: the box dispatches a change whenever its value is handed back to it
+    as a new object), and a late one can come after a Compare clicked at once has started. When that event
+    cancelled the comparison (Gradio's ``cancels``), it stopped the very comparison asked for the new image: the
+    status stayed at "1 of 4 done" and the other cards never came. So a change clears the page only when its results
+    are of another image (``changed``), and a comparison stops itself before its next message once the page's image
+    is no longer its own (``current``). A comparison still waiting in the queue is cancelled by the events that
+    change the image once each (an upload, a removal, an example picked, a lesson opened). At most ``cap`` sessions
+    are remembered (the oldest forgotten first)."""
+
+    def __init__(self, cap: int = 10_000):
+        self.cap = cap
+        self._by_session: OrderedDict[str, tuple[str, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(image) -> str | None:
+        return os.fspath(image) if image is not None else None
+
+    def started(self, session: str, image) -> object:
+        """A comparison on ``image`` starts for ``session``: it is the page's now. Returns its token."""
+        token = object()
+        with self._lock:
+            self._by_session[session] = (self.key(image), token)
+            self._by_session.move_to_end(session)
+            while len(self._by_session) > self.cap:
+                self._by_session.popitem(last=False)
+        return token
+
+    def current(self, session: str, token: object) -> bool:
+        """Whether the comparison ``token`` is still the one the page shows (no other image, no later comparison)."""
+        with self._lock:
+            held = self._by_session.get(session)
+        return held is not None and held[1] is token
+
+    def changed(self, session: str, image) -> bool:
+        """The image box says ``image``: True (and the page's results are forgotten) when the results on the page
+        are of another image, False when they are of this one (a repeated change event: nothing to clear)."""
+        with self._lock:
+            held = self._by_session.get(session)
+            if held is not None and held[0] == self.key(image):
+                return False
+            self._by_session.pop(session, None)
+        return True
 
 
 # ------------------------------------------------------------------ formatting (plain values -> text)
@@ -497,6 +551,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
     info = scope.info()
     n_patches, grid = info["n_patches"], info["grid"]
     names = info["strategies"]
+    page_images = PageImages()  # which image each visitor's results are of (the class says why)
+    image_changes = itertools.count(1)
     controls = info["controls"]
     slider = slider_settings(info["budget"])
     default_keep = slider["value"]
@@ -532,6 +588,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                         image = undecoded(gr.Image(value=first["image"], type="filepath", label="Image",
                                                    sources=["upload", "clipboard"], height=230, elem_id="ps-image"))
                         image_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-image-msg")
+                        # changes when the page's image does (note_image); shown to nobody (CSS), but mounted
+                        image_changed = gr.Number(0, show_label=False, elem_id="ps-image-changed")
                         question = gr.Textbox(value=first["question"], label="Question", elem_id="ps-question")
                         question_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-question-msg")
                         # right under the question: on a phone the first screen holds image, question and Compare
@@ -544,9 +602,11 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                               f["example"]) for f in forms], value=None, elem_id="ps-question-form",
                             label="Or pick a question form the toy model knows (fills the question; edit the "
                                   "colour or shape)", visible=bool(forms))
+                        examples_box = None
                         if examples:
-                            gr.Examples([[e["image"], e["question"]] for e in examples], [image, question],
-                                        label="Examples: held-out scenes the model never saw (click one, then Compare)")
+                            examples_box = gr.Examples(
+                                [[e["image"], e["question"]] for e in examples], [image, question],
+                                label="Examples: held-out scenes the model never saw (click one, then Compare)")
                     with gr.Column(scale=1, min_width=300):
                         strategies = gr.Dropdown(names, value=info["default_strategies"], multiselect=True,
                                                  label="Strategies (none always runs first, as the reference)",
@@ -662,10 +722,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                     show_label=False, min_width=300, elem_id="ps-plot-speed-ttft")
 
             # -------------------------------------------------------- Teach and Lessons (app/teach.py)
-            teach.build_tabs(pool, info, {"image": image, "question": question, "strategies": strategies,
-                                          "keep": keep, "model": model_choice, "results": results_state,
-                                          "export_button": export_button, "export_file": export_file,
-                                          "export_msg": export_msg, "grid_state": grid_state})
+            teach_parts = teach.build_tabs(pool, info, {
+                "image": image, "question": question, "strategies": strategies, "keep": keep, "model": model_choice,
+                "results": results_state, "export_button": export_button, "export_file": export_file,
+                "export_msg": export_msg, "grid_state": grid_state})
 
             # -------------------------------------------------------- How it works
             with gr.Tab("How it works", id="about"):
@@ -713,10 +773,11 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             return int(value) if isinstance(value, float) and value.is_integer() else value
 
         def stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
-                           values, in_page: bool, had_results: bool, over: bool = True):
+                           values, in_page: bool, had_results: bool, over: bool = True, still_current=None):
             """The Compare tab's messages for one comparison: values only (the module docstring says why).
             ``in_page``: a refusal becomes a message beside the input it names and in the status line, and the
-            page keeps its results; else (the API) it raises."""
+            page keeps its results; else (the API) it raises. ``still_current()`` (in the page): False once the
+            page shows another image, and then the comparison stops before its next message (``PageImages``)."""
             def refuse(e: ValueError):
                 if not in_page:
                     raise gr.Error(str(e), print_exception=False) from e
@@ -767,6 +828,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             results: list[dict] = []
             try:
                 for event in stream:
+                    if still_current is not None and not still_current():
+                        stream.close()  # the page shows another image now: its results would not be of it
+                        return
                     if event["kind"] == "result":
                         r = event["result"]
                         results.append(r)
@@ -806,8 +870,11 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
                         results, over, request: gr.Request, *values):
             forget_skipped_outputs(demo, request)
+            session = getattr(request, "session_hash", None) or ""
+            token = page_images.started(session, image_path)
             yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
-                                      model_name, values, in_page=True, had_results=bool(results), over=over)
+                                      model_name, values, in_page=True, had_results=bool(results), over=over,
+                                      still_current=lambda: page_images.current(session, token))
             # this runs once the last message has gone: its skips' copies are of no further use (every slot is
             # skipped by most messages, so a run leaves one copy of nearly every output)
             forget_skipped_outputs(demo, request)
@@ -824,8 +891,19 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                    *messages.values(), *card_outputs, tokens_plot,
                    shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, relevance_note]
 
-        def clear_results():
-            """A new image: the results of the old one go (and a comparison still running for it stops)."""
+        def note_image(image_path, request: gr.Request):
+            """The image box's change event: a new number (which clears the page) when the page's results are of
+            another image; the same image again: nothing."""
+            if not page_images.changed(getattr(request, "session_hash", None) or "", image_path):
+                return gr.skip()
+            return next(image_changes)
+
+        def clear_results(image_path, request: gr.Request):
+            """A new image: the results of the old one go (and a comparison still running for it stops at its next
+            message); the same image again (the box repeats its change event: ``PageImages``) leaves the page as
+            it is."""
+            if not page_images.changed(getattr(request, "session_hash", None) or "", image_path):
+                return {status: gr.skip()}  # (a dict names its outputs; an empty one would be read as one value)
             return {status: "New image: press **Compare** to compare the strategies on it.", results_state: [],
                     placeholder: PLACEHOLDER, table: table_html([]), view_image: None, view_note: "",
                     inside_state: None, export_file: None,
@@ -928,8 +1006,19 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                        api_visibility="private")
         click = run.click(run_compare, compare_inputs, all_outputs, scroll_to_output=True, **in_page)
         release = keep.release(run_compare, compare_inputs, all_outputs, trigger_mode="always_last", **in_page)
-        image.change(clear_results, None, cleared, queue=False, show_progress="hidden", api_visibility="private",
-                     cancels=[click, release])
+        # the box repeats its change event (PageImages): note_image answers each in a hidden number, which changes
+        # (and clears the page) only for another image; the page's outputs are not touched by the repeats (Gradio
+        # 6.31 draws a timer on every output of a pending event, whatever its show_progress says)
+        image.change(note_image, image, image_changed, queue=False, show_progress="hidden", api_visibility="private")
+        image_changed.change(clear_results, image, cleared, queue=False, show_progress="hidden",
+                             api_visibility="private")
+        # a comparison still waiting in the queue for the old image: the events that change the image once each
+        # cancel it (not the change event, which repeats and can come after a Compare clicked at once: PageImages)
+        for changing in (image.upload, image.clear, examples_box.dataset.click if examples_box else None,
+                         teach_parts["lesson_open"].click):
+            if changing is not None:
+                changing(None, None, None, queue=False, show_progress="hidden", api_visibility="private",
+                         cancels=[click, release])
         question.input(question_changed, [results_state], [status, question_msg], queue=False,
                        show_progress="hidden", api_visibility="private")
         question_form.input(pick_question, [question_form, results_state], [question, status, question_msg],
