@@ -533,6 +533,22 @@ def model_words(name: str, picked: dict) -> str:
     return " ".join([said, *notes])
 
 
+TOY_BANNER = ("<div class='ps-toy'><span class='ps-long'><b>The model here is a toy.</b> It knows only coloured "
+              "shapes on grey backgrounds (ask about colour, shape, count, existence, left/right, above/below, as in "
+              "the examples). On photos or other questions its answers are meaningless. See <i>How it works</i>."
+              "</span><span class='ps-short'><b>A toy model:</b> it knows only coloured shapes on grey (see "
+              "<i>How it works</i>).</span></div>")
+
+
+def banner_html(label: str, picked: dict) -> str:
+    """The line above the Model menu for the model picked: the toy's warning for the embedded model, else the
+    model's name (its menu label) and device."""
+    if picked["embedded"]:
+        return TOY_BANNER
+    return (f"<p class='ps-model-line'>Model: <code>{html.escape(label)}</code> on "
+            f"{html.escape(str(picked['device']))}</p>")
+
+
 def speed_caption(report: dict) -> str:
     """What the measured-speed figure shows, from the report itself: the command, the model, the machine."""
     m, mach = report.get("model", {}), report.get("machine", {})
@@ -567,14 +583,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                 "it costs.</p><p class='ps-steps'><b>1.</b> Pick an example (or upload an image) and a question. "
                 "<b>2.</b> Choose strategies and a budget. <b>3.</b> Press <b>Compare</b>. Then drag the budget "
                 "slider and watch patches disappear and answers change.</p></div>", padding=False)
-        if info["embedded"]:
-            gr.HTML("<div class='ps-toy'><span class='ps-long'><b>The model here is a toy.</b> It knows only "
-                    "coloured shapes on grey backgrounds (ask about colour, shape, count, existence, left/right, "
-                    "above/below, as in the examples). On photos or other questions its answers are meaningless. "
-                    "See <i>How it works</i>.</span><span class='ps-short'><b>A toy model:</b> it knows only "
-                    "coloured shapes on grey (see <i>How it works</i>).</span></div>", padding=False)
-        else:
-            gr.Markdown(f"Model: `{pool.label(pool.default)}` on {info['device']}")
+        # what the model picked is: the toy's warning, or its name (it follows the Model menu: switch_model)
+        banner = gr.HTML(banner_html(pool.label(pool.default), info), padding=False, elem_id="ps-banner")
         # labels, never the host's paths (the page's config shows every choice); pool.get takes a label
         model_choice = gr.Dropdown(pool.labels, value=pool.label(pool.default),
                                    label="Model (this host's allow-list)", visible=len(pool.names) > 1,
@@ -992,14 +1002,15 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             try:
                 picked = pool.get(model_name).info()
             except ValueError as e:
-                return gr.skip(), gr.skip(), f"⚠ {e}"
+                return gr.skip(), gr.skip(), f"⚠ {e}", gr.skip()
             settings = slider_settings(picked["budget"])
             if picked["budget"]["unit"] == "count":  # a count carries over to the new grid, clamped to it
                 settings["value"] = min(int(keep_value), settings["maximum"])
-            return (gr.update(**settings), [picked["n_patches"], picked["grid"]], model_words(model_name, picked))
+            return (gr.update(**settings), [picked["n_patches"], picked["grid"]], model_words(model_name, picked),
+                    banner_html(model_name, picked))
 
-        model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status], api_visibility="private",
-                            concurrency_id="model")
+        model_choice.change(switch_model, [model_choice, keep], [keep, grid_state, model_status, banner],
+                            api_visibility="private", concurrency_id="model")
         compare_inputs = [image, question, strategies, keep, max_new, eta, model_choice, results_state, heat_over,
                           *param_inputs]
         in_page = dict(concurrency_id="model", show_progress="minimal", show_progress_on=[status],

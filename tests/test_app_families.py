@@ -85,12 +85,16 @@ def test_switching_the_model_menu_sets_the_slider_from_info(served, qwen_dir):
 
     demo, _ = served
     switch = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "switch_model")
-    slider, state, words = switch(qwen_dir, 72)  # the page's own callback, from the embedded model's 72 of 144
+    # the page's own callback, given the menu's label, from the embedded model's 72 of 144
+    slider, state, words, banner = switch(menu(qwen_dir), 72)
     assert (slider["minimum"], slider["maximum"], slider["value"]) == (1, 100, 50) and "%" in slider["label"]
     assert state == [None, None] and "Qwen2.5-VL" in words and "The Sweep tab" in words
-    slider, state, words = switch(str(DEFAULT_MODEL_DIR), 72)  # back to the embedded model: a count again
+    # the line above the menu follows it: no toy warning over another model, its label (never the host's path)
+    assert "toy" not in banner and f"<code>{menu(qwen_dir)}</code>" in banner and qwen_dir not in banner
+    slider, state, words, banner = switch(menu(str(DEFAULT_MODEL_DIR)), 72)  # back to the embedded model
     assert (slider["maximum"], slider["value"]) == (144, 72) and state == [144, [12, 12]]
     assert words.startswith("Loaded") and "12x12 patches" in words
+    assert banner == ui.TOY_BANNER
     pool = ScopePool(None, [qwen_dir])
     info = pool.get(qwen_dir).info()
     settings = ui.slider_settings(info["budget"])

@@ -101,6 +101,10 @@ def test_compare_on_onevision_picked_in_the_menu_finishes(onevision_app, browser
     page.click("#ps-model input")
     page.click(f"#ps-model li[role=option][aria-label='{onevision_app['label']}']")
     page.wait_for_function("() => document.querySelector('#ps-model-msg').innerText.includes('LLaVA-OneVision')")
+    # the toy's warning above the menu is the embedded model's: the line names the model picked instead
+    page.wait_for_function("(l) => document.querySelector('#ps-banner').innerText.includes('Model: ' + l)",
+                           arg=onevision_app["label"])
+    assert "toy" not in page.inner_text("#ps-banner")
     example = app_server.examples[0]
     upload(page, example["image"], example["image"].rsplit("/", 1)[-1].split(".")[0])
     page.click("#ps-run")
