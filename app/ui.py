@@ -193,53 +193,65 @@ def forget_skipped_outputs(demo: gr.Blocks, request) -> None:
 
 
 class PageImages:
-    """Which image each visitor's Compare results are of, by session: the image of the comparison that drew them
-    (recorded when it starts), and a token naming that comparison.
+    """Which image each visitor's Compare page shows results of (or is about to), by session.
 
     Why: the Compare tab's image box sends its change event several times for one upload (seen in Chromium with
     Gradio 6.31, for several seconds after it: the box dispatches a change whenever its value is handed back to it
     as a new object), and a late one can come after a Compare clicked at once has started. When that event
     cancelled the comparison (Gradio's ``cancels``), it stopped the very comparison asked for the new image: the
-    status stayed at "1 of 4 done" and the other cards never came. So a change clears the page only when its results
-    are of another image (``changed``), and a comparison stops itself before its next message once the page's image
-    is no longer its own (``current``). A comparison still waiting in the queue is cancelled by the events that
-    change the image once each (an upload, a removal, an example picked, a lesson opened). At most ``cap`` sessions
-    are remembered (the oldest forgotten first)."""
+    status stayed at "1 of 4 done" and the other cards never came. So:
+
+    - a change to another image than the one recorded gets a change number (``changed``), and the page is cleared
+      for it unless a comparison has started since (``clearing``: the comparison, on the new image, lays the page
+      out itself); a change to the image recorded does nothing;
+    - a comparison records its image when it starts (``started``);
+    - a comparison waiting or running for the old image is cancelled by the events that change the image once each
+      (an upload, a removal, an example picked, a lesson opened).
+
+    At most ``cap`` sessions are remembered (the oldest forgotten first: its next change clears, as a first one
+    does)."""
 
     def __init__(self, cap: int = 10_000):
         self.cap = cap
-        self._by_session: OrderedDict[str, tuple[str, object]] = OrderedDict()
+        self._by_session: OrderedDict[str, tuple[str | None, int | None]] = OrderedDict()
+        self._changes = itertools.count(1)
         self._lock = threading.Lock()
 
     @staticmethod
     def key(image) -> str | None:
         return os.fspath(image) if image is not None else None
 
-    def started(self, session: str, image) -> object:
-        """A comparison on ``image`` starts for ``session``: it is the page's now. Returns its token."""
-        token = object()
-        with self._lock:
-            self._by_session[session] = (self.key(image), token)
-            self._by_session.move_to_end(session)
-            while len(self._by_session) > self.cap:
-                self._by_session.popitem(last=False)
-        return token
+    def _record(self, session: str, image, change: int | None) -> None:
+        self._by_session[session] = (self.key(image), change)
+        self._by_session.move_to_end(session)
+        while len(self._by_session) > self.cap:
+            self._by_session.popitem(last=False)
 
-    def current(self, session: str, token: object) -> bool:
-        """Whether the comparison ``token`` is still the one the page shows (no other image, no later comparison)."""
+    def started(self, session: str, image) -> None:
+        """A comparison on ``image`` starts for ``session``: the page's results will be of it."""
+        with self._lock:
+            self._record(session, image, None)
+
+    def changed(self, session: str, image) -> int | None:
+        """The image box says ``image``: a new change number (and ``image`` recorded with it) when the page's
+        results are of another image, or none is recorded; None when it is the image recorded (a repeated change
+        event: nothing to do)."""
+        key = self.key(image)
         with self._lock:
             held = self._by_session.get(session)
-        return held is not None and held[1] is token
+            if held is not None and held[0] == key:
+                self._by_session.move_to_end(session)
+                return None
+            change = next(self._changes)
+            self._record(session, image, change)
+        return change
 
-    def changed(self, session: str, image) -> bool:
-        """The image box says ``image``: True (and the page's results are forgotten) when the results on the page
-        are of another image, False when they are of this one (a repeated change event: nothing to clear)."""
+    def clearing(self, session: str, change) -> bool:
+        """Whether change number ``change`` still stands: no comparison has started since, and no other change
+        (then the page is cleared; else what started since keeps the page)."""
         with self._lock:
             held = self._by_session.get(session)
-            if held is not None and held[0] == self.key(image):
-                return False
-            self._by_session.pop(session, None)
-        return True
+        return held is not None and change is not None and held[1] == int(change)
 
 
 # ------------------------------------------------------------------ formatting (plain values -> text)
@@ -568,7 +580,6 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
     n_patches, grid = info["n_patches"], info["grid"]
     names = info["strategies"]
     page_images = PageImages()  # which image each visitor's results are of (the class says why)
-    image_changes = itertools.count(1)
     controls = info["controls"]
     slider = slider_settings(info["budget"])
     default_keep = slider["value"]
@@ -599,7 +610,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                                                    sources=["upload", "clipboard"], height=230, elem_id="ps-image"))
                         image_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-image-msg")
                         # changes when the page's image does (note_image); shown to nobody (CSS), but mounted
-                        image_changed = gr.Number(0, show_label=False, elem_id="ps-image-changed")
+                        image_changed = gr.Number(0, precision=0, show_label=False, elem_id="ps-image-changed")
                         question = gr.Textbox(value=first["question"], label="Question", elem_id="ps-question")
                         question_msg = gr.Markdown("", elem_classes="ps-field-msg", elem_id="ps-question-msg")
                         # right under the question: on a phone the first screen holds image, question and Compare
@@ -783,11 +794,10 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             return int(value) if isinstance(value, float) and value.is_integer() else value
 
         def stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
-                           values, in_page: bool, had_results: bool, over: bool = True, still_current=None):
+                           values, in_page: bool, had_results: bool, over: bool = True):
             """The Compare tab's messages for one comparison: values only (the module docstring says why).
             ``in_page``: a refusal becomes a message beside the input it names and in the status line, and the
-            page keeps its results; else (the API) it raises. ``still_current()`` (in the page): False once the
-            page shows another image, and then the comparison stops before its next message (``PageImages``)."""
+            page keeps its results; else (the API) it raises."""
             def refuse(e: ValueError):
                 if not in_page:
                     raise gr.Error(str(e), print_exception=False) from e
@@ -838,9 +848,6 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
             results: list[dict] = []
             try:
                 for event in stream:
-                    if still_current is not None and not still_current():
-                        stream.close()  # the page shows another image now: its results would not be of it
-                        return
                     if event["kind"] == "result":
                         r = event["result"]
                         results.append(r)
@@ -880,11 +887,9 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
                         results, over, request: gr.Request, *values):
             forget_skipped_outputs(demo, request)
-            session = getattr(request, "session_hash", None) or ""
-            token = page_images.started(session, image_path)
+            page_images.started(getattr(request, "session_hash", None) or "", image_path)
             yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
-                                      model_name, values, in_page=True, had_results=bool(results), over=over,
-                                      still_current=lambda: page_images.current(session, token))
+                                      model_name, values, in_page=True, had_results=bool(results), over=over)
             # this runs once the last message has gone: its skips' copies are of no further use (every slot is
             # skipped by most messages, so a run leaves one copy of nearly every output)
             forget_skipped_outputs(demo, request)
@@ -902,17 +907,15 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
                    shares_plot, llm_heat, cls_heat, consistency_plot, kl_plot, relevance, relevance_note]
 
         def note_image(image_path, request: gr.Request):
-            """The image box's change event: a new number (which clears the page) when the page's results are of
-            another image; the same image again: nothing."""
-            if not page_images.changed(getattr(request, "session_hash", None) or "", image_path):
-                return gr.skip()
-            return next(image_changes)
+            """The image box's change event: a new change number (which clears the page) when the page's results
+            are of another image; the same image again (the box repeats its change event): nothing."""
+            change = page_images.changed(getattr(request, "session_hash", None) or "", image_path)
+            return gr.skip() if change is None else change
 
-        def clear_results(image_path, request: gr.Request):
-            """A new image: the results of the old one go (and a comparison still running for it stops at its next
-            message); the same image again (the box repeats its change event: ``PageImages``) leaves the page as
-            it is."""
-            if not page_images.changed(getattr(request, "session_hash", None) or "", image_path):
+        def clear_results(change, request: gr.Request):
+            """A new image: the results of the old one go, unless a comparison (on the new image) has started
+            since the change was noted: it lays the page out itself (``PageImages``)."""
+            if not page_images.clearing(getattr(request, "session_hash", None) or "", change):
                 return {status: gr.skip()}  # (a dict names its outputs; an empty one would be read as one value)
             return {status: "New image: press **Compare** to compare the strategies on it.", results_state: [],
                     placeholder: PLACEHOLDER, table: table_html([]), view_image: None, view_note: "",
@@ -1021,7 +1024,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         # (and clears the page) only for another image; the page's outputs are not touched by the repeats (Gradio
         # 6.31 draws a timer on every output of a pending event, whatever its show_progress says)
         image.change(note_image, image, image_changed, queue=False, show_progress="hidden", api_visibility="private")
-        image_changed.change(clear_results, image, cleared, queue=False, show_progress="hidden",
+        image_changed.change(clear_results, image_changed, cleared, queue=False, show_progress="hidden",
                              api_visibility="private")
         # a comparison still waiting in the queue for the old image: the events that change the image once each
         # cancel it (not the change event, which repeats and can come after a Compare clicked at once: PageImages)
