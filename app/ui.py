@@ -545,6 +545,11 @@ def model_words(name: str, picked: dict) -> str:
     return " ".join([said, *notes])
 
 
+def session_of(request) -> str:
+    """A page event's session (its ``gr.Request``'s session hash; "" where there is none)."""
+    return getattr(request, "session_hash", None) or ""
+
+
 TOY_BANNER = ("<div class='ps-toy'><span class='ps-long'><b>The model here is a toy.</b> It knows only coloured "
               "shapes on grey backgrounds (ask about colour, shape, count, existence, left/right, above/below, as in "
               "the examples). On photos or other questions its answers are meaningless. See <i>How it works</i>."
@@ -887,7 +892,7 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         def run_compare(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value, model_name,
                         results, over, request: gr.Request, *values):
             forget_skipped_outputs(demo, request)
-            page_images.started(getattr(request, "session_hash", None) or "", image_path)
+            page_images.started(session_of(request), image_path)
             yield from stream_updates(image_path, question_text, chosen, keep_value, max_new_tokens, eta_value,
                                       model_name, values, in_page=True, had_results=bool(results), over=over)
             # this runs once the last message has gone: its skips' copies are of no further use (every slot is
@@ -909,13 +914,13 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         def note_image(image_path, request: gr.Request):
             """The image box's change event: a new change number (which clears the page) when the page's results
             are of another image; the same image again (the box repeats its change event): nothing."""
-            change = page_images.changed(getattr(request, "session_hash", None) or "", image_path)
+            change = page_images.changed(session_of(request), image_path)
             return gr.skip() if change is None else change
 
         def clear_results(change, request: gr.Request):
             """A new image: the results of the old one go, unless a comparison (on the new image) has started
             since the change was noted: it lays the page out itself (``PageImages``)."""
-            if not page_images.clearing(getattr(request, "session_hash", None) or "", change):
+            if not page_images.clearing(session_of(request), change):
                 return {status: gr.skip()}  # (a dict names its outputs; an empty one would be read as one value)
             return {status: "New image: press **Compare** to compare the strategies on it.", results_state: [],
                     placeholder: PLACEHOLDER, table: table_html([]), view_image: None, view_note: "",
@@ -1026,8 +1031,8 @@ def build(pool, examples: list[dict], speed_report: dict | None = None) -> gr.Bl
         image.change(note_image, image, image_changed, queue=False, show_progress="hidden", api_visibility="private")
         image_changed.change(clear_results, image_changed, cleared, queue=False, show_progress="hidden",
                              api_visibility="private")
-        # a comparison still waiting in the queue for the old image: the events that change the image once each
-        # cancel it (not the change event, which repeats and can come after a Compare clicked at once: PageImages)
+        # a comparison waiting or running for the old image: the events that change the image once each cancel it
+        # (not the change event, which repeats and can come after a Compare clicked at once: PageImages)
         for changing in (image.upload, image.clear, examples_box.dataset.click if examples_box else None,
                          teach_parts["lesson_open"].click):
             if changing is not None:
